@@ -1,0 +1,24 @@
+"""EngineConfig: every knob of one in-process engine (the LLM() keyword arguments)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class EngineConfig:
+    model: str                                  # Hugging Face model directory
+    device: str = "cpu"                         # "cpu" | "cuda" | "cuda:N"
+    dtype: str = "auto"                         # "auto" (bf16 on cuda, fp32 on cpu) | float32 | bfloat16 | float16
+    max_num_seqs: int = 256                     # sequences in the running batch at most
+    max_num_batched_tokens: int = 2048          # token budget of one step (chunked prefill above it)
+    block_size: int = 16                        # tokens per KV block
+    num_kv_blocks: Optional[int] = None         # None: sized from memory (gpu_memory_utilization / cpu_kv_cache_gb)
+    enable_prefix_caching: bool = True
+    seed: int = 0                               # seeds requests that give no seed of their own
+    max_model_len: Optional[int] = None         # None: the model's max_position_embeddings
+    gpu_memory_utilization: float = 0.90        # share of GPU memory for weights + activations + KV cache
+    cpu_kv_cache_gb: float = 1.0                # KV cache size on the CPU when num_kv_blocks is None
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False                 # True: no CUDA graphs
+    attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "reference" on cpu)

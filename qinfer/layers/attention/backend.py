@@ -1,0 +1,57 @@
+"""Attention-backend interface: one flat batch of tokens against the paged KV cache.
+
+KV cache layout (shared by every backend, the reference included), per layer:
+    k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_size]
+Token slot s lives at block s // block_size, offset s % block_size. Reading one
+block of one head is a [block_size, head_size] tile whose rows are
+num_kv_heads * head_size apart and whose columns are contiguous: coalesced
+along head_size for the Triton kernels.
+
+A step's batch is flat: queries of all requests concatenated, request r owning
+rows query_start_loc[r]:query_start_loc[r+1]. Its queries are the LAST
+query_len tokens of a context of seq_lens[r] tokens (cached + new), attending
+causally.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor     # [num_tokens] int64: cache slot of each new token
+    query_start_loc: torch.Tensor  # [num_reqs + 1] int32: prefix sums of query lengths
+    seq_lens: torch.Tensor         # [num_reqs] int32: context length incl. this step's tokens
+    block_tables: torch.Tensor     # [num_reqs, max_num_blocks_per_req] int32 (padding: any valid id)
+    max_query_len: int             # host-side copies so kernels need no device sync
+    max_seq_len: int
+
+    @property
+    def num_reqs(self) -> int:
+        return self.seq_lens.shape[0]
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.max_query_len == 1
+
+
+class AttentionBackend(ABC):
+    """Writes the step's new K/V into the cache, then attends."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,     # [num_tokens, num_heads, head_size]
+        key: torch.Tensor,       # [num_tokens, num_kv_heads, head_size]
+        value: torch.Tensor,     # [num_tokens, num_kv_heads, head_size]
+        k_cache: torch.Tensor,   # [num_blocks, block_size, num_kv_heads, head_size]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
+        ...

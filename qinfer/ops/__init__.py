@@ -1,0 +1,41 @@
+"""Hot ops, dispatched to the fastest implementation that is available.
+
+Order: compiled qinfer._C (CUDA, from csrc/) if built and the tensor is on a
+GPU, else Triton on a GPU, else the torch reference in reference.py, which is
+also the test oracle for the others. `implementations()` reports which one
+each op uses on a given device.
+
+Op signatures (every implementation keeps them):
+  rms_norm(x [T, H], weight [H], eps) -> [T, H]
+  fused_add_rms_norm(x [T, H], residual [T, H], weight, eps) -> (normed, x + residual)
+      may overwrite x and residual in place; callers use only the returned tensors
+  rotary_embedding(positions [T] int64, query [T, Hq*D], key [T, Hk*D], head_size,
+                   cos_sin_cache [max_pos, D] (cos | sin halves), is_neox) -> (query, key), in place
+  silu_and_mul(x [T, 2I]) -> [T, I]
+  reshape_and_cache(key [T, Hk, D], value [T, Hk, D], k_cache, v_cache, slot_mapping [T]) -> None
+      (caches [num_blocks, block_size, Hk, D]; a negative slot means "do not write")
+"""
+from __future__ import annotations
+
+from qinfer.ops.registry import dispatch, implementations, register  # noqa: F401
+from qinfer.ops import reference as _reference  # noqa: F401  (registers the torch twins)
+
+
+def rms_norm(x, weight, eps):
+    return dispatch("rms_norm", x)(x, weight, eps)
+
+
+def fused_add_rms_norm(x, residual, weight, eps):
+    return dispatch("fused_add_rms_norm", x)(x, residual, weight, eps)
+
+
+def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=True):
+    return dispatch("rotary_embedding", query)(positions, query, key, head_size, cos_sin_cache, is_neox)
+
+
+def silu_and_mul(x):
+    return dispatch("silu_and_mul", x)(x)
+
+
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+    return dispatch("reshape_and_cache", key)(key, value, k_cache, v_cache, slot_mapping)

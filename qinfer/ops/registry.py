@@ -1,0 +1,50 @@
+"""Registry of op implementations, chosen per device type by priority."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+# op name -> list of (priority, impl name, device types, fn); higher priority wins.
+_IMPLS: dict[str, list[tuple[int, str, tuple[str, ...], Callable]]] = {}
+_PRIORITY = {"cuda": 30, "triton": 20, "torch": 10}
+
+
+def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")):
+    """Decorator: register fn as implementation `impl` ("cuda" | "triton" | "torch") of `op`."""
+    def wrap(fn: Callable) -> Callable:
+        _IMPLS.setdefault(op, []).append((_PRIORITY[impl], impl, device_types, fn))
+        _IMPLS[op].sort(key=lambda entry: -entry[0])
+        _CACHE.clear()
+        return fn
+    return wrap
+
+
+_CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
+
+
+def _forced() -> str | None:
+    # QINFER_OPS_IMPL=torch forces the reference everywhere (debugging, A/B timing).
+    return os.environ.get("QINFER_OPS_IMPL") or None
+
+
+def _choice(op: str, device_type: str) -> tuple[str, Callable]:
+    key = (op, device_type)
+    if key not in _CACHE:
+        forced = _forced()
+        candidates = [e for e in _IMPLS.get(op, []) if device_type in e[2]]
+        if forced:
+            candidates = [e for e in candidates if e[1] == forced] or candidates
+        if not candidates:
+            raise NotImplementedError(f"no implementation of op {op!r} for device {device_type!r}")
+        _CACHE[key] = (candidates[0][1], candidates[0][3])
+    return _CACHE[key]
+
+
+def dispatch(op: str, tensor) -> Callable:
+    return _choice(op, tensor.device.type)[1]
+
+
+def implementations(device_type: str = "cuda") -> dict[str, str]:
+    """Which implementation each op uses on `device_type`, e.g. {'rms_norm': 'cuda', ...}."""
+    return {op: _choice(op, device_type)[0] for op in sorted(_IMPLS)
+            if any(device_type in e[2] for e in _IMPLS[op])}
