@@ -10,3 +10,26 @@ class InvalidRequestError(QinferError, ValueError):
 
     The message is written for the user who sent it.
     """
+
+
+class JobNotFoundError(QinferError, KeyError):
+    """No job with this id (never submitted, or its result expired)."""
+
+    def __str__(self) -> str:          # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class JobTimeoutError(QinferError, TimeoutError):
+    """Client.wait / stream gave up before the job reached a terminal state."""
+
+
+class QueueFullError(QinferError):
+    """A submit refused by admission control; nothing was written."""
+
+
+class IdempotencyConflictError(QinferError):
+    """The idempotency key was already used for a different request."""
+
+
+class NoRedisError(QinferError):
+    """No Redis URL was given and QINFER_REDIS_URL is not set."""

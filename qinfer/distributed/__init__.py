@@ -1,0 +1,1 @@
+"""Tensor parallelism: process groups, the TP collectives the parallel layers call, validation."""

@@ -21,6 +21,24 @@ from qinfer.ops.registry import dispatch, implementations, register  # noqa: F40
 from qinfer.ops import reference as _reference  # noqa: F401  (registers the torch twins)
 
 
+def _load_gpu_implementations() -> None:
+    """On a CUDA machine: qinfer._C's ops if built (compiled.py), and the Triton twins."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from qinfer.ops import compiled
+
+    compiled.load()
+    try:
+        from qinfer.kernels import ops_triton  # noqa: F401  (registers on import)
+    except ImportError:  # no triton: the torch reference serves
+        pass
+
+
+_load_gpu_implementations()
+
+
 def rms_norm(x, weight, eps):
     return dispatch("rms_norm", x)(x, weight, eps)
 

@@ -68,3 +68,9 @@ class Keys:
 
     def callback_dead_letters(self) -> str:       # list: deliveries that exhausted their retries
         return f"{self._p}callbacks:dlq"
+
+    def callback_retries(self) -> str:            # sorted set: job id -> when its next attempt is due
+        return f"{self._p}callbacks:retries"
+
+    def celery_prefix(self) -> str:               # prefix of the Celery broker's own keys (kombu)
+        return f"{self._p}celery:"

@@ -1,0 +1,392 @@
+"""Engine benchmarks on a GPU, one command (issue 5):
+
+    python bench/bench_engine_gpu.py --shape llama-3.1-8b [--parts throughput,latency,breakdown,hf]
+        [--num-requests 1000] [--input-len 512] [--output-len 256] [--out DIR]
+
+Random-weight models of real shapes: config.json of the named Llama shape plus random
+bf16 safetensors generated on this machine (no download), and a word-level tokenizer
+covering the whole vocabulary (random weights emit any id). Parts:
+  throughput  offline: num_requests random prompts, ignore_eos, temperature 1.0;
+              output and total tok/s, against the compute roofline
+              (workload FLOPs / measured bf16 matmul rate);
+  latency     one request (input_len prompt, output_len new tokens): ms per decoded token
+              against the bandwidth floor (weight bytes / measured copy bandwidth);
+  breakdown   decode steps at a full batch: scheduler + input prep (CPU) vs GPU forward;
+  hf          transformers generate() on the same weights, one batch of --hf-batch requests
+              (a subset of the workload: the figure is its output tok/s).
+Prints a table and writes bench_engine.json to --out ($OUT on the device machine).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+VOCAB = 128256
+SHAPES = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                         tie_word_embeddings=True, rope_factor=32.0),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                         tie_word_embeddings=False, rope_factor=8.0),
+}
+
+
+# ---- the random model directory ----------------------------------------------------------
+
+def hf_config(shape: str) -> dict:
+    s = dict(SHAPES[shape])
+    factor = s.pop("rope_factor")
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=VOCAB,
+                max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
+                rope_theta=500000.0, attention_bias=False, mlp_bias=False, torch_dtype="bfloat16",
+                bos_token_id=128000, eos_token_id=128001, initializer_range=0.02,
+                rope_scaling=dict(rope_type="llama3", factor=factor, low_freq_factor=1.0,
+                                  high_freq_factor=4.0, original_max_position_embeddings=8192),
+                **s)
+
+
+def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """HF LlamaForCausalLM parameter names -> shapes."""
+    h, inter, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
+    shapes = {"model.embed_tokens.weight": (VOCAB, h), "model.norm.weight": (h,)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
+                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+                       p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
+                       p + "mlp.down_proj.weight": (h, inter), p + "input_layernorm.weight": (h,),
+                       p + "post_attention_layernorm.weight": (h,)})
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (VOCAB, h)
+    return shapes
+
+
+def save_tokenizer(out: Path) -> None:
+    """Word-level tokenizer "t0".."t{V-1}": every id decodes (random weights emit any id)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t128000", eos_token="t128001",
+                            pad_token="t128002").save_pretrained(out)
+
+
+def make_model_dir(shape: str, out: Path, shard_bytes: int = 4 << 30) -> Path:
+    """config.json + random bf16 shards (N(0, 0.02); norms 1) generated on the GPU."""
+    from safetensors.torch import save_file
+
+    if (out / "model.safetensors.index.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = hf_config(shape)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_tokenizer(out)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shards, current, size = [], {}, 0
+    for name, shp in weight_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            t = torch.ones(shp, dtype=torch.bfloat16)
+        else:
+            t = (torch.randn(shp, generator=gen, device="cuda", dtype=torch.bfloat16) * 0.02).cpu()
+        current[name] = t
+        size += t.numel() * 2
+        if size >= shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({name: fname for name in shard})
+    total = sum(t.numel() * 2 for s in shards for t in s.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return out
+
+
+# ---- ceilings ------------------------------------------------------------------------------
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 2 GiB device-to-device copy."""
+    src = torch.randn(1 << 29, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def matmul_rate() -> float:
+    """bf16 FLOP/s of an 8192^3 matrix product on random data."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=100, rep=500, return_mode="median")
+    return 2 * 8192 ** 3 / (ms * 1e-3)
+
+
+def workload_flops(cfg: dict, num_requests: int, input_len: int, output_len: int) -> float:
+    """Matmul FLOPs of the workload: every token through every linear layer, the LM head
+    for each sampled token, and causal attention (QK^T and PV) over its context."""
+    shapes = weight_shapes(cfg)
+    linear = sum(s[0] * s[1] for n, s in shapes.items() if "layers" in n and len(s) == 2)
+    tokens = input_len + output_len - 1                   # the last sampled token is never fed
+    lm_head = 2 * VOCAB * cfg["hidden_size"] * output_len
+    attn_per_pos = 4 * cfg["num_attention_heads"] * cfg["head_dim"] * cfg["num_hidden_layers"]
+    attention = attn_per_pos * tokens * (tokens + 1) / 2
+    return num_requests * (2 * linear * tokens + lm_head + attention)
+
+
+def weight_bytes(cfg: dict) -> int:
+    """All parameters in bf16 (as the issue's 3.8 ms floor for the 8B shape counts them)."""
+    return sum(int(torch.Size(s).numel()) * 2 for s in weight_shapes(cfg).values())
+
+
+# ---- the engine parts ----------------------------------------------------------------------
+
+def random_prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1000, VOCAB - 1000) for _ in range(length)] for _ in range(n)]
+
+
+def make_llm(model_dir: Path, args):
+    from qinfer.llm import LLM
+
+    return LLM(str(model_dir), device="cuda", dtype="bfloat16", max_num_seqs=args.max_num_seqs,
+               max_num_batched_tokens=args.max_num_batched_tokens,
+               max_model_len=args.input_len + args.output_len + args.block_size,
+               gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
+               enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager)
+
+
+def params(max_tokens: int):
+    from qinfer.sampling_params import SamplingParams
+
+    return SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def run_throughput(llm, args, ceilings: dict, cfg: dict) -> dict:
+    llm.generate(random_prompts(8, args.input_len, seed=1), params(8), use_tqdm=False)  # warm-up
+    prompts = random_prompts(args.num_requests, args.input_len)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params(args.output_len), use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    assert out_tokens == args.num_requests * args.output_len, "ignore_eos must give every token"
+    flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
+    roof_s = flops / ceilings["matmul_flops"]
+    return dict(num_requests=args.num_requests, elapsed_s=elapsed, output_tok_s=out_tokens / elapsed,
+                total_tok_s=(out_tokens + args.num_requests * args.input_len) / elapsed,
+                roofline_output_tok_s=out_tokens / roof_s, pct_of_roofline=100 * roof_s / elapsed)
+
+
+def run_latency(llm, args, ceilings: dict, cfg: dict) -> dict:
+    """Batch 1: time of each engine step; the first is prefill + first token."""
+    engine = llm.engine
+    engine.add_request("warm", None, params(16), prompt_token_ids=random_prompts(1, args.input_len, 2)[0])
+    while engine.has_unfinished_requests():
+        engine.step()
+    engine.add_request("lat", None, params(args.output_len),
+                       prompt_token_ids=random_prompts(1, args.input_len, 3)[0])
+    stamps = [time.perf_counter()]
+    while engine.has_unfinished_requests():
+        engine.step()
+        stamps.append(time.perf_counter())
+    decode_ms = 1e3 * (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+    floor_ms = 1e3 * weight_bytes(cfg) / ceilings["copy_bytes_s"]
+    return dict(prefill_ms=1e3 * (stamps[1] - stamps[0]), decode_ms_per_token=decode_ms,
+                floor_ms=floor_ms, ratio_to_floor=decode_ms / floor_ms, steps=len(stamps) - 1)
+
+
+class StepTimer:
+    """Wraps engine and runner methods to split decode steps into CPU and GPU time."""
+
+    def __init__(self, engine):
+        self.engine, self.runner = engine, engine.executor.runner
+        self.totals: dict[str, float] = {}
+        self._wrap(engine.scheduler, "schedule", "schedule")
+        self._wrap(engine.scheduler, "update_from_output", "update_output")
+        self._wrap(engine.output_processor, "process", "update_output")
+        self._wrap(self.runner.input_batch, "update", "input_prep")
+        self._wrap(self.runner.input_batch, "prepare", "input_prep")
+        self._pending = None
+        self.last_batch = (0, 0)                            # (requests, tokens) of the last schedule
+        schedule = engine.scheduler.schedule
+
+        def remember(*a, **kw):
+            so = schedule(*a, **kw)
+            self.last_batch = (len(so.num_scheduled_tokens), so.total_num_scheduled_tokens)
+            return so
+        engine.scheduler.schedule = remember
+        run_model = self.runner._run_model
+
+        def timed_forward(inputs):                          # GPU time of the forward by events
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            hidden = run_model(inputs)
+            end.record()
+            self._pending = (begin, end)
+            return hidden
+        self.runner._run_model = timed_forward
+
+    def _wrap(self, obj, name: str, key: str) -> None:
+        fn = getattr(obj, name)
+
+        def timed(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.totals[key] = self.totals.get(key, 0.0) + time.perf_counter() - start
+        setattr(obj, name, timed)
+
+    def step(self) -> tuple[float, dict, float, tuple[int, int]]:
+        """One engine step: (wall s, CPU s per part, GPU forward s, (requests, tokens))."""
+        self.totals, self._pending = {}, None
+        start = time.perf_counter()
+        self.engine.step()
+        wall = time.perf_counter() - start
+        gpu = self._pending[0].elapsed_time(self._pending[1]) / 1e3 if self._pending else 0.0
+        return wall, dict(self.totals), gpu, self.last_batch
+
+
+def run_breakdown(llm, args) -> dict:
+    """Decode-only steps with all --breakdown-batch requests running (the prefills excluded)."""
+    engine = llm.engine
+    timer = StepTimer(engine)
+    n = args.breakdown_batch or args.max_num_seqs
+    for i, ids in enumerate(random_prompts(n, args.input_len, seed=4)):
+        engine.add_request(f"bd{i}", None, params(args.breakdown_output_len), prompt_token_ids=ids)
+    rows = []
+    while engine.has_unfinished_requests():
+        rows.append(timer.step())
+    decode = [r for r in rows if r[3] == (n, n)]            # decode-only steps of the full batch
+    mean = lambda xs: sum(xs) / max(len(xs), 1)             # noqa: E731
+    step_ms = 1e3 * mean([r[0] for r in decode])
+    part_ms = {k: 1e3 * mean([r[1].get(k, 0.0) for r in decode])
+               for k in ("schedule", "update_output", "input_prep")}
+    gpu_ms = 1e3 * mean([r[2] for r in decode])
+    cpu_ms = sum(part_ms.values())
+    return dict(batch=n, steps_averaged=len(decode), step_ms=step_ms, gpu_forward_ms=gpu_ms,
+                cpu_ms=cpu_ms, cpu_share_pct=100 * cpu_ms / step_ms, **{f"{k}_ms": v for k, v in part_ms.items()})
+
+
+def run_hf(model_dir: Path, args) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16, device_map="cuda")
+    ids = torch.tensor(random_prompts(args.hf_batch, args.input_len, seed=5), device="cuda")
+    kw = dict(do_sample=True, temperature=1.0, top_k=0, pad_token_id=128002)
+    warm = ids[:2]
+    model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, min_new_tokens=4, **kw)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.output_len,
+                         min_new_tokens=args.output_len, **kw)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    new = (out.shape[1] - args.input_len) * args.hf_batch
+    return dict(batch=args.hf_batch, elapsed_s=elapsed, output_tok_s=new / elapsed,
+                total_tok_s=(new + args.hf_batch * args.input_len) / elapsed)
+
+
+# ---- driver --------------------------------------------------------------------------------
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.1-8b")
+    p.add_argument("--model-dir", type=Path, default=None, help="default /tmp/qinfer-models/SHAPE")
+    p.add_argument("--parts", default="throughput,latency,breakdown,hf")
+    p.add_argument("--num-requests", type=int, default=1000)
+    p.add_argument("--input-len", type=int, default=512)
+    p.add_argument("--output-len", type=int, default=256)
+    p.add_argument("--breakdown-output-len", type=int, default=64)
+    p.add_argument("--breakdown-batch", type=int, default=None, help="default: --max-num-seqs")
+    p.add_argument("--hf-batch", type=int, default=128)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    parts = set(args.parts.split(","))
+    model_dir = args.model_dir or Path("/tmp/qinfer-models") / args.shape
+    t0 = time.perf_counter()
+    make_model_dir(args.shape, model_dir)
+    cfg = hf_config(args.shape)
+    results = dict(shape=args.shape, device=torch.cuda.get_device_name(), args=vars(args) | {"model_dir": str(model_dir)},
+                   model_dir_s=time.perf_counter() - t0)
+    ceilings = dict(copy_bytes_s=copy_bandwidth(), matmul_flops=matmul_rate())
+    results["ceilings"] = ceilings
+    if parts & {"throughput", "latency", "breakdown"}:
+        from qinfer import ops
+
+        llm = make_llm(model_dir, args)
+        results["ops"] = ops.implementations("cuda")
+        results["attention_backend"] = llm.engine.executor.runner.attn_backend.name
+        for name, fn in (("throughput", run_throughput), ("latency", run_latency)):
+            if name in parts:
+                results[name] = fn(llm, args, ceilings, cfg)
+                save(results, args.out)                    # each part kept if a later one fails
+        if "breakdown" in parts:
+            results["breakdown"] = run_breakdown(llm, args)
+            save(results, args.out)
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    if "hf" in parts:
+        results["hf"] = run_hf(model_dir, args)
+    save(results, args.out)
+    report(results)
+
+
+def save(results: dict, out_dir: str) -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(out_dir) / f"bench_engine_{results['shape']}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"saved {path}: {[k for k in results if k in ('throughput', 'latency', 'breakdown', 'hf')]}",
+          flush=True)
+
+
+def report(r: dict) -> None:
+    c = r["ceilings"]
+    print(f"\n== {r['shape']} on {r['device']}: copy {c['copy_bytes_s'] / 1e12:.2f} TB/s, "
+          f"matmul {c['matmul_flops'] / 1e12:.0f} TFLOP/s; ops {r.get('ops')}, attention {r.get('attention_backend')}")
+    if "throughput" in r:
+        t = r["throughput"]
+        print(f"throughput  {t['num_requests']} req: {t['output_tok_s']:.0f} output tok/s, "
+              f"{t['total_tok_s']:.0f} total tok/s ({t['elapsed_s']:.1f} s); compute roofline "
+              f"{t['roofline_output_tok_s']:.0f} output tok/s ({t['pct_of_roofline']:.0f}% of it)")
+    if "hf" in r:
+        h = r["hf"]
+        print(f"HF generate batch {h['batch']}: {h['output_tok_s']:.0f} output tok/s, "
+              f"{h['total_tok_s']:.0f} total tok/s")
+    if "latency" in r:
+        lat = r["latency"]
+        print(f"latency b=1 {lat['decode_ms_per_token']:.2f} ms/token, floor {lat['floor_ms']:.2f} ms "
+              f"({lat['ratio_to_floor']:.2f}x); prefill {lat['prefill_ms']:.1f} ms")
+    if "breakdown" in r:
+        b = r["breakdown"]
+        print(f"decode step b={b['batch']}: {b['step_ms']:.2f} ms; GPU forward {b['gpu_forward_ms']:.2f} ms; "
+              f"CPU {b['cpu_ms']:.2f} ms = {b['cpu_share_pct']:.1f}% (schedule {b['schedule_ms']:.2f}, "
+              f"update/output {b['update_output_ms']:.2f}, input prep {b['input_prep_ms']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

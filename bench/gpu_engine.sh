@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One device call for the engine figures (issue 5), e.g. from the repository root:
+#   bash bench/gpu_engine.sh --shape llama-3.1-8b            (all parts, 1,000 requests)
+# The device image lacks pydantic/pydantic-settings: carry them as wheels in .whl
+# (device README) and they are installed first. Builds qinfer/_C.so unless present.
+set -uo pipefail
+OUT=${OUT:-bench/results}; mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if [ ! -f qinfer/_C.so ]; then
+  python3 -m qinfer.ops.build > "$OUT/build.log" 2>&1 || echo "qinfer._C build failed: Triton ops serve"
+fi
+python3 bench/bench_engine_gpu.py --out "$OUT" "$@" > "$OUT/engine.log" 2>&1
+rc=$?
+grep -v '^\s' "$OUT/engine.log" | tail -20
+exit $rc

@@ -1,0 +1,263 @@
+// qinfer._C: CUDA twins of qinfer/ops/reference.py, registered with torch as torch.ops.qinfer.*.
+//
+// Every kernel computes in float32 and rounds once per output, like the reference.
+// One thread block per token row; 16-byte vector accesses where rows allow them.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cub/block/block_reduce.cuh>
+#include <type_traits>
+
+namespace qinfer {
+namespace {
+
+template <typename T> __device__ __forceinline__ float to_f(T x) { return static_cast<float>(x); }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x) { return static_cast<T>(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f(float x) { return __float2half(x); }
+
+// torch dtype -> CUDA element type.
+template <typename T> struct Cuda { using type = T; };
+template <> struct Cuda<at::BFloat16> { using type = __nv_bfloat16; };
+template <> struct Cuda<at::Half> { using type = __half; };
+
+#define QINFER_DISPATCH(TYPE, NAME, ...)                                        \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, [&] { \
+    using T = typename Cuda<scalar_t>::type;                                    \
+    __VA_ARGS__();                                                              \
+  })
+
+constexpr int kNormThreads = 512;
+
+// out[row] = rms_norm(x[row] (+ res[row])) * w; with ADD, res[row] <- x[row] + res[row].
+// The row (hidden <= kNormThreads * 16 elements) stays in registers between the passes.
+template <typename T, bool ADD>
+__global__ void rms_norm_kernel(T* __restrict__ out, const T* __restrict__ x, T* __restrict__ res,
+                                const T* __restrict__ w, int64_t stride_o, int64_t stride_x,
+                                int64_t stride_r, int hidden, float eps) {
+  constexpr int kPer = 16;
+  const int64_t row = blockIdx.x;
+  float vals[kPer];
+  float sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int c = threadIdx.x + j * kNormThreads;
+    float v = 0.f;
+    if (c < hidden) {
+      v = to_f(x[row * stride_x + c]);
+      if (ADD) {
+        const T s = from_f<T>(v + to_f(res[row * stride_r + c]));  // rounded like torch's x + r
+        res[row * stride_r + c] = s;
+        v = to_f(s);
+      }
+    }
+    vals[j] = v;
+    sq += v * v;
+  }
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float inv;
+  const float total = Reduce(tmp).Sum(sq);
+  if (threadIdx.x == 0) inv = rsqrtf(total / hidden + eps);
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int c = threadIdx.x + j * kNormThreads;
+    if (c < hidden) {
+      const float normed = to_f(from_f<T>(vals[j] * inv));  // HF: cast, then times weight
+      out[row * stride_o + c] = from_f<T>(normed * to_f(w[c]));
+    }
+  }
+}
+
+void check_rows(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, name, ": [T, H] CUDA, rows contiguous");
+}
+
+template <bool ADD>
+void launch_norm(at::Tensor& out, const at::Tensor& x, at::Tensor& res, const at::Tensor& w, double eps) {
+  const int hidden = x.size(1);
+  TORCH_CHECK(hidden <= kNormThreads * 16, "rms_norm: hidden size too large");
+  if (x.size(0) == 0) return;
+  const at::cuda::OptionalCUDAGuard guard(x.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  QINFER_DISPATCH(x.scalar_type(), "rms_norm", [&] {
+    rms_norm_kernel<T, ADD><<<x.size(0), kNormThreads, 0, stream>>>(
+        reinterpret_cast<T*>(out.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
+        reinterpret_cast<T*>(res.data_ptr()), reinterpret_cast<const T*>(w.data_ptr()),
+        out.stride(0), x.stride(0), res.stride(0), hidden, static_cast<float>(eps));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rows(x, "rms_norm");
+  auto out = at::empty_like(x);
+  at::Tensor unused = x;
+  launch_norm<false>(out, x, unused, weight.contiguous(), eps);
+  return out;
+}
+
+// In place: residual <- x + residual, x <- rms_norm(residual) * weight.
+void fused_add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps) {
+  check_rows(x, "fused_add_rms_norm");
+  check_rows(residual, "fused_add_rms_norm");
+  launch_norm<true>(x, x, residual, weight.contiguous(), eps);
+}
+
+// out[t, i] = silu(x[t, i]) * x[t, I + i]; grid (T, ceil(I / (threads * 8))).
+template <typename T>
+__global__ void silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, int64_t stride_o,
+                                    int64_t stride_x, int inter) {
+  const int64_t row = blockIdx.x;
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < inter; i += gridDim.y * blockDim.x) {
+    const float g = to_f(x[row * stride_x + i]);
+    const float u = to_f(x[row * stride_x + inter + i]);
+    out[row * stride_o + i] = from_f<T>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+at::Tensor silu_and_mul(const at::Tensor& x) {
+  check_rows(x, "silu_and_mul");
+  const int inter = x.size(1) / 2;
+  auto out = at::empty({x.size(0), inter}, x.options());
+  if (x.size(0) == 0) return out;
+  const at::cuda::OptionalCUDAGuard guard(x.device());
+  const dim3 grid(x.size(0), (inter + 1023) / 1024);
+  QINFER_DISPATCH(x.scalar_type(), "silu_and_mul", [&] {
+    silu_and_mul_kernel<T><<<grid, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<T*>(out.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
+        out.stride(0), x.stride(0), inter);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// Rotate one token's heads in place. Pairs (i, i + D/2) (neox) or (2i, 2i + 1);
+// cache row [D] = cos | sin of the token's position. Threads stride over (head, i).
+template <typename T, typename C>
+__global__ void rotary_kernel(const int64_t* __restrict__ positions, T* __restrict__ q,
+                              T* __restrict__ k, const C* __restrict__ cache, int64_t stride_q,
+                              int64_t stride_k, int64_t stride_c, int num_q, int num_k, int head,
+                              bool neox) {
+  const int64_t tok = blockIdx.x;
+  const C* row = cache + positions[tok] * stride_c;
+  const int half = head / 2;
+  for (int j = threadIdx.x; j < (num_q + num_k) * half; j += blockDim.x) {
+    const int h = j / half, i = j % half;
+    T* base = h < num_q ? q + tok * stride_q + h * head : k + tok * stride_k + (h - num_q) * head;
+    const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+    const float c = to_f(row[i]), s = to_f(row[half + i]);
+    const float x1 = to_f(base[a]), x2 = to_f(base[b]);
+    base[a] = from_f<T>(x1 * c - x2 * s);
+    base[b] = from_f<T>(x2 * c + x1 * s);
+  }
+}
+
+void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key, int64_t head_size,
+                      const at::Tensor& cos_sin_cache, bool is_neox) {
+  check_rows(query, "rotary_embedding");
+  check_rows(key, "rotary_embedding");
+  TORCH_CHECK(positions.scalar_type() == at::kLong, "rotary_embedding: positions int64");
+  TORCH_CHECK(cos_sin_cache.stride(1) == 1, "rotary_embedding: cache rows contiguous");
+  if (query.size(0) == 0) return;
+  const at::cuda::OptionalCUDAGuard guard(query.device());
+  const int num_q = query.size(1) / head_size, num_k = key.size(1) / head_size;
+  const int threads = std::min(512, (num_q + num_k) * static_cast<int>(head_size) / 2);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  QINFER_DISPATCH(query.scalar_type(), "rotary_embedding", [&] {
+    using QT = T;
+    QINFER_DISPATCH(cos_sin_cache.scalar_type(), "rotary_cache", [&] {
+      rotary_kernel<QT, T><<<query.size(0), threads, 0, stream>>>(
+          positions.data_ptr<int64_t>(), reinterpret_cast<QT*>(query.data_ptr()),
+          reinterpret_cast<QT*>(key.data_ptr()), reinterpret_cast<const T*>(cos_sin_cache.data_ptr()),
+          query.stride(0), key.stride(0), cos_sin_cache.stride(0), num_q, num_k, head_size, is_neox);
+    });
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Copy token t's [Hk * D] key and value rows into cache slot slots[t] (skip negative slots).
+// Both sides are contiguous per token, so each thread moves 16 bytes when widths allow.
+template <typename V>
+__global__ void reshape_and_cache_kernel(const V* __restrict__ key, const V* __restrict__ value,
+                                         V* __restrict__ k_cache, V* __restrict__ v_cache,
+                                         const int64_t* __restrict__ slots, int64_t stride_k,
+                                         int64_t stride_v, int64_t stride_kb, int64_t stride_kt,
+                                         int64_t stride_vb, int64_t stride_vt, int block_size,
+                                         int width) {
+  const int64_t tok = blockIdx.x;
+  const int64_t slot = slots[tok];
+  if (slot < 0) return;
+  const int64_t blk = slot / block_size, off = slot % block_size;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    k_cache[blk * stride_kb + off * stride_kt + i] = key[tok * stride_k + i];
+    v_cache[blk * stride_vb + off * stride_vt + i] = value[tok * stride_v + i];
+  }
+}
+
+bool heads_contiguous(const at::Tensor& x) {  // [T, H, D] with each token's H*D contiguous
+  return x.stride(2) == 1 && x.stride(1) == x.size(2);
+}
+
+void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
+                       at::Tensor& v_cache, const at::Tensor& slot_mapping) {
+  TORCH_CHECK(heads_contiguous(key) && heads_contiguous(value), "reshape_and_cache: key/value layout");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "reshape_and_cache: caches contiguous");
+  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type(), "reshape_and_cache: dtype mismatch");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, "reshape_and_cache: slot_mapping int64");
+  if (key.size(0) == 0) return;
+  const at::cuda::OptionalCUDAGuard guard(key.device());
+  const int64_t esize = key.element_size();
+  const int64_t width_bytes = key.size(1) * key.size(2) * esize;
+  // 16-byte vectors when every row start and width is a multiple of 16 bytes.
+  const bool vec = width_bytes % 16 == 0 && (key.stride(0) * esize) % 16 == 0 &&
+                   (value.stride(0) * esize) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(key.data_ptr()) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(value.data_ptr()) % 16 == 0;
+  const int64_t unit = vec ? 16 : esize;
+  const int width = width_bytes / unit;
+  const int threads = std::min(256, std::max(32, width));
+  auto launch = [&](auto* tag) {
+    using V = std::remove_pointer_t<decltype(tag)>;
+    reshape_and_cache_kernel<V><<<key.size(0), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        reinterpret_cast<const V*>(key.data_ptr()), reinterpret_cast<const V*>(value.data_ptr()),
+        reinterpret_cast<V*>(k_cache.data_ptr()), reinterpret_cast<V*>(v_cache.data_ptr()),
+        slot_mapping.data_ptr<int64_t>(), key.stride(0) * esize / unit, value.stride(0) * esize / unit,
+        k_cache.stride(0) * esize / unit, k_cache.stride(1) * esize / unit,
+        v_cache.stride(0) * esize / unit, v_cache.stride(1) * esize / unit, k_cache.size(1), width);
+  };
+  if (vec) launch(static_cast<uint4*>(nullptr));
+  else if (esize == 2) launch(static_cast<uint16_t*>(nullptr));
+  else launch(static_cast<uint32_t*>(nullptr));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace qinfer
+
+TORCH_LIBRARY(qinfer, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("fused_add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.def("rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!) key, int head_size, "
+        "Tensor cos_sin_cache, bool is_neox) -> ()");
+  m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+        "Tensor slot_mapping) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
+  m.impl("rms_norm", &qinfer::rms_norm);
+  m.impl("fused_add_rms_norm", &qinfer::fused_add_rms_norm);
+  m.impl("silu_and_mul", &qinfer::silu_and_mul);
+  m.impl("rotary_embedding", &qinfer::rotary_embedding);
+  m.impl("reshape_and_cache", &qinfer::reshape_and_cache);
+}

@@ -1,0 +1,115 @@
+"""Transactional outbox: the GPU worker records "deliver this callback" in the same
+MULTI/EXEC as the job's result, and a relay in the callbacks worker turns outbox
+entries into Celery tasks.
+
+Why: a GPU worker never waits on a receiver or on Celery, and no result can be
+written without its delivery being queued (nor the reverse). The relay acks an
+entry only after the Celery publish, so a relay dying in between makes a
+duplicate (webhook-id lets the receiver drop it), never a loss.
+Retries wait in a sorted set (job id -> due time) and re-enter the outbox when
+due, so a Celery message never sits unacked for hours (see app.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+import redis
+
+from qinfer.queue.keys import Keys
+
+log = logging.getLogger(__name__)
+
+RELAY_GROUP = "relay"
+BATCH = 100
+
+# Due retries move to the outbox atomically: no retry is lost or doubled between two relays.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, job_id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], job_id)
+  redis.call('XADD', KEYS[2], '*', 'job_id', job_id)
+end
+return #due
+"""
+
+
+def enqueue_delivery(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> None:
+    """Queue a callback delivery for `job_id` on the worker's terminal MULTI/EXEC (commands only)."""
+    pipe.hset(keys.job(job_id), mapping={
+        "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
+    pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
+
+
+def schedule_retry(pipe: redis.client.Pipeline, keys: Keys, job_id: str, due_at: float) -> None:
+    pipe.zadd(keys.callback_retries(), {job_id: due_at})
+
+
+class OutboxRelay:
+    """Moves outbox entries (and due retries) into Celery via `publish(job_id)`."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, publish: Callable[[str], None],
+                 claim_idle_s: float, block_s: float = 0.5):
+        self.client, self.keys, self.publish = client, keys, publish
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        self.block_ms = int(block_s * 1000)
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self._move_due = client.register_script(_MOVE_DUE)
+        self._next_claim_at = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.keys.callback_outbox(), RELAY_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self, stop: threading.Event) -> None:
+        self.ensure_group()
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:   # a broker or Redis outage must not end the relay thread
+                log.exception("callback relay step failed; retrying")
+                stop.wait(1.0)
+        self.close()
+
+    def run_once(self) -> int:
+        """One pass: due retries -> outbox, reclaim entries of dead relays, relay new ones."""
+        self._move_due(keys=[self.keys.callback_retries(), self.keys.callback_outbox()],
+                       args=[time.time(), BATCH])
+        entries = self._reclaim() + self._read_new()
+        for entry_id, fields in entries:
+            self._relay(entry_id, fields)
+        return len(entries)
+
+    def close(self) -> None:
+        """Leave the group cleanly (only after our pending entries are acked or reclaimable)."""
+        pending = self.client.xpending_range(self.keys.callback_outbox(), RELAY_GROUP,
+                                             "-", "+", 1, consumername=self.consumer)
+        if not pending:
+            self.client.xgroup_delconsumer(self.keys.callback_outbox(), RELAY_GROUP, self.consumer)
+
+    def _read_new(self) -> list:
+        reply = self.client.xreadgroup(RELAY_GROUP, self.consumer, {self.keys.callback_outbox(): ">"},
+                                       count=BATCH, block=self.block_ms)
+        return reply[0][1] if reply else []
+
+    def _reclaim(self) -> list:
+        if time.monotonic() < self._next_claim_at:
+            return []
+        self._next_claim_at = time.monotonic() + self.claim_idle_ms / 2000
+        reply = self.client.xautoclaim(self.keys.callback_outbox(), RELAY_GROUP, self.consumer,
+                                       self.claim_idle_ms, "0-0", count=BATCH)
+        return [e for e in reply[1] if e[1]]   # entries deleted meanwhile come back empty
+
+    def _relay(self, entry_id: str, fields: dict) -> None:
+        self.publish(fields["job_id"])
+        pipe = self.client.pipeline()
+        pipe.xack(self.keys.callback_outbox(), RELAY_GROUP, entry_id)
+        pipe.xdel(self.keys.callback_outbox(), entry_id)
+        pipe.execute()

@@ -1,0 +1,57 @@
+"""`qinfer callbacks-worker`: the Celery worker that delivers webhooks, plus the outbox relay."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Optional
+
+from prometheus_client import start_http_server
+
+from qinfer.callbacks.app import QUEUE, configure_app
+from qinfer.callbacks.outbox import OutboxRelay
+from qinfer.callbacks.tasks import deliver, runtime
+from qinfer.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Optional[int] = None,
+                         metrics_port: Optional[int] = None, loglevel: str = "INFO",
+                         settings: Optional[Settings] = None) -> None:
+    """Run until SIGTERM/SIGINT: Celery consumes deliveries, a thread relays the outbox.
+
+    Arguments override the QINFER_* settings (command-line flags win over the environment).
+    """
+    settings = _with_overrides(settings or get_settings(), redis_url=redis_url,
+                               callback_concurrency=concurrency, callback_metrics_port=metrics_port)
+    _check(settings)
+    app = configure_app(settings)
+    rt = runtime()   # validates the secrets before any delivery is taken
+    if settings.callback_metrics_port:
+        start_http_server(settings.callback_metrics_port)
+    relay = OutboxRelay(rt.client, rt.keys, lambda job_id: deliver.apply_async((job_id,)),
+                        settings.callback_relay_claim_idle_s)
+    stop = threading.Event()
+    relay_thread = threading.Thread(target=relay.run, args=(stop,), name="callbacks-relay", daemon=True)
+    relay_thread.start()
+    try:
+        app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", QUEUE,
+                         "-n", f"callbacks-{os.getpid()}@{socket.gethostname()}",
+                         "--without-mingle", "--without-gossip"])
+    finally:
+        stop.set()
+        relay_thread.join(timeout=5)
+
+
+def _with_overrides(settings: Settings, **overrides) -> Settings:
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _check(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise SystemExit("callbacks worker: set QINFER_REDIS_URL or pass --redis-url")
+    if not settings.webhook_secret:
+        raise SystemExit("callbacks worker: set QINFER_WEBHOOK_SECRET (whsec_...; make one with "
+                         "python -c 'import qinfer.callbacks as c; print(c.generate_secret())')")

@@ -1,0 +1,272 @@
+"""`qinfer <command>`: one function per subcommand, registered with @command.
+
+To add a subcommand: `@command("name", "help", add_args)` on `def cmd_name(args) -> int`,
+with `add_args(parser)` declaring its flags; heavy imports go inside the function.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from qinfer.config import Settings, get_settings
+
+_COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
+
+
+def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    def register(fn: Callable[[argparse.Namespace], int]):
+        _COMMANDS[name] = (help, add_args, fn)
+        return fn
+    return register
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """QINFER_* settings, overridden by the flags given on the command line."""
+    overrides = {field: getattr(args, field) for field in Settings.model_fields
+                 if getattr(args, field, None) is not None}
+    return get_settings().model_copy(update=overrides)
+
+
+def _client(args):
+    from qinfer.client import Client
+
+    return Client(settings=settings_from(args))
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --- worker ---------------------------------------------------------------------------
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Hugging Face model directory")
+    p.add_argument("--served-model-name", dest="served_model_name", help="queue name (default: dir base name)")
+    p.add_argument("--name", dest="worker_name", help="worker / consumer name (default: host-pid)")
+    p.add_argument("--device", help="cpu | cuda | cuda:N")
+    p.add_argument("--lease-seconds", dest="lease_seconds", type=float)
+    p.add_argument("--max-attempts", dest="max_attempts", type=int)
+    p.add_argument("--drain-grace-s", dest="drain_grace_s", type=float)
+    p.add_argument("--metrics-port", dest="metrics_port", type=int)
+    for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
+                       ("block-size", int), ("max-model-len", int), ("tensor-parallel-size", int),
+                       ("dtype", str), ("attention-backend", str)]:
+        p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
+
+
+_ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "block_size", "max_model_len",
+                 "tensor_parallel_size", "dtype", "attention_backend")
+
+
+@command("worker", "serve one model from the queue (one per GPU)", _worker_args)
+def cmd_worker(args) -> int:
+    import redis
+
+    from qinfer import metrics
+    from qinfer.engine.llm_engine import LLMEngine
+    from qinfer.queue.consumer import Consumer
+    from qinfer.queue.keys import Keys
+    from qinfer.queue.writer import ResultWriter
+    from qinfer.worker.health import Heartbeat
+    from qinfer.worker.loop import Worker
+
+    settings = settings_from(args)
+    url = _require_url(settings)
+    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    model_name = settings.served_model_name or Path(args.model).resolve().name
+    engine_kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k) is not None}
+    engine = LLMEngine.from_kwargs(args.model, device=settings.device, **engine_kwargs)
+    r, keys = redis.Redis.from_url(url), Keys(settings.key_prefix)
+    metrics.serve(settings.metrics_port)
+    Worker(engine, Consumer(r, keys, model_name, name, settings), ResultWriter(r, keys, name, settings),
+           Heartbeat(r, keys, name, model_name, settings.heartbeat_ttl_s), settings, model_name).run()
+    return 0
+
+
+def _require_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        sys.exit("no Redis URL: pass --redis URL or set QINFER_REDIS_URL (or use `qinfer up`)")
+    return settings.redis_url
+
+
+# --- up -------------------------------------------------------------------------------
+def _up_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory (default: make the tiny demo model)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", help="cpu | cuda")
+
+
+@command("up", "start a single-machine fleet (embedded Redis if no URL) until Ctrl-C", _up_args)
+def cmd_up(args) -> int:
+    import signal
+
+    from qinfer.embedded_redis import EmbeddedRedis
+    from qinfer.fleet import Fleet
+
+    settings = settings_from(args)
+    embedded = None if settings.redis_url else EmbeddedRedis().start()
+    url = settings.redis_url or embedded.url
+    model = args.model or str(make_demo_model())
+    extra = ("--device", args.device) if args.device else ()
+    fleet = Fleet(model, url, args.workers, worker_args=extra, key_prefix=settings.key_prefix).start()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    try:
+        fleet.wait_ready()
+        _print_up_banner(url, Path(model).resolve().name, args.workers)
+        while not stop:
+            fleet.supervise()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        codes = fleet.stop()
+        if embedded:
+            embedded.stop()
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def _print_up_banner(url: str, model_name: str, num_workers: int) -> None:
+    print(f"QINFER_REDIS_URL={url}", flush=True)
+    print(f"fleet up: {num_workers} worker(s) serving {model_name!r}. In another shell:\n"
+          f"  export QINFER_REDIS_URL={url}\n"
+          f"  qinfer submit --model {model_name} --wait 'The quick brown fox'\n"
+          "Ctrl-C stops the fleet.", flush=True)
+
+
+def make_demo_model() -> Path:
+    """The tiny demo model (random weights, local tokenizer), made once per machine."""
+    from qinfer.testing.tiny_model import make_tiny_model
+
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qinfer" / "tiny-llama"
+    if not (path / "config.json").exists():
+        make_tiny_model(path, "llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
+                        intermediate_size=128)
+    return path
+
+
+# --- producer-side commands ---------------------------------------------------------------
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--model", required=True)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--sampling", help="SamplingParams as JSON (overrides the two flags above)")
+    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--idempotency-key")
+    p.add_argument("--callback-url")
+    p.add_argument("--wait", action="store_true", help="block and print the result")
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+
+
+@command("submit", "enqueue one job; prints its id (or the answer with --wait/--stream)", _submit_args)
+def cmd_submit(args) -> int:
+    client = _client(args)
+    sampling = json.loads(args.sampling) if args.sampling else {"max_tokens": args.max_tokens,
+                                                                 "temperature": args.temperature}
+    job_id = client.submit(model=args.model, prompt=args.prompt, sampling=sampling, priority=args.priority,
+                           idempotency_key=args.idempotency_key, callback_url=args.callback_url,
+                           stream=args.stream)
+    if args.stream:
+        for delta in client.stream(job_id):
+            print(delta.text, end="", flush=True)
+        print()
+    if args.wait or args.stream:
+        _print_json(client.wait(job_id).model_dump(mode="json"))
+    else:
+        print(job_id)
+    return 0
+
+
+def _id_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id")
+
+
+@command("status", "print a job's status and result (never blocks)", _id_args)
+def cmd_status(args) -> int:
+    _print_json(_client(args).get(args.job_id).model_dump(mode="json"))
+    return 0
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    _id_args(p)
+    p.add_argument("--timeout", type=float)
+
+
+@command("wait", "block until a job ends; print its result", _wait_args)
+def cmd_wait(args) -> int:
+    _print_json(_client(args).wait(args.job_id, timeout=args.timeout).model_dump(mode="json"))
+    return 0
+
+
+@command("cancel", "cancel a job (queued: now; running: at the next engine step)", _id_args)
+def cmd_cancel(args) -> int:
+    print(_client(args).cancel(args.job_id).value)
+    return 0
+
+
+@command("queues", "per model: queued, in flight (pending), dead letters, admission counts")
+def cmd_queues(args) -> int:
+    from qinfer.queue.stats import queue_stats
+
+    client = _client(args)
+    rows = queue_stats(client.redis, client.keys, client.settings.max_priority)
+    _print_table(rows, ["model", "queued", "pending", "dead_letters", "admitted_jobs", "admitted_tokens"])
+    return 0
+
+
+@command("workers", "live workers (heartbeat within its TTL)")
+def cmd_workers(args) -> int:
+    from qinfer.worker.health import list_workers
+
+    client = _client(args)
+    rows = list_workers(client.redis, client.keys)
+    for row in rows:
+        row["age_s"] = f"{time.time() - float(row.get('last_seen', 0)):.1f}"
+    _print_table(rows, ["name", "model", "host", "pid", "running", "waiting", "age_s"])
+    return 0
+
+
+@command("demo", "the main job: fleet up, a batch of jobs with a progress bar, answers, fleet down")
+def cmd_demo(args) -> int:
+    from qinfer.demo import main as demo_main
+
+    return demo_main([])
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+
+
+# --- entry point ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qinfer", description="qinfer: an LLM inference fleet on Redis")
+    parser.add_argument("--redis", dest="redis_url", help="Redis URL (default: QINFER_REDIS_URL)")
+    parser.add_argument("--log-level", help="default: QINFER_LOG_LEVEL or INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, fn) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--redis", dest="redis_url", default=argparse.SUPPRESS, help="Redis URL")
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=(args.log_level or get_settings().log_level).upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""LLMEngine: tokenizer + scheduler + executor, stepped by the caller (LLM.generate or the worker)."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import time
+from typing import Iterable, Optional, Union
+
+from qinfer.engine.config import EngineConfig
+from qinfer.engine.detokenizer import IncrementalDetokenizer
+from qinfer.engine.output_processor import OutputProcessor
+from qinfer.engine.outputs import RequestOutput
+from qinfer.engine.request import Request
+from qinfer.engine.scheduler import Scheduler
+from qinfer.errors import InvalidRequestError
+from qinfer.executor.runner_output import ModelRunnerOutput
+from qinfer.sampling_params import SamplingParams
+
+_MAX_SEED = 2**63
+
+
+@dataclasses.dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float            # share of KV blocks referenced by requests
+    num_preemptions: int
+    prefix_cache_queries: int        # tokens looked up in the prefix cache
+    prefix_cache_hits: int           # of those, tokens found
+    num_steps: int
+    num_scheduled_tokens: int        # prompt + recomputed + decode tokens run through the model
+    step_time_s: float               # wall time of step() calls
+    executor_time_s: float           # of which inside executor.execute_model
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        from transformers import AutoTokenizer
+
+        from qinfer.executor.executor import Executor
+        from qinfer.executor.model_runner import eos_token_ids
+
+        self.config = config
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.executor = Executor(config)
+        self.max_model_len = self.executor.max_model_len
+        self.vocab_size = self.executor.hf_config.vocab_size
+        # The runner masks these ids before min_tokens; the same set stops a request.
+        self.eos_token_ids = frozenset(eos_token_ids(config.model, self.executor.hf_config))
+        self.num_kv_blocks = self.executor.determine_num_kv_blocks()
+        self.executor.init_kv_cache(self.num_kv_blocks)
+        self.scheduler = Scheduler(config, self.num_kv_blocks, self.max_model_len)
+        self.output_processor = OutputProcessor()
+        self._arrival_counter = itertools.count()
+        self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
+        self._num_steps = self._num_scheduled_tokens = 0
+        self._step_time_s = self._executor_time_s = 0.0
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs) -> "LLMEngine":
+        return cls(EngineConfig(model=model, **kwargs))
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: Optional[str] = None,
+                    sampling_params: Optional[SamplingParams] = None,
+                    prompt_token_ids: Optional[list[int]] = None) -> None:
+        """Queue a request; InvalidRequestError if it can never run (the engine is left as it was)."""
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        token_ids = self.validate_request(prompt, params, prompt_token_ids)
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        self._check_new_ids([request_id, *child_ids])
+        self.output_processor.add(request_id, prompt, token_ids, child_ids, params.logprobs is not None)
+        for child_id, child_params in zip(child_ids, self._child_params(params)):
+            self.scheduler.add_request(self._make_request(child_id, token_ids, child_params))
+
+    def validate_request(self, prompt: Optional[str], params: SamplingParams,
+                         prompt_token_ids: Optional[list[int]] = None) -> list[int]:
+        """The prompt's token ids, or InvalidRequestError saying why the request cannot run."""
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"sampling_params must be a qinfer.SamplingParams, not {type(params).__name__}")
+        token_ids = self._prompt_token_ids(prompt, prompt_token_ids)
+        self._check_prompt_length(len(token_ids))
+        return token_ids
+
+    def _prompt_token_ids(self, prompt: Optional[str], prompt_token_ids: Optional[list[int]]) -> list[int]:
+        if prompt_token_ids is None:
+            if not isinstance(prompt, str) or not prompt:
+                raise InvalidRequestError("the prompt is empty: give a non-empty prompt or prompt_token_ids")
+            return self.tokenizer(prompt).input_ids
+        token_ids = list(prompt_token_ids)
+        if not token_ids:
+            raise InvalidRequestError("prompt_token_ids is empty")
+        if not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in token_ids):
+            raise InvalidRequestError(f"prompt_token_ids must be integers in [0, {self.vocab_size}) "
+                                      "(the model's vocabulary)")
+        return token_ids
+
+    def _check_prompt_length(self, num_prompt_tokens: int) -> None:
+        if num_prompt_tokens + 1 > self.max_model_len:
+            raise InvalidRequestError(f"the prompt has {num_prompt_tokens} tokens; with one generated token "
+                                      f"that exceeds the model's max_model_len of {self.max_model_len}")
+        block_manager = self.scheduler.block_manager
+        if block_manager.num_blocks_for(num_prompt_tokens + 1) > block_manager.num_blocks:
+            capacity = block_manager.num_blocks * block_manager.block_size
+            raise InvalidRequestError(f"the prompt has {num_prompt_tokens} tokens; the KV cache holds "
+                                      f"{capacity} tokens in all")
+
+    def _check_new_ids(self, ids: list[str]) -> None:
+        for request_id in ids:
+            if request_id in self.output_processor.parents or request_id in self.scheduler.requests:
+                raise InvalidRequestError(f"request id {request_id!r} is already in use")
+
+    def _child_params(self, params: SamplingParams) -> list[SamplingParams]:
+        if params.n == 1:
+            return [params]
+        # Distinct seeds so the n completions differ, yet reproduce for a seeded parent.
+        base_seed = params.seed if params.seed is not None else self._seed_rng.randrange(_MAX_SEED)
+        return [params.model_copy(update={"n": 1, "seed": (base_seed + i) % _MAX_SEED})
+                for i in range(params.n)]
+
+    def _make_request(self, request_id: str, token_ids: list[int], params: SamplingParams) -> Request:
+        detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop,
+                                             params.include_stop_str_in_output)
+        return Request(request_id, token_ids, params, self.eos_token_ids,
+                       next(self._arrival_counter), detokenizer)
+
+    def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
+        """Finish the request(s) with finish_reason "abort"; reported by the next step()."""
+        request_ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for parent_id in request_ids:
+            self.scheduler.abort_requests(self.output_processor.child_ids(parent_id))
+
+    # -- stepping ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled batch; returns the deltas of the requests it advanced or finished."""
+        start = time.perf_counter()
+        so = self.scheduler.schedule()
+        runner_output = self._execute(so)
+        outputs = self.output_processor.process(self.scheduler.update_from_output(so, runner_output))
+        self._num_steps += 1
+        self._num_scheduled_tokens += so.total_num_scheduled_tokens
+        self._step_time_s += time.perf_counter() - start
+        return outputs
+
+    def _execute(self, so) -> ModelRunnerOutput:
+        if so.is_empty:
+            return ModelRunnerOutput()
+        start = time.perf_counter()
+        runner_output = self.executor.execute_model(so)
+        self._executor_time_s += time.perf_counter() - start
+        return runner_output
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.output_processor.parents)
+
+    def num_admissible(self) -> int:
+        """New requests the engine can take now without queueing: free sequence slots and KV blocks."""
+        scheduler = self.scheduler
+        block_manager = scheduler.block_manager
+        num_free_slots = scheduler.max_num_seqs - len(scheduler.running) - len(scheduler.waiting)
+        num_waiting_blocks = sum(block_manager.num_blocks_for(r.num_tokens) for r in scheduler.waiting)
+        return max(0, min(num_free_slots, block_manager.num_free_blocks - num_waiting_blocks))
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                     tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
+
+    @property
+    def stats(self) -> EngineStats:
+        scheduler = self.scheduler
+        block_manager = scheduler.block_manager
+        return EngineStats(
+            num_running=len(scheduler.running),
+            num_waiting=len(scheduler.waiting),
+            kv_cache_usage=block_manager.usage,
+            num_preemptions=scheduler.num_preemptions,
+            prefix_cache_queries=block_manager.num_prefix_queries,
+            prefix_cache_hits=block_manager.num_prefix_hits,
+            num_steps=self._num_steps,
+            num_scheduled_tokens=self._num_scheduled_tokens,
+            step_time_s=self._step_time_s,
+            executor_time_s=self._executor_time_s,
+        )

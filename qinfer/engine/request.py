@@ -1,0 +1,92 @@
+"""Request: the scheduler's state of one sequence (token counters, KV blocks, finish reason)."""
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, NamedTuple, Optional
+
+from qinfer.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from qinfer.engine.detokenizer import IncrementalDetokenizer
+    from qinfer.executor.runner_output import TokenLogprobs
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_ABORTED = 5
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return _FINISH_REASONS.get(self)
+
+
+_FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+class Request:
+    """One sequence. `all_token_ids` is prompt + output; counters say how far the KV cache got."""
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                 eos_token_ids: frozenset[int] = frozenset(), arrival_index: int = 0,
+                 detokenizer: Optional["IncrementalDetokenizer"] = None):
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self.sampling_params = sampling_params
+        self.eos_token_ids = eos_token_ids
+        self.arrival_index = arrival_index
+        self.detokenizer = detokenizer
+        self.all_token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.status = RequestStatus.WAITING
+        self.num_computed_tokens = 0      # tokens whose KV is in the cache
+        self.num_cached_tokens = 0        # prompt tokens served by prefix-cache hits (first schedule)
+        self.block_ids: list[int] = []
+        self.block_hashes: list[int] = []  # chained hashes of full blocks, grown lazily
+        self.num_hashed_blocks = 0         # leading blocks of block_ids registered in the prefix cache
+        self.stop_reason: Optional[object] = None
+        self.logprobs: list["TokenLogprobs"] = []
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[self.num_prompt_tokens:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return self.status.finish_reason
+
+    @property
+    def output_text(self) -> str:
+        return self.detokenizer.output_text if self.detokenizer else ""
+
+
+class RequestDelta(NamedTuple):
+    """What one step added to a request (returned by Scheduler.update_from_output)."""
+
+    request: Request
+    new_token_ids: list[int]
+    new_text: str
+    new_logprobs: list

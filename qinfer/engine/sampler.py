@@ -1,0 +1,143 @@
+"""Whole-batch sampler on the device: one row of logits per request that samples this step.
+
+Order (vLLM's): raw logprobs -> penalties -> min_tokens mask -> greedy argmax
+| temperature -> min_p -> top_k / top_p -> random draw. Logprobs are of the raw
+model logits (log_softmax before any processing), like vLLM's default.
+
+Randomness: a request with a seed draws from its own torch.Generator (kept by
+the InputBatch until the request finishes, across preemptions), so its tokens
+do not depend on what else is in the batch. Requests without a seed share one
+generator seeded from EngineConfig.seed: a run is reproducible as a whole.
+Random draws use the exponential trick, argmax(p / q) with q ~ Exp(1), which
+samples from p without a host sync.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import torch
+
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class SamplingMetadata:
+    """Per-row tensors [S] on the logits' device; None where every row has the neutral value."""
+
+    temperature: torch.Tensor                          # [S] float; 0 = greedy
+    all_greedy: bool
+    top_k: Optional[torch.Tensor] = None               # [S] long; vocab size = off
+    top_p: Optional[torch.Tensor] = None               # [S] float; 1 = off
+    min_p: Optional[torch.Tensor] = None               # [S] float; 0 = off
+    repetition_penalty: Optional[torch.Tensor] = None  # [S]; penalties are all set together or all None
+    presence_penalty: Optional[torch.Tensor] = None    # [S]
+    frequency_penalty: Optional[torch.Tensor] = None   # [S]
+    prompt_token_ids: Optional[torch.Tensor] = None    # [S, P] long, padded with vocab_size
+    output_token_ids: Optional[torch.Tensor] = None    # [S, O] long, padded with vocab_size
+    banned_token_ids: list[tuple[int, list[int]]] = field(default_factory=list)  # (row, ids) for min_tokens
+    generators: dict[int, torch.Generator] = field(default_factory=dict)          # row -> seeded generator
+    max_num_logprobs: Optional[int] = None             # largest k asked in the batch; None: nobody asked
+
+
+class SamplerOutput(NamedTuple):
+    sampled_token_ids: torch.Tensor                  # [S] long
+    sampled_logprobs: Optional[torch.Tensor]         # [S] float: logprob of the sampled token
+    top_logprobs: Optional[torch.Tensor]             # [S, k] float, descending
+    top_token_ids: Optional[torch.Tensor]            # [S, k] long
+
+
+def token_counts(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """token_ids [S, L] padded with vocab_size -> occurrence counts [S, V]."""
+    counts = torch.zeros(token_ids.shape[0], vocab_size + 1, dtype=torch.long, device=token_ids.device)
+    counts.scatter_add_(1, token_ids, torch.ones_like(token_ids))
+    return counts[:, :vocab_size]
+
+
+def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+    """vLLM semantics. Repetition (tokens in prompt or output): positive logits / p, negative * p.
+    Presence: - p once per token present in the output. Frequency: - p * count in the output."""
+    vocab_size = logits.shape[1]
+    output_counts = token_counts(md.output_token_ids, vocab_size)
+    seen = (token_counts(md.prompt_token_ids, vocab_size) > 0) | (output_counts > 0)
+    rep = md.repetition_penalty.unsqueeze(1).expand_as(logits)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalized, logits)
+    logits = logits - md.frequency_penalty.unsqueeze(1) * output_counts
+    return logits - md.presence_penalty.unsqueeze(1) * (output_counts > 0)
+
+
+def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p * the top token's probability."""
+    probs = logits.softmax(dim=-1)
+    threshold = min_p.unsqueeze(1) * probs.amax(dim=-1, keepdim=True)
+    return logits.masked_fill(probs < threshold, _NEG_INF)
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
+                      top_p: Optional[torch.Tensor]) -> torch.Tensor:
+    """Keep each row's top_k most likely tokens, then the smallest most-likely set of mass >= top_p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)  # [1, V]
+    is_dropped = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if top_k is not None:
+        is_dropped |= rank >= top_k.unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill(is_dropped, _NEG_INF)
+    if top_p is not None:
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        is_dropped |= (mass_before >= top_p.unsqueeze(1)) & (rank > 0)
+    is_dropped_by_token = torch.empty_like(is_dropped).scatter_(1, order, is_dropped)
+    return logits.masked_fill(is_dropped_by_token, _NEG_INF)
+
+
+def random_sample(probs: torch.Tensor, md: SamplingMetadata, generator: torch.Generator) -> torch.Tensor:
+    """probs [S, V] -> [S] draws; seeded rows use their own generator."""
+    q = torch.empty_like(probs).exponential_(generator=generator)
+    for row, row_generator in md.generators.items():
+        q[row].exponential_(generator=row_generator)
+    return (probs / q).argmax(dim=-1)
+
+
+def gather_logprobs(raw_logprobs: torch.Tensor, sampled: torch.Tensor, k: int):
+    sampled_logprobs = raw_logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
+    top_logprobs, top_token_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
+    return sampled_logprobs, top_logprobs, top_token_ids
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int):
+        # The generator of requests without a seed of their own.
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
+        """logits [S, V] (any float dtype) -> SamplerOutput."""
+        logits = logits.float()
+        raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
+        logits = self.process_logits(logits, md)
+        sampled = logits.argmax(dim=-1)
+        if not md.all_greedy:
+            sampled = torch.where(md.temperature == 0, sampled, self.sample_random(logits, md))
+        if raw_logprobs is None:
+            return SamplerOutput(sampled, None, None, None)
+        return SamplerOutput(sampled, *gather_logprobs(raw_logprobs, sampled, md.max_num_logprobs))
+
+    @staticmethod
+    def process_logits(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        """Penalties and the min_tokens mask: they change greedy choices too."""
+        if md.repetition_penalty is not None:
+            logits = apply_penalties(logits, md)
+        if md.banned_token_ids:
+            logits = logits.clone()  # the caller's logits stay untouched
+        for row, token_ids in md.banned_token_ids:
+            logits[row, token_ids] = _NEG_INF
+        return logits
+
+    def sample_random(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
+        temperature = torch.where(md.temperature == 0, 1.0, md.temperature)
+        logits = logits / temperature.unsqueeze(1)
+        if md.min_p is not None:
+            logits = apply_min_p(logits, md.min_p)
+        if md.top_k is not None or md.top_p is not None:
+            logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
+        return random_sample(logits.softmax(dim=-1), md, self.generator)

@@ -1,0 +1,203 @@
+"""Scheduler in the style of vLLM v1: no prefill/decode phases, only a per-step token budget.
+
+Each request has `num_computed_tokens` and a target (`num_tokens`: prompt +
+output). A step hands the budget to running requests first, in order, then to
+waiting ones (FCFS). Chunked prefill and prefix caching fall out of this rule.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Iterable, Optional
+
+from qinfer.engine.block_manager import BlockManager
+from qinfer.engine.config import EngineConfig
+from qinfer.engine.request import Request, RequestDelta, RequestStatus
+from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.executor.runner_output import ModelRunnerOutput
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, num_kv_blocks: int, max_model_len: int):
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.block_manager = BlockManager(num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.requests: dict[str, Request] = {}     # every unfinished request
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []           # admission order: the newest is last
+        self.finished_req_ids: set[str] = set()    # the runner must forget these next step
+        self.preempted_req_ids: set[str] = set()
+        self.finished_between_steps: list[Request] = []   # aborted etc., reported by the next update
+        self.num_preemptions = 0
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_requests(self, request_ids: Iterable[str]) -> None:
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is not None:
+                self._finish_between_steps(request, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests) or bool(self.finished_between_steps)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # -- schedule --------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        so = SchedulerOutput()
+        budget = self._schedule_running(so, self.max_num_batched_tokens)
+        if not self.preempted_req_ids:
+            self._schedule_waiting(so, budget)
+        if not so.is_empty:
+            # Handed over only with a step the runner executes.
+            so.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
+            so.preempted_req_ids, self.preempted_req_ids = self.preempted_req_ids, set()
+        return so
+
+    def _schedule_running(self, so: SchedulerOutput, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            if self.block_manager.num_blocks_for(request.num_tokens) > self.block_manager.num_blocks:
+                # Longer than the whole KV cache: preempting others would never make it fit.
+                self._finish_between_steps(request, RequestStatus.FINISHED_LENGTH)
+                continue
+            num_new_tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._make_room(request, num_new_tokens):
+                break   # the request itself was preempted: nothing newer is left
+            new_block_ids = self.block_manager.allocate(request, num_new_tokens)
+            self.block_manager.cache_full_blocks(request, request.num_computed_tokens + num_new_tokens)
+            so.cached_requests.append(CachedRequestData(request.request_id, new_block_ids,
+                                                        request.num_computed_tokens))
+            so.num_scheduled_tokens[request.request_id] = num_new_tokens
+            budget -= num_new_tokens
+            i += 1
+        return budget
+
+    def _make_room(self, request: Request, num_new_tokens: int) -> bool:
+        """Preempt the newest running requests until `request` fits; False if it was preempted itself."""
+        while not self.block_manager.can_allocate(request, num_new_tokens):
+            victim = self.running.pop()
+            self._preempt(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        # Recompute later: the KV is dropped, the output tokens are kept.
+        self.block_manager.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        self.waiting.appendleft(request)
+        self.preempted_req_ids.add(request.request_id)
+        self.num_preemptions += 1
+
+    def _schedule_waiting(self, so: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            computed_blocks = self.block_manager.get_computed_blocks(request)
+            num_computed_tokens = len(computed_blocks) * self.block_manager.block_size
+            num_new_tokens = min(request.num_tokens - num_computed_tokens, budget)
+            if not self.block_manager.can_allocate(request, num_new_tokens, computed_blocks):
+                break
+            self.waiting.popleft()
+            self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens)
+            so.new_requests.append(_new_request_data(request))
+            so.num_scheduled_tokens[request.request_id] = num_new_tokens
+            budget -= num_new_tokens
+
+    def _admit(self, request: Request, computed_blocks: list[int], num_computed_tokens: int,
+               num_new_tokens: int) -> None:
+        self.block_manager.allocate(request, num_new_tokens, computed_blocks)
+        self.block_manager.cache_full_blocks(request, num_computed_tokens + num_new_tokens)
+        self.block_manager.record_lookup(request.num_tokens, len(computed_blocks))
+        if request.status == RequestStatus.WAITING:
+            request.num_cached_tokens = num_computed_tokens
+        request.num_computed_tokens = num_computed_tokens
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    # -- update ----------------------------------------------------------------------------
+    def update_from_output(self, so: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[RequestDelta]:
+        deltas = [RequestDelta(r, [], _new_text(r), []) for r in self.finished_between_steps]
+        self.finished_between_steps = []
+        for request_id, sampled, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
+                                                 runner_output.logprobs or itertools.repeat(None)):
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            request.num_computed_tokens += so.num_scheduled_tokens[request_id]
+            if sampled:
+                deltas.append(self._append_tokens(request, sampled, logprobs))
+        return deltas
+
+    def _append_tokens(self, request: Request, token_ids: list[int], logprobs) -> RequestDelta:
+        request.all_token_ids.extend(token_ids)
+        if logprobs is not None:
+            request.logprobs.append(logprobs)
+        status = self._detokenize(request, token_ids, self._check_stop(request, token_ids[-1]))
+        if status is not None:
+            self._finish(request, status)
+        return RequestDelta(request, token_ids, _new_text(request), [logprobs] if logprobs is not None else [])
+
+    def _detokenize(self, request: Request, token_ids: list[int],
+                    status: Optional[RequestStatus]) -> Optional[RequestStatus]:
+        """Extend the text; a stop string in it stops the request (the text then ends before it)."""
+        if request.detokenizer is None:
+            return status
+        # A matched EOS / stop id is not text.
+        text_ids = token_ids[:-1] if status == RequestStatus.FINISHED_STOPPED else token_ids
+        stop_str = request.detokenizer.update(text_ids, request.num_output_tokens,
+                                              request.sampling_params.min_tokens)
+        if stop_str is None:
+            return status
+        request.stop_reason = stop_str
+        return RequestStatus.FINISHED_STOPPED
+
+    def _check_stop(self, request: Request, token_id: int) -> Optional[RequestStatus]:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if token_id in request.eos_token_ids and not params.ignore_eos:
+                return RequestStatus.FINISHED_STOPPED
+            if token_id in params.stop_token_ids:
+                request.stop_reason = token_id
+                return RequestStatus.FINISHED_STOPPED
+        if request.num_output_tokens >= params.max_tokens or request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _finish_between_steps(self, request: Request, status: RequestStatus) -> None:
+        self._finish(request, status)
+        self.finished_between_steps.append(request)
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+            self.finished_req_ids.add(request.request_id)
+        else:
+            self.waiting.remove(request)   # the runner does not hold it (never scheduled, or preempted)
+        request.status = status
+        self.block_manager.free(request)
+        del self.requests[request.request_id]
+
+
+def _new_text(request: Request) -> str:
+    return request.detokenizer.take_new_text(request.is_finished) if request.detokenizer else ""
+
+
+def _new_request_data(request: Request) -> NewRequestData:
+    return NewRequestData(
+        req_id=request.request_id,
+        prompt_token_ids=list(request.prompt_token_ids),
+        output_token_ids=request.output_token_ids,
+        sampling_params=request.sampling_params,
+        block_ids=list(request.block_ids),
+        num_computed_tokens=request.num_computed_tokens,
+    )

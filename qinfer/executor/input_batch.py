@@ -1,0 +1,277 @@
+"""The runner's persistent batch: one preallocated row per live request, updated by deltas.
+
+Rows hold what the runner must remember between steps (token ids, computed
+count, block table, sampling settings). `update(scheduler_output)` applies a
+step's changes, `prepare(scheduler_output)` turns the rows into the flat step
+inputs and `sampling_metadata(...)` into the sampler's tensors. Host data lives
+in numpy arrays; step tensors are staged in (pinned on cuda) CPU buffers and
+copied to the device with one non_blocking copy each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qinfer.engine.sampler import SamplingMetadata
+from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.layers.attention.backend import AttentionMetadata
+from qinfer.sampling_params import SamplingParams
+
+# Columns of InputBatch.sampling_values, one float per request setting.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p",
+                    "repetition_penalty", "presence_penalty", "frequency_penalty")
+_NEUTRAL = {"top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+            "frequency_penalty": 0.0}
+
+
+@dataclass
+class StepInputs:
+    req_ids: list[str]              # scheduled requests, in SchedulerOutput order
+    input_ids: torch.Tensor         # [T] long, device
+    positions: torch.Tensor         # [T] long, device
+    attn_metadata: AttentionMetadata
+    logits_indices: torch.Tensor    # [S] long, device: rows of the hidden states that sample
+    is_sampling: np.ndarray         # [R] bool: request r samples a token this step
+    sampling_rows: np.ndarray       # [S] batch rows of the sampling requests
+
+
+class _Staging:
+    """CPU staging buffers (pinned on cuda) with numpy views, copied to `device` on demand.
+
+    Copies from pinned memory are asynchronous: before a step overwrites the buffers it waits
+    for the previous step's copies (an event; a step that samples has synced anyway).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.pin = device, device.type == "cuda"
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.copies_done = torch.cuda.Event() if self.pin else None
+
+    def wait_reusable(self) -> None:
+        if self.pin:
+            self.copies_done.synchronize()
+
+    def mark_copied(self) -> None:
+        if self.pin:
+            self.copies_done.record()
+
+    def to_device(self, name: str, values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        flat_len = values.size
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < flat_len or buffer.dtype != dtype:
+            buffer = torch.empty(max(flat_len, 64), dtype=dtype, pin_memory=self.pin)
+            self.buffers[name] = buffer
+        staged = buffer[:flat_len].view(values.shape)
+        staged.numpy()[...] = values
+        return staged.to(self.device, non_blocking=True)
+
+
+class InputBatch:
+    def __init__(self, max_num_seqs: int, max_model_len: int, block_size: int, vocab_size: int,
+                 device: torch.device, eos_token_ids: list[int]):
+        self.block_size, self.vocab_size, self.device = block_size, vocab_size, device
+        self.eos_token_ids = eos_token_ids
+        max_num_blocks = -(-max_model_len // block_size)
+        # +1: room for the token sampled at the last position before the scheduler stops the request.
+        self.token_ids = np.zeros((max_num_seqs, max_model_len + 1), dtype=np.int64)
+        self.num_tokens = np.zeros(max_num_seqs, dtype=np.int64)           # prompt + output known
+        self.num_prompt_tokens = np.zeros(max_num_seqs, dtype=np.int64)
+        self.num_computed_tokens = np.zeros(max_num_seqs, dtype=np.int64)  # KV in the cache
+        self.block_table = np.zeros((max_num_seqs, max_num_blocks), dtype=np.int32)
+        self.num_blocks = np.zeros(max_num_seqs, dtype=np.int64)
+        self.sampling_values = np.zeros((max_num_seqs, len(_SAMPLING_FIELDS)), dtype=np.float32)
+        self.min_tokens = np.zeros(max_num_seqs, dtype=np.int64)
+        self.num_logprobs = np.full(max_num_seqs, -1, dtype=np.int64)  # -1: logprobs not asked
+        self.is_seeded = np.zeros(max_num_seqs, dtype=bool)
+        self.sampling_params: list[SamplingParams | None] = [None] * max_num_seqs
+        self.req_ids: list[str | None] = [None] * max_num_seqs
+        self.row_of: dict[str, int] = {}
+        # Seeded generators by request id; they outlive preemption, dropped when the request finishes.
+        self.generators: dict[str, torch.Generator] = {}
+        self.staging = _Staging(device)
+
+    @property
+    def num_reqs(self) -> int:
+        return len(self.row_of)
+
+    # ---- incremental updates -------------------------------------------------------------
+
+    def update(self, so: SchedulerOutput) -> None:
+        for req_id in so.finished_req_ids:
+            self.generators.pop(req_id, None)
+            self.remove(req_id)
+        for req_id in so.preempted_req_ids:
+            self.remove(req_id)
+        self.condense()
+        for new in so.new_requests:
+            self.add(new)
+        for cached in so.cached_requests:
+            self.update_cached(cached)
+
+    def add(self, new: NewRequestData) -> None:
+        if new.req_id in self.row_of:  # a resumed request replaces any stale row
+            self.remove(new.req_id)
+            self.condense()
+        row = self.num_reqs
+        if row >= len(self.req_ids):
+            raise RuntimeError(f"more than max_num_seqs={len(self.req_ids)} requests in the batch")
+        tokens = new.prompt_token_ids + new.output_token_ids
+        self.token_ids[row, :len(tokens)] = tokens
+        self.num_tokens[row], self.num_prompt_tokens[row] = len(tokens), len(new.prompt_token_ids)
+        self.num_computed_tokens[row] = new.num_computed_tokens
+        self.block_table[row, :len(new.block_ids)] = new.block_ids
+        self.num_blocks[row] = len(new.block_ids)
+        self._set_sampling(row, new.req_id, new.sampling_params)
+        self.req_ids[row], self.row_of[new.req_id] = new.req_id, row
+
+    def _set_sampling(self, row: int, req_id: str, params: SamplingParams) -> None:
+        top_k = params.top_k if params.top_k > 0 else self.vocab_size
+        self.sampling_values[row] = [params.temperature, params.top_p, top_k, params.min_p,
+                                     params.repetition_penalty, params.presence_penalty,
+                                     params.frequency_penalty]
+        self.min_tokens[row] = params.min_tokens
+        self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
+        self.is_seeded[row] = params.seed is not None
+        self.sampling_params[row] = params
+        if params.seed is not None and req_id not in self.generators:
+            self.generators[req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+
+    def update_cached(self, cached: CachedRequestData) -> None:
+        row = self.row_of[cached.req_id]
+        start, num_new = self.num_blocks[row], len(cached.new_block_ids)
+        self.block_table[row, start:start + num_new] = cached.new_block_ids
+        self.num_blocks[row] += num_new
+        self.num_computed_tokens[row] = cached.num_computed_tokens
+
+    def remove(self, req_id: str) -> None:
+        row = self.row_of.pop(req_id, None)
+        if row is not None:
+            self.req_ids[row], self.sampling_params[row] = None, None
+
+    def condense(self) -> None:
+        """Move the last live rows into holes so rows 0..num_reqs-1 are the live ones."""
+        holes = [row for row in range(self.num_reqs) if self.req_ids[row] is None]
+        tail = [row for row in range(len(self.req_ids) - 1, self.num_reqs - 1, -1) if self.req_ids[row] is not None]
+        for hole, src in zip(holes, tail):
+            self._move_row(src, hole)
+
+    def _move_row(self, src: int, dst: int) -> None:
+        for array in (self.token_ids, self.num_tokens, self.num_prompt_tokens, self.num_computed_tokens,
+                      self.block_table, self.num_blocks, self.sampling_values, self.min_tokens,
+                      self.num_logprobs, self.is_seeded):
+            array[dst] = array[src]
+        self.sampling_params[dst], self.sampling_params[src] = self.sampling_params[src], None
+        req_id = self.req_ids[src]
+        self.req_ids[dst], self.req_ids[src] = req_id, None
+        self.row_of[req_id] = dst
+
+    def append_sampled(self, rows: np.ndarray, token_ids: list[int]) -> None:
+        """Record the tokens sampled this step at the end of their rows."""
+        self.token_ids[rows, self.num_tokens[rows]] = token_ids
+        self.num_tokens[rows] += 1
+
+    # ---- step inputs ---------------------------------------------------------------------
+
+    def prepare(self, so: SchedulerOutput) -> StepInputs:
+        self.staging.wait_reusable()
+        req_ids = list(so.num_scheduled_tokens)
+        rows = np.fromiter((self.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
+        num_scheduled = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
+        seq_lens = self.num_computed_tokens[rows] + num_scheduled
+        if (seq_lens > self.num_tokens[rows]).any():
+            raise ValueError("scheduled past the tokens the runner knows for a request")
+        query_ends = np.cumsum(num_scheduled)
+        positions, token_rows = self._token_positions(rows, num_scheduled, query_ends)
+        is_sampling = seq_lens == self.num_tokens[rows]  # reached the end of the known tokens
+        meta = self._attn_metadata(rows, token_rows, positions, query_ends, seq_lens, num_scheduled)
+        inputs = StepInputs(
+            req_ids=req_ids,
+            input_ids=self.staging.to_device("input_ids", self.token_ids[token_rows, positions], torch.long),
+            positions=self.staging.to_device("positions", positions, torch.long),
+            attn_metadata=meta,
+            logits_indices=self.staging.to_device("logits_indices", query_ends[is_sampling] - 1, torch.long),
+            is_sampling=is_sampling,
+            sampling_rows=rows[is_sampling])
+        self.staging.mark_copied()
+        return inputs
+
+    def _token_positions(self, rows, num_scheduled, query_ends):
+        """Position [T] and batch row [T] of every token of the flat batch."""
+        token_req = np.repeat(np.arange(len(rows)), num_scheduled)
+        offsets = np.arange(query_ends[-1]) - np.repeat(query_ends - num_scheduled, num_scheduled)
+        return self.num_computed_tokens[rows][token_req] + offsets, rows[token_req]
+
+    def _attn_metadata(self, rows, token_rows, positions, query_ends, seq_lens, num_scheduled):
+        block_ids = self.block_table[token_rows, positions // self.block_size].astype(np.int64)
+        max_num_blocks = -(-int(seq_lens.max()) // self.block_size)
+        return AttentionMetadata(
+            slot_mapping=self.staging.to_device("slot_mapping", block_ids * self.block_size
+                                                + positions % self.block_size, torch.long),
+            query_start_loc=self.staging.to_device("query_start_loc", np.concatenate(([0], query_ends)),
+                                                   torch.int32),
+            seq_lens=self.staging.to_device("seq_lens", seq_lens, torch.int32),
+            block_tables=self.staging.to_device("block_tables", self.block_table[rows, :max_num_blocks],
+                                                torch.int32),
+            max_query_len=int(num_scheduled.max()),
+            max_seq_len=int(seq_lens.max()))
+
+    # ---- sampling --------------------------------------------------------------------------
+
+    def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:
+        """Sampler inputs for batch rows `rows` (the requests that sample this step), in that order."""
+        values = self.sampling_values[rows]  # [S, fields]
+        column = {name: values[:, i] for i, name in enumerate(_SAMPLING_FIELDS)}
+        device_values = self.staging.to_device("sampling_values", values, torch.float32)
+        per_field = dict(zip(_SAMPLING_FIELDS, device_values.unbind(1)))
+        md = SamplingMetadata(temperature=per_field["temperature"],
+                              all_greedy=bool((column["temperature"] == 0).all()),
+                              banned_token_ids=self._banned_token_ids(rows),
+                              generators=self._row_generators(rows),
+                              max_num_logprobs=self._max_num_logprobs(rows))
+        if (column["top_k"] < self.vocab_size).any():
+            md.top_k = per_field["top_k"].long()
+        for name in ("top_p", "min_p"):
+            if (column[name] != _NEUTRAL[name]).any():
+                setattr(md, name, per_field[name])
+        if any((column[name] != _NEUTRAL[name]).any() for name in _SAMPLING_FIELDS[4:]):
+            self._add_penalty_inputs(md, rows, per_field)
+        return md
+
+    def _add_penalty_inputs(self, md: SamplingMetadata, rows: np.ndarray, per_field) -> None:
+        md.repetition_penalty = per_field["repetition_penalty"]
+        md.presence_penalty = per_field["presence_penalty"]
+        md.frequency_penalty = per_field["frequency_penalty"]
+        md.prompt_token_ids = self._padded_tokens(rows, 0, self.num_prompt_tokens[rows], "prompt_ids")
+        md.output_token_ids = self._padded_tokens(rows, self.num_prompt_tokens[rows], self.num_tokens[rows],
+                                                  "output_ids")
+
+    def _padded_tokens(self, rows, starts, ends, name: str) -> torch.Tensor:
+        """token_ids[row, start:end] per row as [S, max_len] long, padded with vocab_size."""
+        starts = np.broadcast_to(starts, rows.shape)
+        width = max(int((ends - starts).max()), 1)
+        cols = starts[:, None] + np.arange(width)[None, :]
+        is_valid = cols < ends[:, None]
+        padded = np.where(is_valid, self.token_ids[rows[:, None], np.minimum(cols, self.token_ids.shape[1] - 1)],
+                          self.vocab_size)
+        return self.staging.to_device(name, padded, torch.long)
+
+    def _banned_token_ids(self, rows: np.ndarray) -> list[tuple[int, list[int]]]:
+        """(sampling index, stop ids + EOS unless ignore_eos) for requests below their min_tokens."""
+        num_output = self.num_tokens[rows] - self.num_prompt_tokens[rows]
+        below_min = np.nonzero(num_output < self.min_tokens[rows])[0]
+        return [(int(i), self._stop_token_ids(self.sampling_params[rows[i]])) for i in below_min]
+
+    def _stop_token_ids(self, params: SamplingParams) -> list[int]:
+        return list(params.stop_token_ids) + ([] if params.ignore_eos else self.eos_token_ids)
+
+    def _row_generators(self, rows: np.ndarray) -> dict[int, torch.Generator]:
+        """sampling index -> generator, for seeded requests that sample at random (greedy draws nothing)."""
+        is_random_seeded = self.is_seeded[rows] & (self.sampling_values[rows, 0] != 0)
+        return {int(i): self.generators[self.req_ids[rows[i]]] for i in np.nonzero(is_random_seeded)[0]}
+
+    def _max_num_logprobs(self, rows: np.ndarray):
+        num_logprobs = int(self.num_logprobs[rows].max())
+        return None if num_logprobs < 0 else num_logprobs
+

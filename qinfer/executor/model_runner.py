@@ -1,0 +1,251 @@
+"""ModelRunner: loads the model, owns the KV cache and the persistent batch, runs one step.
+
+execute_model(scheduler_output): update the persistent batch from the step's
+deltas, build the flat inputs, run the model under a forward context carrying
+the attention metadata, compute logits only where a token is sampled, sample
+the whole batch on the device and bring the sampled ids to the host once.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import AutoConfig, GenerationConfig
+
+from qinfer.distributed.parallel_state import rank_device, set_tp_group
+from qinfer.engine.config import EngineConfig
+from qinfer.engine.sampler import Sampler, SamplerOutput
+from qinfer.engine.scheduler_output import SchedulerOutput
+from qinfer.executor.cuda_graphs import DecodeCudaGraphs
+from qinfer.executor.input_batch import InputBatch, StepInputs
+from qinfer.executor.runner_output import ModelRunnerOutput, TokenLogprobs
+from qinfer.executor.weight_loader import load_weights
+from qinfer.layers.attention import get_attention_backend, is_attention_backend_importable
+from qinfer.layers.attention.backend import AttentionMetadata
+from qinfer.layers.attention.forward_context import set_forward_context
+from qinfer.layers.attention.layer import Attention
+from qinfer.models.registry import get_model_class
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def resolve_max_model_len(config: EngineConfig, hf_config) -> int:
+    model_max = hf_config.max_position_embeddings
+    if config.max_model_len is not None and config.max_model_len > model_max:
+        raise ValueError(f"max_model_len={config.max_model_len} exceeds the model's "
+                         f"max_position_embeddings={model_max}")
+    return config.max_model_len or model_max
+
+
+def select_attention_backend(config: EngineConfig, device: torch.device) -> str:
+    if config.attention_backend:
+        return config.attention_backend
+    if device.type == "cuda" and is_attention_backend_importable("triton"):
+        return "triton"
+    return "reference"
+
+
+def eos_token_ids(model_dir: str, hf_config) -> list[int]:
+    """EOS ids of config.json and generation_config.json (which may list several)."""
+    ids = [hf_config.eos_token_id]
+    with contextlib.suppress(OSError):
+        ids.append(GenerationConfig.from_pretrained(model_dir).eos_token_id)
+    flat = [i for entry in ids if entry is not None for i in (entry if isinstance(entry, list) else [entry])]
+    return sorted(set(flat))
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def load_model(model_dir: str, hf_config, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """Build the model directly on `device` in `dtype`, then stream the checkpoint into it."""
+    with default_dtype(dtype), device:
+        model = get_model_class(hf_config)(hf_config)
+    load_weights(model, model_dir)
+    return model.eval()
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, rank: int = 0, world_size: int = 1):
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = torch.device(config.device)
+        if world_size > 1:
+            self.device = rank_device(self.device.type, rank)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.hf_config = AutoConfig.from_pretrained(config.model)
+        self.max_model_len = resolve_max_model_len(config, self.hf_config)
+        set_tp_group(rank, world_size)
+        self.model = load_model(config.model, self.hf_config, self.dtype, self.device)
+        self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.attn_backend = get_attention_backend(select_attention_backend(config, self.device))
+        self.input_batch = InputBatch(config.max_num_seqs, self.max_model_len, config.block_size,
+                                      self.hf_config.vocab_size, self.device,
+                                      eos_token_ids(config.model, self.hf_config))
+        self.sampler = Sampler(self.device, config.seed)
+        self.kv_cache: Optional[torch.Tensor] = None
+        self.cuda_graphs: Optional[DecodeCudaGraphs] = None  # decode buckets, captured in init_kv_cache
+        self.follower_sampling_rows = np.empty(0, dtype=np.int64)  # TP rank > 0: rows that sampled last step
+
+    # ---- KV cache --------------------------------------------------------------------------
+
+    def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
+        """[num_layers, 2 (K, V), num_blocks, block_size, num_kv_heads, head_size] (this rank's heads)."""
+        layer = self.attn_layers[0]
+        return (len(self.attn_layers), 2, num_blocks, self.config.block_size, layer.num_kv_heads, layer.head_size)
+
+    def bytes_per_block(self) -> int:
+        shape = self.kv_cache_shape(1)
+        return torch.Size(shape).numel() * self.dtype.itemsize
+
+    def determine_num_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        if self.device.type == "cuda":
+            budget = self._profile_cuda_kv_budget()
+        else:
+            budget = self.config.cpu_kv_cache_gb * 2**30
+        num_blocks = int(budget // self.bytes_per_block())
+        if num_blocks < 1:
+            raise RuntimeError(f"no memory left for the KV cache (budget {budget / 2**30:.2f} GiB); "
+                               "raise gpu_memory_utilization / cpu_kv_cache_gb or lower max_num_batched_tokens")
+        return num_blocks
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        """One tensor for every layer; each Attention layer gets its K and V views."""
+        self.kv_cache = torch.zeros(self.kv_cache_shape(num_blocks), dtype=self.dtype, device=self.device)
+        self._bind_kv_cache(self.kv_cache)
+        if self._use_cuda_graphs():
+            self.cuda_graphs = DecodeCudaGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
+                                                self.max_model_len, self.config.block_size, self.device)
+            self.cuda_graphs.capture()  # after the cache exists: graphs bake in its addresses
+
+    def _use_cuda_graphs(self) -> bool:
+        # The reference backend reads lengths on the host (.tolist()), which graph capture forbids.
+        # Under TP every rank captures the same buckets in the same order, NCCL all-reduces included.
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and self.attn_backend.name != "reference")
+
+    def _bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
+        for layer, layer_cache in zip(self.attn_layers, kv_cache):
+            layer.k_cache, layer.v_cache = layer_cache[0], layer_cache[1]
+
+    # ---- memory profiling (cuda) ---------------------------------------------------------------
+
+    def _profile_cuda_kv_budget(self) -> float:
+        """Bytes left for the KV cache: utilization share of the GPU minus what is in use
+        (weights, CUDA context, other processes) minus the activation peak of a full step."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        self._profile_forward()
+        torch.cuda.synchronize(self.device)
+        activation_peak = torch.cuda.max_memory_allocated(self.device) - baseline
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total * self.config.gpu_memory_utilization - (total - free) - activation_peak
+
+    def _profile_forward(self) -> None:
+        """A step of max_num_batched_tokens prefill tokens against a one-block dummy cache
+        (slots -1: nothing written; every context read from block 0)."""
+        num_tokens = self.config.max_num_batched_tokens
+        lens = [min(self.max_model_len, num_tokens - start) for start in range(0, num_tokens, self.max_model_len)]
+        seq_lens = torch.tensor(lens, dtype=torch.int32, device=self.device)
+        meta = AttentionMetadata(
+            slot_mapping=torch.full((num_tokens,), -1, dtype=torch.long, device=self.device),
+            query_start_loc=torch.nn.functional.pad(seq_lens.cumsum(0, dtype=torch.int32), (1, 0)),
+            seq_lens=seq_lens,
+            block_tables=torch.zeros(len(lens), -(-max(lens) // self.config.block_size),
+                                     dtype=torch.int32, device=self.device),
+            max_query_len=max(lens), max_seq_len=max(lens))
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
+        self._bind_kv_cache(torch.zeros(self.kv_cache_shape(1), dtype=self.dtype, device=self.device))
+        with torch.inference_mode(), set_forward_context(meta, self.attn_backend):
+            hidden = self.model(torch.zeros(num_tokens, dtype=torch.long, device=self.device), positions)
+            logits = self.model.compute_logits(hidden[:self.config.max_num_seqs])  # None off the TP driver
+            if logits is not None:
+                logits.float().softmax(dim=-1)
+        if self.kv_cache is not None:
+            self._bind_kv_cache(self.kv_cache)
+
+    # ---- one step --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        """The step on the driver (rank 0, or the only rank): forward, sample, return the ids."""
+        self.input_batch.update(so)
+        if so.is_empty:
+            return ModelRunnerOutput()
+        inputs = self.input_batch.prepare(so)
+        logits = self._forward(inputs)
+        sampler_output = None
+        if logits is not None:
+            sampler_output = self.sampler(logits, self.input_batch.sampling_metadata(inputs.sampling_rows))
+        return self._runner_output(inputs, sampler_output)
+
+    @torch.inference_mode()
+    def execute_model_follower(self, so: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
+        """The step on a TP rank > 0: the same forward (its collectives), no sampling.
+
+        driver_sampled_ids: what the driver sampled in the previous step, in its row order; they
+        come with this step's plan and are appended first, so every rank knows the same tokens.
+        """
+        self.input_batch.append_sampled(self.follower_sampling_rows, driver_sampled_ids)
+        self.follower_sampling_rows = np.empty(0, dtype=np.int64)
+        self.input_batch.update(so)
+        if so.is_empty:
+            return
+        inputs = self.input_batch.prepare(so)
+        self._forward(inputs)
+        self.follower_sampling_rows = inputs.sampling_rows
+
+    def _forward(self, inputs: StepInputs) -> Optional[torch.Tensor]:
+        """Logits [S, V] of the positions that sample; None if none does, or off the TP driver."""
+        hidden = self._run_model(inputs)
+        if not len(inputs.sampling_rows):
+            return None
+        return self.model.compute_logits(hidden[inputs.logits_indices])
+
+    def _run_model(self, inputs: StepInputs) -> torch.Tensor:
+        meta = inputs.attn_metadata
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(meta):
+            return self.cuda_graphs.run(inputs.input_ids, inputs.positions, meta)
+        with set_forward_context(inputs.attn_metadata, self.attn_backend):
+            return self.model(inputs.input_ids, inputs.positions)
+
+    def _runner_output(self, inputs: StepInputs, sampler_output: Optional[SamplerOutput]) -> ModelRunnerOutput:
+        sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
+        self.input_batch.append_sampled(inputs.sampling_rows, sampled)
+        logprobs = self._host_logprobs(inputs, sampler_output)
+        sampled_iter, logprobs_iter = iter(sampled), iter(logprobs)
+        output = ModelRunnerOutput(req_ids=inputs.req_ids)
+        for is_sampling in inputs.is_sampling:
+            output.sampled_token_ids.append([next(sampled_iter)] if is_sampling else [])
+            output.logprobs.append(next(logprobs_iter) if is_sampling else None)
+        return output
+
+    def _host_logprobs(self, inputs: StepInputs, sampler_output) -> list[Optional[TokenLogprobs]]:
+        """TokenLogprobs per sampling request (None where not asked); copied only when someone asked."""
+        if sampler_output is None or sampler_output.sampled_logprobs is None:
+            return [None] * len(inputs.sampling_rows)
+        sampled_lp = sampler_output.sampled_logprobs.tolist()
+        top_lp = sampler_output.top_logprobs.tolist() if sampler_output.top_logprobs is not None else None
+        top_ids = sampler_output.top_token_ids.tolist() if sampler_output.top_token_ids is not None else None
+        result = []
+        for i, row in enumerate(inputs.sampling_rows):
+            k = self.input_batch.sampling_params[row].logprobs
+            top = dict(zip(top_ids[i][:k], top_lp[i][:k])) if k else {}
+            result.append(None if k is None else TokenLogprobs(sampled_lp[i], top))
+        return result

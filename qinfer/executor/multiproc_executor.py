@@ -1,0 +1,125 @@
+"""The tensor-parallel ranks 1..N-1 of an executor: spawned processes that only execute.
+
+Rank 0 (the driver) lives in the engine's process, owns the scheduler and
+samples. Each follower rank is a spawned process with its own ModelRunner on
+device r, joined to the driver's process group (NCCL on cuda, gloo on the CPU)
+for the layers' collectives. The driver talks to it over a pipe: a call is one
+pickled message (method name, args), written once and sent to every follower;
+calls other than the step answer on the same pipe.
+
+Failure: a monitor thread on the driver waits on the followers' process
+sentinels. A follower that dies outside close() leaves the group unable to
+finish any collective (NCCL would wait forever), so the monitor kills the other
+followers and ends this process with RANK_DIED_EXIT_CODE after a log line
+naming the rank; a worker's in-flight jobs are then reclaimed by other workers
+when their leases run out. A follower whose driver dies exits on its own.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import pickle
+import threading
+from typing import Any
+
+import torch
+
+from qinfer.distributed.parallel_state import create_store, destroy_tp_group, disable_multicast, init_tp_group
+from qinfer.engine.config import EngineConfig
+
+log = logging.getLogger(__name__)
+RANK_DIED_EXIT_CODE = 17
+_JOIN_TIMEOUT_S = 30
+
+
+class FollowerRanks:
+    def __init__(self, config: EngineConfig):
+        """Spawn ranks 1..N-1, then join the group as rank 0 (returns once every rank has joined)."""
+        world_size, device_type = config.tensor_parallel_size, torch.device(config.device).type
+        disable_multicast()    # before the spawn: the followers inherit the environment
+        store = create_store(world_size)
+        context = mp.get_context("spawn")   # never fork a process that may hold CUDA or gloo state
+        self.pipes, self.processes = [], []
+        for rank in range(1, world_size):
+            driver_end, follower_end = context.Pipe()
+            process = context.Process(target=_follower_main, name=f"qinfer-tp-rank{rank}", daemon=True,
+                                      args=(config, rank, world_size, store.port, follower_end))
+            process.start()
+            follower_end.close()
+            self.pipes.append(driver_end)
+            self.processes.append(process)
+        self._closing = threading.Event()
+        threading.Thread(target=self._watch, name="qinfer-tp-monitor", daemon=True).start()
+        atexit.register(self.close)
+        init_tp_group(0, world_size, device_type, store=store)
+        self._store = store   # kept alive: the group's rendezvous store lives in rank 0
+
+    def call(self, method: str, *args: Any) -> None:
+        """Have every follower run runner.<method>(*args); the message is pickled once."""
+        message = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        for pipe in self.pipes:
+            pipe.send_bytes(message)
+
+    def replies(self) -> list[Any]:
+        """The answer of every follower to the last call (a call other than the step)."""
+        return [pipe.recv() for pipe in self.pipes]
+
+    def close(self) -> None:
+        """Stop the followers (they leave the group) and leave it; safe to call twice."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        for pipe in self.pipes:
+            pipe.send_bytes(pickle.dumps(None))
+        for process in self.processes:
+            process.join(_JOIN_TIMEOUT_S)
+            if process.is_alive():
+                process.kill()
+        destroy_tp_group()
+
+    def _watch(self) -> None:
+        by_sentinel = {p.sentinel: rank for rank, p in enumerate(self.processes, start=1)}
+        ready = mp.connection.wait(list(by_sentinel))
+        if self._closing.is_set():
+            return
+        rank = by_sentinel[ready[0]]
+        process = self.processes[rank - 1]
+        log.critical("tensor-parallel rank %d (pid %d) died with exit code %s; the group cannot go on: "
+                     "exiting with code %d", rank, process.pid, process.exitcode, RANK_DIED_EXIT_CODE)
+        for other in self.processes:
+            if other.is_alive():
+                other.kill()
+        os._exit(RANK_DIED_EXIT_CODE)
+
+
+# ---- the follower process ------------------------------------------------------------------
+
+def _follower_main(config: EngineConfig, rank: int, world_size: int, store_port: int,
+                   pipe: mp.connection.Connection) -> None:
+    from qinfer.executor.model_runner import ModelRunner
+
+    _exit_with_driver()
+    if torch.device(config.device).type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # ranks share the cores
+    init_tp_group(rank, world_size, torch.device(config.device).type, store_port=store_port)
+    runner = ModelRunner(config, rank, world_size)
+    while (message := pickle.loads(pipe.recv_bytes())) is not None:
+        method, args = message
+        result = getattr(runner, method)(*args)
+        if method != "execute_model_follower":
+            pipe.send(result)
+    destroy_tp_group()
+
+
+def _exit_with_driver() -> None:
+    """Exit as soon as the driver process is gone (killed: it never sends the closing message)."""
+    driver = mp.parent_process()
+
+    def wait_and_exit() -> None:
+        driver.join()
+        os._exit(1)
+
+    threading.Thread(target=wait_and_exit, name="qinfer-tp-driver-watch", daemon=True).start()

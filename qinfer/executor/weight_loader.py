@@ -1,0 +1,85 @@
+"""Stream checkpoint tensors one at a time from *.safetensors into a model's parameters.
+
+Each tensor is handed, not yet read, to its parameter's `weight_loader`, which
+indexes out the part its parameter holds (a fused slot, this tensor-parallel
+rank's rows or columns); only that part is read from the file (safetensors
+get_slice), so no rank ever holds the full model and there is never a second
+full copy of the weights. Checkpoint names of fused projections are mapped
+through the model's `packed_modules_mapping`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from qinfer.layers.linear import default_weight_loader
+
+_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed by the rotary layer
+
+
+def safetensors_files(model_dir: str | Path) -> list[Path]:
+    """The checkpoint's files: those listed by model.safetensors.index.json, else every *.safetensors."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        return [model_dir / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
+    return files
+
+
+class CheckpointTensor:
+    """A checkpoint tensor not read yet. Indexing it (`t[:]`, `t[a:b]`, `t[:, a:b]`, like a
+    torch.Tensor) reads just that part from the file, converted to `dtype`."""
+
+    def __init__(self, tensor_slice, dtype: torch.dtype):
+        self._slice, self.dtype = tensor_slice, dtype
+        self.shape = torch.Size(tensor_slice.get_shape())
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self._slice[index].to(self.dtype)
+
+
+def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, object]]:
+    """(name, safetensors slice) for every tensor of the checkpoint, one at a time, unread."""
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_slice(name)
+
+
+def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
+    """Checkpoint name -> (parameter name, shard id or None)."""
+    for ckpt_part, (fused_part, shard_id) in packed.items():
+        if f".{ckpt_part}." in name:
+            return name.replace(f".{ckpt_part}.", f".{fused_part}."), shard_id
+    return name, None
+
+
+def load_weights(model: nn.Module, model_dir: str | Path) -> None:
+    """Fill every parameter of `model` from the checkpoint; error on unknown or missing ones."""
+    # remove_duplicate=False: a tied lm_head.weight is listed too (the embedding's tensor).
+    params = dict(model.named_parameters(remove_duplicate=False))
+    packed = getattr(model, "packed_modules_mapping", {})
+    loaded_ids: set[int] = set()
+    with torch.no_grad():
+        for name, tensor_slice in iter_checkpoint(model_dir):
+            if name.endswith(_SKIPPED_SUFFIXES):
+                continue
+            param_name, shard_id = _target(name, packed)
+            if param_name not in params:
+                raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}")
+            param = params[param_name]
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            args = () if shard_id is None else (shard_id,)
+            loader(param, CheckpointTensor(tensor_slice, param.dtype), *args)
+            loaded_ids.add(id(param))
+    missing = sorted(name for name, param in params.items() if id(param) not in loaded_ids)
+    if missing:
+        raise KeyError(f"parameters missing from checkpoint {model_dir}: {missing}")

@@ -1,0 +1,322 @@
+"""Triton paged attention over the KV cache layout of layers/attention/backend.py.
+
+Cache, per layer: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_size];
+token t of request r sits at block block_tables[r, t // block_size], row t % block_size.
+
+Two kernels:
+- decode (one query token per request): one program per (request, kv head,
+  context partition) handles all query heads of the GQA group, so each K/V tile
+  is read once for the whole group. Long contexts are split into partitions
+  ("flash-decoding") whose partial softmax states a second kernel merges, so a
+  single request still spreads over the whole GPU.
+- prefill / chunked prefill (ragged query lengths): one program per
+  (request, query head, tile of queries) runs causal flash attention over the
+  cached + new keys of its request.
+Both accumulate in float32 (F32: everything in float32 with exact dots) and use
+exp2 with the scale folded into log2(e).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_kernel(
+    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
+    scale_log2, partition_size, num_parts, num_q_heads,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
+    F32: tl.constexpr,
+):
+    req = tl.program_id(0)
+    kvh = tl.program_id(1)
+    part = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + req)
+    start = part * partition_size
+    if start >= seq_len:
+        return  # partitions past this request's context: the reduce masks them
+    end = tl.minimum(start + partition_size, seq_len)
+
+    g = tl.arange(0, GROUP_PAD)
+    heads = kvh * GROUP + g                                   # [GROUP_PAD] query heads
+    d = tl.arange(0, HEAD)
+    q = tl.load(q_ptr + req * stride_qt + heads[:, None] * stride_qh + d[None, :],
+                mask=(g < GROUP)[:, None], other=0.0)         # [GROUP_PAD, HEAD]
+    if F32:
+        q = q.to(tl.float32)
+
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD], tl.float32)
+    bt_row = block_tables_ptr + req * stride_bt
+    for t0 in range(start, end, TILE):
+        offs = t0 + tl.arange(0, TILE)                        # [TILE] token positions
+        tmask = offs < end
+        blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=tmask, other=0).to(tl.int64)
+        row = offs % BLOCK_SIZE
+        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
+                    + kvh * stride_kh + d[None, :], mask=tmask[:, None], other=0.0)
+        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
+                    + kvh * stride_vh + d[None, :], mask=tmask[:, None], other=0.0)
+        if F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))   # [GROUP_PAD, TILE]
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m - m_new)
+        l = l * alpha + tl.sum(p, 1)
+        if F32:
+            pv = tl.dot(p, v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m = m_new
+
+    hmask = g < GROUP
+    if SPLIT:
+        # partials laid out [num_reqs, num_q_heads, num_parts(, HEAD)]
+        row_id = (req * num_q_heads + heads) * num_parts + part
+        tl.store(part_m_ptr + row_id, m, mask=hmask)
+        tl.store(part_l_ptr + row_id, l, mask=hmask)
+        tl.store(part_acc_ptr + row_id[:, None] * HEAD + d[None, :], acc, mask=hmask[:, None])
+    else:
+        out = acc / l[:, None]
+        tl.store(out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=hmask[:, None])
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, seq_lens_ptr,
+    partition_size, num_parts, num_q_heads, stride_ot, stride_oh,
+    HEAD: tl.constexpr, PARTS_PAD: tl.constexpr,
+):
+    req = tl.program_id(0)
+    h = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + req)
+    n_active = tl.cdiv(seq_len, partition_size)
+    p = tl.arange(0, PARTS_PAD)
+    pmask = p < n_active
+    base = (req * num_q_heads + h) * num_parts
+    m = tl.load(part_m_ptr + base + p, mask=pmask, other=float("-inf"))
+    l = tl.load(part_l_ptr + base + p, mask=pmask, other=0.0)
+    m_max = tl.max(m, 0)
+    w = tl.where(pmask, tl.exp2(m - m_max), 0.0)              # [PARTS_PAD] rescale factors
+    total = tl.sum(w * l, 0)
+    total = tl.where(total > 0, total, 1.0)                   # empty request (seq_len 0): zeros
+    d = tl.arange(0, HEAD)
+    acc = tl.load(part_acc_ptr + (base + p)[:, None] * HEAD + d[None, :],
+                  mask=pmask[:, None], other=0.0)             # [PARTS_PAD, HEAD]
+    out = tl.sum(acc * w[:, None], 0) / total
+    tl.store(out_ptr + req * stride_ot + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _prefill_kernel(
+    out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
+    scale_log2,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
+    GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr,
+):
+    req = tl.program_id(0)
+    h = tl.program_id(1)
+    mt = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + req)
+    q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
+    if mt * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + req)
+    ctx = seq_len - q_len                                     # tokens cached before this step
+    kvh = h // GROUP
+
+    offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)             # [BLOCK_M] query index in request
+    mmask = offs_m < q_len
+    d = tl.arange(0, HEAD)
+    q = tl.load(q_ptr + (q_start + offs_m)[:, None] * stride_qt + h * stride_qh + d[None, :],
+                mask=mmask[:, None], other=0.0)               # [BLOCK_M, HEAD]
+    if F32:
+        q = q.to(tl.float32)
+    q_pos = ctx + offs_m                                      # absolute position of each query
+
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
+    bt_row = block_tables_ptr + req * stride_bt
+    hi = tl.minimum(seq_len, ctx + (mt + 1) * BLOCK_M)        # causal: no key past the last query
+    for n0 in range(0, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)                   # [BLOCK_N] key positions
+        nmask = offs_n < hi
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        row = offs_n % BLOCK_SIZE
+        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
+                    + kvh * stride_kh + d[None, :], mask=nmask[:, None], other=0.0)
+        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
+                    + kvh * stride_vh + d[None, :], mask=nmask[:, None], other=0.0)
+        if F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        allowed = (offs_n[None, :] <= q_pos[:, None]) & nmask[None, :]
+        s = tl.where(allowed, s * scale_log2, float("-inf"))  # [BLOCK_M, BLOCK_N]
+        m_new = tl.maximum(m, tl.max(s, 1))                   # key 0 is always allowed: finite
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m - m_new)
+        l = l * alpha + tl.sum(p, 1)
+        if F32:
+            pv = tl.dot(p, v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m = m_new
+
+    out = acc / l[:, None]
+    tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])
+
+
+# The interpreter has no bf16/fp16 arithmetic (numpy): compute in float32 there.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _f32(dtype: torch.dtype) -> bool:
+    """float32 inputs get exact (ieee) dots instead of tf32."""
+    return dtype == torch.float32 or _INTERPRET
+
+
+def _cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_size must be contiguous"
+    return (*k_cache.stride()[:3], *v_cache.stride()[:3])
+
+
+def _check_head(head_size: int) -> None:
+    # tl.dot needs dims >= 16 and arange needs powers of two.
+    assert head_size >= 16 and head_size & (head_size - 1) == 0, f"head_size {head_size} unsupported"
+
+
+# Decode launch parameters; the GPU bench sweeps them (bench/bench_attention.py).
+DECODE_CFG = {"tile": 64, "num_warps": 4, "num_stages": 2, "min_partition": 256,
+              "target_programs": 1024}
+
+
+def decode_partitions(num_reqs: int, num_kv_heads: int, max_seq_len: int,
+                      tile: int, min_partition: int, target_programs: int) -> tuple[int, int]:
+    """(partition_size, num_parts): split long contexts until about target_programs run.
+
+    Depends only on host integers, so a captured CUDA graph keeps a valid launch as
+    long as max_seq_len is the bound it was captured with.
+    """
+    base = num_reqs * num_kv_heads
+    parts = max(1, min(triton.cdiv(target_programs, base), triton.cdiv(max_seq_len, min_partition)))
+    size = triton.cdiv(triton.cdiv(max_seq_len, parts), tile) * tile
+    return size, triton.cdiv(max_seq_len, size)
+
+
+def paged_decode(
+    query: torch.Tensor,         # [num_reqs, num_heads, head_size] (one token per request)
+    k_cache: torch.Tensor,       # [num_blocks, block_size, num_kv_heads, head_size]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [num_reqs, max_blocks] int32
+    seq_lens: torch.Tensor,      # [num_reqs] int32
+    max_seq_len: int,            # host bound on seq_lens (fixes the grid)
+    scale: float,
+    out: torch.Tensor | None = None,
+    cfg: dict | None = None,
+) -> torch.Tensor:               # [num_reqs, num_heads, head_size]
+    cfg = {**DECODE_CFG, **(cfg or {})}
+    num_reqs, num_heads, head = query.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    _check_head(head)
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(query) if out is None else out
+    tile = max(16, min(cfg["tile"], triton.next_power_of_2(max(max_seq_len, 1))))
+    size, parts = decode_partitions(num_reqs, num_kv_heads, max(max_seq_len, 1), tile,
+                                    cfg["min_partition"], cfg["target_programs"])
+    split = parts > 1
+    if split:
+        part_m = torch.empty((num_reqs, num_heads, parts), dtype=torch.float32, device=query.device)
+        part_l = torch.empty_like(part_m)
+        part_acc = torch.empty((num_reqs, num_heads, parts, head), dtype=torch.float32,
+                               device=query.device)
+    else:
+        part_m = part_l = part_acc = out  # unused
+    _decode_kernel[(num_reqs, num_kv_heads, parts)](
+        out, part_m, part_l, part_acc, query, k_cache, v_cache, block_tables, seq_lens,
+        scale * _LOG2E, size, parts, num_heads,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        *_cache_strides(k_cache, v_cache), block_tables.stride(0),
+        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD=head,
+        BLOCK_SIZE=block_size, TILE=tile, SPLIT=split, F32=_f32(query.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split:
+        _decode_reduce_kernel[(num_reqs, num_heads)](
+            out, part_m, part_l, part_acc, seq_lens, size, parts, num_heads,
+            out.stride(0), out.stride(1), HEAD=head, PARTS_PAD=triton.next_power_of_2(parts),
+            num_warps=4,
+        )
+    return out
+
+
+PREFILL_CFG = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+
+
+def paged_prefill(
+    query: torch.Tensor,            # [num_tokens, num_heads, head_size] (ragged, flat)
+    k_cache: torch.Tensor,          # [num_blocks, block_size, num_kv_heads, head_size]
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,     # [num_reqs, max_blocks] int32
+    seq_lens: torch.Tensor,         # [num_reqs] int32, cached + new tokens
+    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
+    max_query_len: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+    cfg: dict | None = None,
+) -> torch.Tensor:                  # [num_tokens, num_heads, head_size]
+    """Causal attention of each request's new tokens to its cached and new keys.
+
+    The new K/V must already be in the cache (the backend writes them first).
+    """
+    cfg = {**PREFILL_CFG, **(cfg or {})}
+    _, num_heads, head = query.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    _check_head(head)
+    out = torch.empty_like(query) if out is None else out
+    num_reqs = seq_lens.shape[0]
+    block_m = max(16, min(cfg["block_m"], triton.next_power_of_2(max(max_query_len, 1))))
+    grid = (num_reqs, num_heads, triton.cdiv(max(max_query_len, 1), block_m))
+    _prefill_kernel[grid](
+        out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
+        scale * _LOG2E,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        *_cache_strides(k_cache, v_cache), block_tables.stride(0),
+        GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_SIZE=block_size,
+        BLOCK_M=block_m, BLOCK_N=cfg["block_n"], F32=_f32(query.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+def kv_bytes(seq_lens: torch.Tensor, num_kv_heads: int, head_size: int, elem_size: int) -> int:
+    """Bytes of K and V a decode step must read: the bandwidth numerator of the bench."""
+    return int(seq_lens.sum()) * num_kv_heads * head_size * elem_size * 2
+
+
+__all__ = ["paged_decode", "paged_prefill", "decode_partitions", "kv_bytes", "DECODE_CFG",
+           "PREFILL_CFG"]

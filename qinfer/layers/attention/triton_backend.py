@@ -1,0 +1,36 @@
+"""Triton attention backend: write the new K/V into the paged cache, then attend.
+
+Decode-only batches (every request has one query token) use the GQA decode
+kernel with split-K over long contexts; any batch with a longer query (prefill,
+chunked prefill, mixed prefill + decode) uses the causal prefill kernel, which
+handles decode rows too.
+"""
+from __future__ import annotations
+
+import torch
+
+from qinfer import ops
+from qinfer.kernels import paged_attention
+from qinfer.layers.attention.backend import AttentionBackend, AttentionMetadata
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    def forward(
+        self,
+        query: torch.Tensor,     # [num_tokens, num_heads, head_size]
+        key: torch.Tensor,       # [num_tokens, num_kv_heads, head_size]
+        value: torch.Tensor,
+        k_cache: torch.Tensor,   # [num_blocks, block_size, num_kv_heads, head_size]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
+        ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode_only:
+            return paged_attention.paged_decode(
+                query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale)
+        return paged_attention.paged_prefill(
+            query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+            meta.max_query_len, scale)

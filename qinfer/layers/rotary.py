@@ -1,0 +1,59 @@
+"""Rotary position embedding: a cos|sin cache indexed by position, applied through qinfer.ops.
+
+Rope settings come from the HF config: `rope_parameters` (transformers >= 5) or
+the older `rope_scaling` + `rope_theta`. Supported rope types: default, llama3.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qinfer import ops
+
+
+def rope_parameters(hf_config) -> dict:
+    """The config's rope settings as one dict with at least rope_type and rope_theta."""
+    params = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+    params.setdefault("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def default_inv_freq(head_size: int, theta: float) -> torch.Tensor:
+    """[D/2] float32 angular frequencies theta^(-2i/D)."""
+    return 1.0 / theta ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+
+
+def llama3_inv_freq(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
+    """Llama 3.1 scaling: long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    old_len = params["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+_INV_FREQ_SCALINGS = {"default": lambda inv_freq, params: inv_freq, "llama3": llama3_inv_freq}
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_size: int, max_position: int, params: dict, is_neox: bool = True):
+        super().__init__()
+        rope_type = params["rope_type"]
+        if rope_type not in _INV_FREQ_SCALINGS:
+            raise NotImplementedError(f"rope_type {rope_type!r}; supported: {sorted(_INV_FREQ_SCALINGS)}")
+        inv_freq = _INV_FREQ_SCALINGS[rope_type](default_inv_freq(head_size, params["rope_theta"]), params)
+        angles = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)  # [P, D/2]
+        self.head_size, self.is_neox = head_size, is_neox
+        # [max_position, D]: cos | sin halves, the layout qinfer.ops.rotary_embedding reads.
+        cos_sin = torch.cat((angles.cos(), angles.sin()), dim=-1).to(torch.get_default_dtype())
+        self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
+
+    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor):
+        """positions [T]; query [T, Hq*D], key [T, Hk*D] rotated in place and returned."""
+        return ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox)

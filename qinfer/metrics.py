@@ -1,0 +1,43 @@
+"""Every Prometheus metric of a worker, defined once. Names mirror vLLM's, prefixed `qinfer:`.
+
+Label `model_name` is the served model name on every metric.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_L = ["model_name"]
+
+# --- engine (vLLM names) ---
+num_requests_running = Gauge("qinfer:num_requests_running", "Jobs in the engine's batch.", _L)
+num_requests_waiting = Gauge("qinfer:num_requests_waiting", "Jobs held by this worker, not yet in the engine.", _L)
+kv_cache_usage_perc = Gauge("qinfer:kv_cache_usage_perc", "Share of KV cache blocks in use (0..1).", _L)
+prompt_tokens = Counter("qinfer:prompt_tokens", "Prompt tokens processed.", _L)
+generation_tokens = Counter("qinfer:generation_tokens", "Tokens generated.", _L)
+time_to_first_token = Histogram("qinfer:time_to_first_token_seconds", "Engine admission to first token.",
+                                _L, buckets=_LATENCY_BUCKETS)
+time_per_output_token = Histogram("qinfer:time_per_output_token_seconds", "Mean inter-token latency per job.",
+                                  _L, buckets=_LATENCY_BUCKETS)
+e2e_request_latency = Histogram("qinfer:e2e_request_latency_seconds", "Submit to result written.",
+                                _L, buckets=_LATENCY_BUCKETS)
+request_queue_time = Histogram("qinfer:request_queue_time_seconds", "Submit to engine admission.",
+                               _L, buckets=_LATENCY_BUCKETS)
+request_success = Counter("qinfer:request_success", "Jobs finished, by terminal status.", _L + ["status"])
+
+# --- queue ---
+queue_depth = Gauge("qinfer:queue_depth", "Entries in the model's streams (queued + in flight).", _L)
+queue_pending = Gauge("qinfer:queue_pending", "Entries delivered to workers and not yet acknowledged.", _L)
+queue_reclaimed = Counter("qinfer:queue_reclaimed", "Entries taken over from a worker idle past the lease.", _L)
+queue_dead_lettered = Counter("qinfer:queue_dead_lettered", "Jobs moved to the dead-letter stream.", _L)
+queue_duplicate_results = Counter("qinfer:queue_duplicate_results",
+                                  "Runs that finished after the job's result was already written.", _L)
+queue_lease_lost = Counter("qinfer:queue_lease_lost", "In-flight jobs this worker lost to a reclaim.", _L)
+jobs_rejected = Counter("qinfer:jobs_rejected", "Jobs failed on bad input, by error code.", _L + ["code"])
+engine_errors = Counter("qinfer:engine_errors", "Engine steps that raised; their jobs were handed back.", _L)
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on port (0: off)."""
+    if port:
+        start_http_server(port)

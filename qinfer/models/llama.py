@@ -1,0 +1,115 @@
+"""Llama (1/2/3/3.1) for causal LM: GQA, tied or untied head, default or llama3 rope.
+
+forward(input_ids [T], positions [T]) -> hidden [T, H] over a flat batch;
+compute_logits(hidden [N, H]) -> [N, V] only for the positions that sample.
+Qwen2 reuses every module here, changing only the attention biases.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qinfer.layers.activation import SiluAndMul
+from qinfer.layers.attention.layer import Attention
+from qinfer.layers.embedding import LMHead, VocabEmbedding
+from qinfer.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from qinfer.layers.norm import RMSNorm
+from qinfer.layers.rotary import RotaryEmbedding, rope_parameters
+
+
+def head_size_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        head_size = head_size_of(config)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, head_size, config.num_attention_heads,
+                                          config.num_key_value_heads, bias=qkv_bias)
+        # Per-rank head counts (the fused projection already divided them for TP).
+        self.num_heads = config.num_attention_heads // self.qkv_proj.tp_size
+        self.num_kv_heads = self.qkv_proj.output_sizes[1] // head_size // self.qkv_proj.tp_size
+        self.q_size, self.kv_size = self.num_heads * head_size, self.num_kv_heads * head_size
+        self.o_proj = RowParallelLinear(config.num_attention_heads * head_size, config.hidden_size, bias=o_bias)
+        self.rotary_emb = RotaryEmbedding(head_size, config.max_position_embeddings, rope_parameters(config))
+        self.attn = Attention(self.num_heads, head_size, head_size ** -0.5, self.num_kv_heads)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q, k = self.rotary_emb(positions, q.contiguous(), k.contiguous())
+        return self.o_proj(self.attn(q, k, v.contiguous()))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, qkv_bias, o_bias)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, positions, hidden, residual):
+        """Pre-norm block; the residual add is fused into the next norm."""
+        if residual is None:
+            hidden, residual = self.input_layernorm(hidden), hidden
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, qkv_bias, o_bias)
+                                    for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        return self.norm(hidden, residual)[0]
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name -> (fused parameter name, shard id)
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, *self.attention_biases(config))
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def attention_biases(config) -> tuple[bool, bool]:
+        """(qkv_proj has bias, o_proj has bias)."""
+        bias = getattr(config, "attention_bias", False)
+        return bias, bias
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)

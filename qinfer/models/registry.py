@@ -1,0 +1,27 @@
+"""Hugging Face architecture name (config.architectures[0]) -> model class."""
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+# architecture -> "module:Class", imported on first use
+_MODELS = {
+    "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
+    "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_class(hf_config) -> type[nn.Module]:
+    """The class implementing the config's architecture; ValueError naming the supported ones."""
+    architectures = getattr(hf_config, "architectures", None) or []
+    for arch in architectures:
+        if arch in _MODELS:
+            module, cls = _MODELS[arch].split(":")
+            return getattr(importlib.import_module(module), cls)
+    raise ValueError(f"unsupported model architecture {architectures or '(none in config.json)'}; "
+                     f"supported: {', '.join(supported_architectures())}")

@@ -1,0 +1,57 @@
+"""Load qinfer/_C*.so (built from csrc/ by qinfer.ops.build) and register its ops as "cuda".
+
+Without the library nothing is registered and dispatch falls back to Triton or torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from qinfer.ops.registry import register
+
+_CUDA = ("cuda",)
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def library_path() -> Path | None:
+    found = sorted(_PACKAGE.glob("_C*.so"))
+    return found[0] if found else None
+
+
+def load() -> bool:
+    """Load the library once and register the "cuda" implementations; False if not built."""
+    if hasattr(torch.ops.qinfer, "rms_norm"):
+        return True
+    path = library_path()
+    if path is None:
+        return False
+    torch.ops.load_library(str(path))
+    _register()
+    return True
+
+
+def _register() -> None:
+    ops = torch.ops.qinfer
+
+    @register("rms_norm", "cuda", _CUDA)
+    def rms_norm(x, weight, eps):
+        return ops.rms_norm(x, weight, eps)
+
+    @register("fused_add_rms_norm", "cuda", _CUDA)
+    def fused_add_rms_norm(x, residual, weight, eps):
+        ops.fused_add_rms_norm(x, residual, weight, eps)  # residual <- x + residual, x <- normed
+        return x, residual
+
+    @register("rotary_embedding", "cuda", _CUDA)
+    def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=True):
+        ops.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+        return query, key
+
+    @register("silu_and_mul", "cuda", _CUDA)
+    def silu_and_mul(x):
+        return ops.silu_and_mul(x)
+
+    @register("reshape_and_cache", "cuda", _CUDA)
+    def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
+        ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)

@@ -1,0 +1,59 @@
+"""Torch reference twins of every op in qinfer.ops: clear, CPU+GPU, the test oracle.
+
+Norms and rotary compute in float32 and cast back, like Hugging Face's Llama.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qinfer.ops.registry import register
+
+_DEVICES = ("cpu", "cuda")
+
+
+@register("rms_norm", "torch", _DEVICES)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+@register("fused_add_rms_norm", "torch", _DEVICES)
+def fused_add_rms_norm(x, residual, weight, eps):
+    summed = x + residual
+    return rms_norm(summed, weight, eps), summed
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    """x [T, H, D], cos/sin [T, 1, D/2] -> x rotated. Neox pairs (i, i + D/2), GPT-J pairs (2i, 2i + 1)."""
+    if is_neox:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+@register("rotary_embedding", "torch", _DEVICES)
+def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=True):
+    cos, sin = cos_sin_cache[positions].float().unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2] each
+    for x in (query, key):
+        heads = x.view(x.shape[0], -1, head_size)
+        heads.copy_(_rotate(heads.float(), cos, sin, is_neox))
+    return query, key
+
+
+@register("silu_and_mul", "torch", _DEVICES)
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@register("reshape_and_cache", "torch", _DEVICES)
+def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    block_size = k_cache.shape[1]
+    is_written = slot_mapping >= 0
+    slots = slot_mapping[is_written].long()
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = key[is_written].to(k_cache.dtype)
+    v_cache[blocks, offsets] = value[is_written].to(v_cache.dtype)

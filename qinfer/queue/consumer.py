@@ -1,0 +1,169 @@
+"""The worker side of the queue: pull, start, lease renewal, reclaim, hand-back.
+
+Every entry a worker holds is in its consumer's pending list (PEL) until the
+terminal write acknowledges it (queue/writer.py). A crashed worker's entries
+go idle and are reclaimed by any worker once idle past the lease.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import redis
+
+from qinfer.config import Settings
+from qinfer.queue import scripts
+from qinfer.queue.keys import CONSUMER_GROUP, Keys
+
+
+def as_str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class Delivery:
+    """One stream entry held by this worker, and the job state read when it started."""
+
+    stream: str
+    entry_id: str
+    fields: dict[str, str]
+    status: Optional[str] = None          # before this delivery; None: no job hash
+    attempts: int = 0                     # this delivery included
+    request_json: Optional[str] = None
+    queued_at: float = 0.0
+    last_error: str = ""                  # why an earlier attempt failed
+    cancel_requested: bool = False
+
+    @property
+    def job_id(self) -> Optional[str]:
+        return self.fields.get("id") or None
+
+    @property
+    def payload(self) -> Optional[str]:
+        """A JobRequest JSON written straight to the stream by a non-Python producer."""
+        return self.fields.get("payload")
+
+
+class Consumer:
+    def __init__(self, r: redis.Redis, keys: Keys, model: str, name: str, settings: Settings):
+        self.redis, self.keys, self.model, self.name, self.settings = r, keys, model, name, settings
+        # Highest priority first: the order in which streams are read.
+        self.streams = [keys.queue(model, p) for p in range(settings.max_priority, -1, -1)]
+        self._pull = r.register_script(scripts.PULL)
+        self._start = r.register_script(scripts.START)
+        self._renew = r.register_script(scripts.RENEW)
+        self._reclaim = r.register_script(scripts.RECLAIM)
+        self._requeue_script = r.register_script(scripts.REQUEUE)
+        self._cursors = ["0-0"] * len(self.streams)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_seconds * 1000)
+
+    def ensure_groups(self) -> None:
+        """Create every priority stream and its group, so raw XADDs are pulled too."""
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def pull(self, n: int) -> list[Delivery]:
+        """At most n new entries, highest priority first; then mark their jobs running."""
+        if n <= 0:
+            return []
+        rows = self._pull(self.streams, [CONSUMER_GROUP, self.name, n])
+        return self.start([self._delivery(key, eid, flat) for key, eid, flat in rows])
+
+    def wait_for_entries(self, block_s: float) -> list[Delivery]:
+        """Idle engine: block until any stream has an entry (one per stream at most)."""
+        try:
+            reply = self.redis.xreadgroup(CONSUMER_GROUP, self.name, {s: ">" for s in self.streams},
+                                          count=1, block=max(1, int(block_s * 1000)))
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.ensure_groups()      # the streams were deleted under us (e.g. FLUSHALL)
+            return []
+        rows = [(key, eid, fields) for key, entries in (reply or []) for eid, fields in entries]
+        rows.sort(key=lambda row: self.streams.index(as_str(row[0])))
+        return self.start([self._delivery(k, e, f) for k, e, f in rows])
+
+    def reclaim(self, n: int = 1) -> list[Delivery]:
+        """Take over at most n entries idle past the lease (their worker died), highest priority first."""
+        reply = self._reclaim(self.streams, [CONSUMER_GROUP, self.name, self.lease_ms, n, *self._cursors])
+        self._cursors = [as_str(c) for c in reply[0]]
+        if not reply[1]:
+            return []
+        key, entries = reply[1]
+        return self.start([self._delivery(key, eid, flat) for eid, flat in entries if flat])
+
+    def start(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Count the delivery and mark each job running, in one round trip."""
+        with_job = [d for d in deliveries if d.job_id]
+        pipe = self.redis.pipeline(transaction=False)
+        for d in with_job:
+            self._start([self.keys.job(d.job_id), self.keys.job_cancel(d.job_id)],
+                        [self.name, f"{time.time():.6f}"], client=pipe)
+        for d, reply in zip(with_job, pipe.execute() if with_job else []):
+            _fill(d, reply)
+        return deliveries
+
+    def renew(self, held: list[Delivery]) -> list[Delivery]:
+        """Extend the lease of held entries; returns those another worker took over."""
+        if not held:
+            return []
+        lost = self._renew([d.stream for d in held], [CONSUMER_GROUP, self.name, *[d.entry_id for d in held]])
+        return [held[i - 1] for i in lost]
+
+    def hand_back(self, held: list[Delivery], *, graceful: bool) -> None:
+        """Make entries reclaimable right away (idle = lease). A graceful hand-back (drain)
+        does not use up an attempt; one after an engine error does."""
+        pipe = self.redis.pipeline(transaction=True)
+        for d in held:
+            pipe.xclaim(d.stream, CONSUMER_GROUP, self.name, 0, [d.entry_id],
+                        idle=self.lease_ms + 1, justid=True)
+            if d.job_id:
+                self._requeue(pipe, d, graceful)
+        pipe.execute()
+
+    def _requeue(self, pipe, d: Delivery, graceful: bool) -> None:
+        job = self.keys.job(d.job_id)
+        self._requeue_script([job], [d.last_error, "1" if graceful else "0"], client=pipe)
+
+    def depth(self) -> tuple[int, int]:
+        """(entries in the model's streams, entries delivered and unacknowledged)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xlen(stream)
+            pipe.xpending(stream, CONSUMER_GROUP)
+        replies = pipe.execute(raise_on_error=False)
+        lengths = [r for r in replies[0::2] if isinstance(r, int)]
+        pending = [r["pending"] for r in replies[1::2] if isinstance(r, dict)]
+        return sum(lengths), sum(pending)
+
+    def forget(self) -> None:
+        """Drop this consumer from the groups on a clean exit, where it holds nothing."""
+        for stream in self.streams:
+            pending = self.redis.xpending_range(stream, CONSUMER_GROUP, "-", "+", 1, consumername=self.name)
+            if not pending:
+                self.redis.xgroup_delconsumer(stream, CONSUMER_GROUP, self.name)
+
+    def _delivery(self, key, entry_id, flat) -> Delivery:
+        if isinstance(flat, dict):
+            fields = {as_str(k): as_str(v) for k, v in flat.items()}
+        else:
+            fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return Delivery(stream=as_str(key), entry_id=as_str(entry_id), fields=fields)
+
+
+def _fill(d: Delivery, reply: list) -> None:
+    d.status = as_str(reply[0]) if reply[0] else None
+    if len(reply) > 1:
+        d.attempts = int(reply[1])
+        d.request_json = as_str(reply[2]) if reply[2] else None
+        d.queued_at = float(reply[3] or 0)
+        d.last_error = as_str(reply[4])
+        d.cancel_requested = bool(reply[5])

@@ -1,0 +1,64 @@
+"""The producer side of the queue, without I/O: what Client and AsyncClient send.
+
+Both clients call these builders and run the scripts on their own connection,
+so the sync and asyncio clients cannot drift apart.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Union
+
+from qinfer.config import Settings
+from qinfer.errors import IdempotencyConflictError, InvalidRequestError, QueueFullError
+from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.schema import JobRequest
+
+RequestLike = Union[JobRequest, dict]
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex      # 122 random bits: unguessable
+
+
+def as_request(req: RequestLike) -> JobRequest:
+    return req if isinstance(req, JobRequest) else JobRequest.model_validate(req)
+
+
+def submit_call(keys: Keys, settings: Settings, req: JobRequest) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of scripts.SUBMIT for one request (validated here, before any write)."""
+    if req.priority > settings.max_priority:
+        raise InvalidRequestError(f"priority {req.priority} is above the maximum {settings.max_priority}")
+    job_id = new_job_id()
+    idem = req.idempotency_key
+    call_keys = [keys.job(job_id), keys.queue(req.model, req.priority), keys.queued_counts(req.model),
+                 keys.models(), keys.idempotency(req.model, idem or "")]
+    args = [job_id, req.model_dump_json(), req.estimated_tokens(), settings.max_queued_jobs,
+            settings.max_queued_tokens, f"{time.time():.6f}", req.model, req.priority,
+            req.fingerprint() if idem else "", settings.result_ttl_seconds, CONSUMER_GROUP]
+    return call_keys, args
+
+
+def parse_submit_reply(reply: list, req: JobRequest, settings: Settings) -> str:
+    """The job id, or the typed refusal."""
+    kind, value = (v.decode() if isinstance(v, bytes) else v for v in reply)
+    if kind in ("ok", "duplicate"):
+        return value
+    if kind == "conflict":
+        raise IdempotencyConflictError(
+            f"idempotency key {req.idempotency_key!r} was already used for a different request (job {value})")
+    bound = "jobs" if kind == "full_jobs" else "tokens"
+    limit = settings.max_queued_jobs if bound == "jobs" else settings.max_queued_tokens
+    raise QueueFullError(f"queue of model {req.model!r} is full: {value} {bound} already queued, "
+                         f"limit {limit} (QINFER_MAX_QUEUED_{bound.upper()}); nothing was written")
+
+
+def cancel_call(keys: Keys, settings: Settings, job_id: str, model: str) -> tuple[list[str], list[Any]]:
+    call_keys = [keys.job(job_id), keys.job_cancel(job_id), keys.job_done(job_id),
+                 keys.job_events(job_id), keys.queued_counts(model)]
+    return call_keys, [f"{time.time():.6f}", settings.result_ttl_seconds, keys.cancel_channel(), job_id]
+
+
+def chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,150 @@
+"""Lua scripts for the multi-key steps that must be atomic (or one round trip).
+
+Every key a script touches is passed in KEYS (built by queue/keys.py), so the
+scripts stay legal on Redis Cluster under the shared hash tag.
+"""
+
+# KEYS: job, queue stream, queued counts, models set, idempotency key
+# ARGV: job_id, request_json, tokens, max_jobs, max_tokens, now, model, priority,
+#       fingerprint ('' = no idempotency key), idempotency ttl, group
+# Check the idempotency key and the admission bounds before writing anything.
+SUBMIT = """
+if ARGV[9] ~= '' then
+  local prev = redis.call('GET', KEYS[5])
+  if prev then
+    local sep = string.find(prev, ' ', 1, true)
+    local prev_id = string.sub(prev, 1, sep - 1)
+    if string.sub(prev, sep + 1) == ARGV[9] then return {'duplicate', prev_id} end
+    return {'conflict', prev_id}
+  end
+end
+local jobs = tonumber(redis.call('HGET', KEYS[3], 'jobs') or '0')
+local tokens = tonumber(redis.call('HGET', KEYS[3], 'tokens') or '0')
+if jobs + 1 > tonumber(ARGV[4]) then return {'full_jobs', tostring(jobs)} end
+if tokens + tonumber(ARGV[3]) > tonumber(ARGV[5]) then return {'full_tokens', tostring(tokens)} end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[11], '0', 'MKSTREAM')
+end
+redis.call('HSET', KEYS[1], 'request', ARGV[2], 'status', 'queued', 'model', ARGV[7],
+           'priority', ARGV[8], 'queued_at', ARGV[6], 'attempts', '0', 'tokens', ARGV[3])
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'jobs', 1)
+redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[7])
+if ARGV[9] ~= '' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10]) end
+return {'ok', ARGV[1]}
+"""
+
+# KEYS: job, cancel flag, done list, events stream, queued counts
+# ARGV: now, ttl, cancel channel, job_id
+# A queued job is cancelled here and now; a running one is flagged for its worker.
+CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  local tokens = redis.call('HGET', KEYS[1], 'tokens')
+  if tokens then
+    redis.call('HINCRBY', KEYS[5], 'jobs', -1)
+    redis.call('HINCRBY', KEYS[5], 'tokens', -tonumber(tokens))
+  end
+  redis.call('XADD', KEYS[4], '*', 'type', 'end', 'status', 'cancelled')
+  redis.call('LPUSH', KEYS[3], 'cancelled')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+  return 'cancelled'
+end
+if st == 'running' then
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+end
+return st
+"""
+
+# KEYS: queue streams, highest priority first. ARGV: group, consumer, n
+# Pull at most n entries, draining higher priorities before lower ones.
+PULL = """
+local out = {}
+local left = tonumber(ARGV[3])
+for _, key in ipairs(KEYS) do
+  if left <= 0 then break end
+  local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left,
+                      'STREAMS', key, '>')
+  if ok and r then
+    for _, e in ipairs(r[1][2]) do
+      out[#out + 1] = {key, e[1], e[2]}
+      left = left - 1
+    end
+  end
+end
+return out
+"""
+
+# KEYS: job, cancel flag. ARGV: worker, now
+# Mark a delivered job running and count the delivery; report terminal ones untouched.
+START = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {false} end
+if st ~= 'queued' and st ~= 'running' then return {st} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+local f = redis.call('HMGET', KEYS[1], 'request', 'queued_at', 'last_error')
+return {st, attempts, f[1], f[2], f[3] or '', redis.call('EXISTS', KEYS[2])}
+"""
+
+# KEYS: one queue stream per entry. ARGV: group, consumer, entry ids...
+# Renew only entries this consumer still owns: XCLAIM alone would steal back
+# an entry another worker reclaimed. Returns the 1-based indexes lost.
+RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local id = ARGV[i + 2]
+  local p = redis.call('XPENDING', key, ARGV[1], id, id, 1, ARGV[2])
+  if #p == 1 then
+    redis.call('XCLAIM', key, ARGV[1], ARGV[2], 0, id, 'JUSTID')
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
+# KEYS: queue streams, highest priority first. ARGV: group, consumer, min_idle_ms, count, cursors...
+# Take over entries idle past the lease, resuming each stream's scan where the
+# last call stopped. Returns {cursors, {key, entries} or false}.
+RECLAIM = """
+local cursors = {}
+local found = false
+for i, key in ipairs(KEYS) do
+  local cursor = ARGV[i + 4]
+  if not found then
+    local ok, r = pcall(redis.call, 'XAUTOCLAIM', key, ARGV[1], ARGV[2], ARGV[3], cursor,
+                        'COUNT', ARGV[4])
+    if ok then
+      cursor = r[1]
+      if #r[2] > 0 then found = {key, r[2]} end
+    end
+  end
+  cursors[i] = cursor
+end
+return {cursors, found}
+"""
+
+# KEYS: job hashes. Status and admission size of each, read under WATCH.
+STATUSES = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, 'status', 'tokens', 'model')
+end
+return out
+"""
+
+# KEYS: job. ARGV: last_error, graceful ('1': give the attempt back)
+# Only a job still running goes back to queued; a terminal one stays as it is.
+REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[1])
+  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+end
+"""

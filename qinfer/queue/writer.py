@@ -1,0 +1,142 @@
+"""Result writes: one round trip per engine step for deltas, one MULTI/EXEC for terminals.
+
+A terminal write (result, XACK, done-list push, events end, callback outbox)
+happens once per job: the job hashes are WATCHed and a job already terminal
+(another worker finished a reclaimed copy first) only counts a duplicate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional
+
+import redis
+
+from qinfer.config import Settings
+from qinfer.queue import scripts
+from qinfer.queue.consumer import Delivery, as_str
+from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.schema import TERMINAL_STATUSES
+
+log = logging.getLogger(__name__)
+_MAX_WATCH_RETRIES = 16
+
+
+@dataclass
+class Final:
+    """The terminal state of one delivery."""
+
+    delivery: Delivery
+    status: str
+    fields: dict = field(default_factory=dict)   # job hash fields: output, error, timings, ...
+    has_callback: bool = False
+    dead_letter_reason: Optional[str] = None     # set: also append to the dead-letter stream
+    model: Optional[str] = None                  # the dead-letter stream's model
+
+
+@lru_cache(maxsize=1)
+def _enqueue_delivery():
+    """The callbacks outbox writer, if the callbacks package provides it."""
+    try:
+        from qinfer.callbacks.outbox import enqueue_delivery
+    except ImportError:
+        log.warning("qinfer.callbacks.outbox is missing: webhook callbacks are not enqueued")
+        return None
+    return enqueue_delivery
+
+
+class ResultWriter:
+    def __init__(self, r: redis.Redis, keys: Keys, worker: str, settings: Settings):
+        self.redis, self.keys, self.worker, self.settings = r, keys, worker, settings
+        self._statuses = r.register_script(scripts.STATUSES)
+
+    def flush(self, deltas: list[tuple[str, dict]], finals: list[Final]) -> list[bool]:
+        """Write one step's deltas and terminals; per final, True if it was written,
+        False if the job was already terminal (a duplicate run)."""
+        if not finals:
+            if deltas:
+                pipe = self.redis.pipeline(transaction=False)
+                self._deltas(pipe, deltas)
+                pipe.execute()
+            return []
+        return self._transaction(deltas, finals)
+
+    def ack(self, deliveries: list[Delivery], callbacks: list[str] = ()) -> None:
+        """Remove entries whose job is already terminal (e.g. cancelled while queued)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for d in deliveries:
+            self._ack(pipe, d)
+        for job_id in callbacks:
+            self._callback(pipe, job_id)
+        pipe.execute()
+
+    def _transaction(self, deltas, finals) -> list[bool]:
+        job_keys = [self.keys.job(f.delivery.job_id) for f in finals if f.delivery.job_id]
+        with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(_MAX_WATCH_RETRIES):
+                try:
+                    return self._attempt(pipe, job_keys, deltas, finals)
+                except redis.WatchError:
+                    continue      # a client cancelled or another worker wrote: re-read and retry
+        raise RuntimeError(f"terminal write kept conflicting for jobs {job_keys}")
+
+    def _attempt(self, pipe, job_keys, deltas, finals) -> list[bool]:
+        if job_keys:
+            pipe.watch(*job_keys)
+        states = iter(self._statuses(job_keys, [], client=pipe) if job_keys else [])
+        pipe.multi()
+        self._deltas(pipe, deltas)
+        written = [self._final(pipe, f, next(states) if f.delivery.job_id else None) for f in finals]
+        pipe.execute()
+        return written
+
+    def _final(self, pipe, f: Final, state) -> bool:
+        status, tokens, model = (as_str(v) if v is not None else None for v in (state or (None,) * 3))
+        if status in TERMINAL_STATUSES:
+            pipe.hincrby(self.keys.job(f.delivery.job_id), "duplicates", 1)
+            self._ack(pipe, f.delivery)
+            return False
+        if f.delivery.job_id:
+            self._terminal(pipe, f, tokens, model)
+        if f.dead_letter_reason:
+            self._dead_letter(pipe, f)
+        self._ack(pipe, f.delivery)
+        return True
+
+    def _terminal(self, pipe, f: Final, tokens: Optional[str], model: Optional[str]) -> None:
+        job_id, ttl = f.delivery.job_id, self.settings.result_ttl_seconds
+        job, done, events = self.keys.job(job_id), self.keys.job_done(job_id), self.keys.job_events(job_id)
+        pipe.hset(job, mapping={"status": f.status, "worker": self.worker,
+                                "finished_at": f"{time.time():.6f}", **f.fields})   # fields may say when the engine finished
+        if tokens is not None and model:      # admitted by submit: release its admission share
+            pipe.hincrby(self.keys.queued_counts(model), "jobs", -1)
+            pipe.hincrby(self.keys.queued_counts(model), "tokens", -int(tokens))
+        pipe.xadd(events, {"type": "end", "status": f.status})
+        pipe.lpush(done, f.status)
+        for key in (job, done, events):
+            pipe.expire(key, ttl)
+        pipe.delete(self.keys.job_cancel(job_id))
+        if f.has_callback:
+            self._callback(pipe, job_id)
+
+    def _dead_letter(self, pipe, f: Final) -> None:
+        d = f.delivery
+        pipe.xadd(self.keys.dead_letters(f.model), {
+            "id": d.job_id or "", "stream": d.stream, "entry": d.entry_id, "attempts": d.attempts,
+            "reason": f.dead_letter_reason, "fields": json.dumps(d.fields), "worker": self.worker})
+
+    def _deltas(self, pipe, deltas) -> None:
+        for job_id, fields in deltas:
+            pipe.xadd(self.keys.job_events(job_id), fields)
+
+    def _ack(self, pipe, d: Delivery) -> None:
+        pipe.xack(d.stream, CONSUMER_GROUP, d.entry_id)
+        pipe.xdel(d.stream, d.entry_id)      # acked entries are history: keep the stream = backlog
+
+    def _callback(self, pipe, job_id: str) -> None:
+        enqueue = _enqueue_delivery()
+        if enqueue is not None:
+            enqueue(pipe, self.keys, job_id)

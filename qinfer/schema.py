@@ -1,0 +1,138 @@
+"""Wire types of the job queue: what producers send and what workers write back.
+
+Light module (pydantic only): a web app can build and read jobs without torch.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qinfer.sampling_params import SamplingParams
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+TERMINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_terminal)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str
+
+
+class JobRequest(BaseModel):
+    """One generation job. Exactly one of prompt, prompt_token_ids, messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, pattern=r"^[^\s{}:]+$",
+                       description="Served model name (a worker's --served-model-name).")
+    prompt: Optional[str] = None
+    prompt_token_ids: Optional[list[int]] = None
+    messages: Optional[list[ChatMessage]] = Field(None, description="Chat, rendered with the model's template.")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    priority: int = Field(0, ge=0, description="Higher runs first; 0..QINFER_MAX_PRIORITY.")
+    callback_url: Optional[str] = None
+    idempotency_key: Optional[str] = Field(None, min_length=1, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Returned untouched.")
+    queue_timeout_s: Optional[float] = Field(None, gt=0, description="May only shorten the configured one.")
+    run_timeout_s: Optional[float] = Field(None, gt=0, description="May only shorten the configured one.")
+    stream: bool = Field(False, description="Append token deltas to the job's events stream.")
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> "JobRequest":
+        given = [n for n in ("prompt", "prompt_token_ids", "messages") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of prompt, prompt_token_ids, messages "
+                             f"(got {', '.join(given) or 'none'})")
+        return self
+
+    def estimated_tokens(self) -> int:
+        """Admission-control size: prompt (ids exact, text ~4 bytes/token) + max_tokens per completion."""
+        if self.prompt_token_ids is not None:
+            prompt = len(self.prompt_token_ids)
+        else:
+            text = self.prompt if self.prompt is not None else "".join(m.content for m in self.messages)
+            prompt = len(text.encode()) // 4 + 1
+        return prompt + self.sampling.max_tokens * self.sampling.n
+
+    def fingerprint(self) -> str:
+        """Digest of everything but the idempotency key: same key + other request is a conflict."""
+        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    """Unix timestamps (seconds) of the job's last attempt."""
+
+    queued_at: Optional[float] = None
+    started_at: Optional[float] = None
+    first_token_at: Optional[float] = None
+    finished_at: Optional[float] = None
+
+
+class JobError(BaseModel):
+    code: str          # invalid_request | malformed_payload | unknown_model | dead_letter | run_timeout | queue_timeout | engine_error
+    message: str       # written for the user who sent the job
+
+
+class Completion(BaseModel):
+    index: int = 0
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    finish_reason: Optional[str] = None
+    logprobs: Optional[list[dict[str, Any]]] = None
+
+
+class JobResult(BaseModel):
+    """What Client.get / wait return. text/token_ids/finish_reason are completion 0's."""
+
+    id: str
+    status: JobStatus
+    model: Optional[str] = None
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    finish_reason: Optional[str] = None
+    logprobs: Optional[list[dict[str, Any]]] = None
+    outputs: list[Completion] = Field(default_factory=list)   # all n completions
+    error: Optional[JobError] = None
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings = Field(default_factory=Timings)
+    attempts: int = 0          # deliveries to a worker (> 1 after a crash or hand-back)
+    duplicates: int = 0        # extra runs that finished after the result was already written
+    worker: Optional[str] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class StreamDelta(BaseModel):
+    """One entry of a job's events stream: new text of completion `index`."""
+
+    index: int = 0
+    text: str = ""
+    token_ids: list[int] = Field(default_factory=list)

@@ -1,0 +1,155 @@
+"""Tiny random Llama / Qwen2 model directories for tests and benches.
+
+    python -m qinfer.testing.tiny_model OUT_DIR --arch llama|qwen2 [--num-layers 2 ...]
+
+Writes config.json, *.safetensors (optionally sharded with an index json) and a
+byte-level BPE tokenizer trained here on a built-in English corpus, so nothing
+is downloaded. Weights are deterministic in `seed`; their std (0.1) is larger
+than a real init so greedy continuations differ from prompt to prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+from pathlib import Path
+
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+WEIGHT_STD = 0.1
+
+_SUBJECTS = ["The quick brown fox", "A small robot", "My old teacher", "The river", "Every engine",
+             "The tired scheduler", "Our garden", "The red kettle", "A curious cat", "The night train"]
+_VERBS = ["jumps over", "writes about", "waits for", "remembers", "carries", "paints",
+          "follows", "listens to", "builds", "forgets"]
+_OBJECTS = ["the lazy dog.", "a bright morning.", "the long queue of jobs.", "seven green apples.",
+            "the quiet harbour.", "an empty page.", "the last token.", "a warm cup of tea.",
+            "the mountain road.", "every small number 0 1 2 3 4 5 6 7 8 9."]
+_PARAGRAPH = (
+    "Once upon a time, in a city of glass and rain, people wrote letters to machines. "
+    "The machines read every word, thought for a while, and answered with stories, numbers, "
+    "recipes and questions of their own. Hello, world! How are you today? I am fine, thank you."
+)
+
+
+def corpus() -> list[str]:
+    """A few thousand short English sentences, deterministic."""
+    rng = random.Random(0)
+    lines = [f"{s} {v} {o}" for s, v, o in itertools.product(_SUBJECTS, _VERBS, _OBJECTS)]
+    rng.shuffle(lines)
+    return lines + [_PARAGRAPH] * 20
+
+
+def train_tokenizer(vocab_size: int):
+    """A byte-level BPE PreTrainedTokenizerFast with bos/eos/pad and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus(), trainer)
+    # Like Llama's tokenizer: encode() prepends BOS (chat templates tokenize without special tokens).
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                       special_tokens=[(BOS, tok.token_to_id(BOS))])
+    # unk_token is set (to EOS; byte-level BPE never emits unk) because transformers 5 loads a
+    # qwen2 directory as Qwen2Tokenizer, which otherwise adds a new "<|endoftext|>" unk token.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=EOS, chat_template=CHAT_TEMPLATE)
+
+
+def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden_size=64,
+                 num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None, intermediate_size=128,
+                 tie_word_embeddings=False, rope_scaling=None, max_position_embeddings=256,
+                 rope_theta=10000.0):
+    from transformers import LlamaConfig, Qwen2Config
+
+    rope = {"rope_type": "default", "rope_theta": rope_theta}
+    if rope_scaling == "llama3":
+        rope = {"rope_type": "llama3", "rope_theta": rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": max_position_embeddings // 4}
+    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                  intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+                  tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
+                  rope_parameters=rope, rms_norm_eps=1e-6)
+    if arch == "llama":
+        return LlamaConfig(head_dim=head_dim or hidden_size // num_heads, **common)
+    if arch == "qwen2":
+        if head_dim not in (None, hidden_size // num_heads):
+            raise ValueError("qwen2 derives head_dim from hidden_size / num_heads")
+        return Qwen2Config(use_sliding_window=False, **common)
+    raise ValueError(f"unknown arch {arch!r}: use 'llama' or 'qwen2'")
+
+
+def randomize_(model, seed: int) -> None:
+    """Every weight ~ N(0, WEIGHT_STD) (biases too, so bias loading is tested); norms ~ 1 + N(0, 0.1)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen) * WEIGHT_STD
+            param.copy_(1.0 + noise if "norm" in name else noise)
+
+
+def save_model(model, out_dir: Path, shards: int) -> None:
+    if shards <= 1:
+        model.save_pretrained(out_dir)
+        return
+    num_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(out_dir, max_shard_size=num_bytes // shards + 1)
+
+
+def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed: int = 0,
+                    shards: int = 1, **sizes) -> Path:
+    """Build a tiny random model directory at out_dir; returns its path.
+
+    sizes: hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
+    tie_word_embeddings, rope_scaling ("llama3" or None), max_position_embeddings, rope_theta.
+    The model's vocab size is the trained tokenizer's (at most vocab_size).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(vocab_size)
+    config = build_config(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, **sizes)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize_(model, seed)
+    save_model(model, out_dir, shards)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out_dir")
+    p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    for flag, default in [("hidden-size", 64), ("num-layers", 2), ("num-heads", 4), ("num-kv-heads", 2),
+                          ("head-dim", None), ("intermediate-size", 128), ("vocab-size", 512),
+                          ("max-position-embeddings", 256), ("seed", 0), ("shards", 1)]:
+        p.add_argument(f"--{flag}", type=int, default=default)
+    p.add_argument("--rope-theta", type=float, default=10000.0)
+    p.add_argument("--tie-word-embeddings", action="store_true")
+    p.add_argument("--rope-scaling", choices=["llama3"], default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = vars(_parse_args(argv))
+    out = make_tiny_model(args.pop("out_dir"), args.pop("arch"), **args)
+    print(json.dumps({"model_dir": str(out)}))
+
+
+if __name__ == "__main__":
+    main()

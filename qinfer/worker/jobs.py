@@ -1,0 +1,101 @@
+"""Turning a delivery into an engine request, and engine outputs into results.
+
+Everything a user can get wrong raises JobRejected with a message for them;
+the worker fails that one job and goes on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+from pydantic import ValidationError
+
+from qinfer.errors import InvalidRequestError
+from qinfer.queue.consumer import Delivery
+from qinfer.schema import Completion, JobRequest, Usage
+
+
+class JobRejected(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class InFlight:
+    """A job inside the engine, under engine request id `request_id`."""
+
+    delivery: Delivery
+    request: JobRequest
+    request_id: str
+    started_at: float
+    run_deadline: float
+    first_token_at: Optional[float] = None
+    stop_reason: Optional[str] = None    # why the worker aborted it: cancel | timeout | lease_lost | handback
+
+
+def parse_request(d: Delivery, served_model: str) -> JobRequest:
+    raw = d.request_json or d.payload
+    if raw is None:
+        raise JobRejected("malformed_payload", "no job request found: the job hash has no 'request' "
+                                               "and the stream entry no 'payload'")
+    try:
+        req = JobRequest.model_validate(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise JobRejected("malformed_payload", f"job payload is not valid JSON: {e}") from None
+    except ValidationError as e:
+        raise JobRejected("invalid_request", f"invalid job request: {_summary(e)}") from None
+    if req.model != served_model:
+        raise JobRejected("unknown_model", f"model {req.model!r} is not served on this queue "
+                                           f"(its workers serve {served_model!r})")
+    return req
+
+
+def has_callback(d: Delivery) -> bool:
+    try:
+        return bool(json.loads(d.request_json or d.payload or "{}").get("callback_url"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _summary(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'request'}: {err['msg']}" for err in e.errors())
+
+
+def queue_deadline(req: JobRequest, queued_at: float, configured_s: float) -> float:
+    return queued_at + min(configured_s, req.queue_timeout_s or configured_s)
+
+
+def add_to_engine(engine, req: JobRequest, request_id: str) -> None:
+    """engine.add_request for a job; bad prompts and templates become JobRejected."""
+    try:
+        token_ids = render_chat(engine, req) if req.messages is not None else req.prompt_token_ids
+        engine.add_request(request_id, req.prompt, req.sampling, prompt_token_ids=token_ids)
+    except InvalidRequestError as e:
+        raise JobRejected("invalid_request", str(e)) from None
+
+
+def render_chat(engine, req: JobRequest) -> list[int]:
+    messages = [m.model_dump() for m in req.messages]
+    try:
+        return engine.apply_chat_template(messages)
+    except Exception as e:      # jinja / missing template: the user's messages cannot be rendered
+        raise JobRejected("invalid_request", f"cannot render messages with the model's chat template: {e}")
+
+
+def completions(output) -> list[Completion]:
+    return [Completion(index=c.index, text=c.text, token_ids=list(c.token_ids), finish_reason=c.finish_reason,
+                       logprobs=_logprobs(c.logprobs)) for c in output.outputs]
+
+
+def _logprobs(items) -> Optional[list[dict]]:
+    if items is None:
+        return None
+    return [{"logprob": lp.sampled_logprob, "top": {str(t): v for t, v in lp.top.items()}} for lp in items]
+
+
+def usage(output) -> Usage:
+    prompt = len(output.prompt_token_ids)
+    completion = sum(len(c.token_ids) for c in output.outputs)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

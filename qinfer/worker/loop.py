@@ -1,0 +1,338 @@
+"""The worker loop: queue <-> engine, one engine step at a time.
+
+Between steps the worker reads cancellations, renews leases, reclaims dead
+workers' entries and pulls as many new jobs as the engine can admit now, so
+new jobs join the running batch (continuous batching across queue reads).
+
+Retries run alone: a delivery with attempts > 1 may be what crashed the last
+worker, so it waits for an empty engine and nothing joins it. A poison job
+then only ever takes itself down and reaches the dead-letter stream; its
+batch mates of the first crash finish on their retry.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+from typing import Optional
+
+from qinfer import metrics
+from qinfer.config import Settings
+from qinfer.queue.consumer import Consumer, Delivery
+from qinfer.queue.records import delta_fields, error_json, output_json
+from qinfer.queue.writer import Final, ResultWriter
+from qinfer.worker import jobs
+from qinfer.worker.health import Heartbeat
+from qinfer.worker.jobs import InFlight, JobRejected
+
+log = logging.getLogger(__name__)
+_RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entries
+
+
+class Worker:
+    def __init__(self, engine, consumer: Consumer, writer: ResultWriter, heartbeat: Heartbeat,
+                 settings: Settings, model_name: str):
+        self.engine, self.consumer, self.writer, self.heartbeat = engine, consumer, writer, heartbeat
+        self.settings, self.model_name = settings, model_name
+        self.in_flight: dict[str, InFlight] = {}        # engine request id -> job
+        self.backlog: deque[Delivery] = deque()          # retries waiting to run alone
+        self.isolated: Optional[str] = None              # request id of the retry running alone
+        self.draining_until: Optional[float] = None
+        self.num_engine_failures = 0
+        self._next_lease_tick = self._next_reclaim = 0.0
+        self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
+        self._labels = {"model_name": model_name}
+
+    # --- lifecycle ---
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT, then drain: finish or hand back within the grace period."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.consumer.ensure_groups()
+        self._pubsub.subscribe(self.consumer.keys.cancel_channel())
+        log.info("worker %s serving %r", self.consumer.name, self.model_name)
+        while not self._done():
+            self._tick()
+        self._shutdown()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.draining_until is None:
+            log.info("signal %d: draining for up to %.1fs", signum, self.settings.drain_grace_s)
+            self.draining_until = time.monotonic() + self.settings.drain_grace_s
+
+    def _done(self) -> bool:
+        if self.draining_until is None:
+            return False
+        return not self.in_flight or time.monotonic() >= self.draining_until
+
+    def _shutdown(self) -> None:
+        leftovers = self._held()
+        if leftovers:
+            log.info("handing back %d jobs", len(leftovers))
+            self.consumer.hand_back(leftovers, graceful=True)
+        self.heartbeat.stop()
+        self.consumer.forget()
+        self._pubsub.close()
+
+    # --- one turn of the loop ---
+    def _tick(self) -> None:
+        self._lease_tick()
+        self._read_cancels()
+        self._enforce_run_timeouts()
+        if self.draining_until is None:
+            self._admit()
+        if self.engine.has_unfinished_requests():
+            self._step()
+        elif self.draining_until is None and not self.backlog:
+            self._accept(self.consumer.wait_for_entries(self.settings.idle_block_s))
+
+    def _lease_tick(self) -> None:
+        """Every lease/3: renew what we hold, heartbeat, gauges."""
+        now = time.monotonic()
+        if now < self._next_lease_tick:
+            return
+        self._next_lease_tick = now + self.settings.lease_seconds / 3
+        for d in self.consumer.renew(self._held()):
+            self._lost(d)
+        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog))
+        self._update_gauges()
+        depth, pending = self.consumer.depth()
+        metrics.queue_depth.labels(**self._labels).set(depth)
+        metrics.queue_pending.labels(**self._labels).set(pending)
+
+    def _live(self) -> list[InFlight]:
+        return [j for j in self.in_flight.values() if j.stop_reason is None]
+
+    def _held(self) -> list[Delivery]:
+        return [j.delivery for j in self._live()] + list(self.backlog)
+
+    def _lost(self, d: Delivery) -> None:
+        log.warning("job %s: lease lost to another worker", d.job_id)
+        metrics.queue_lease_lost.labels(**self._labels).inc()
+        if d in self.backlog:
+            self.backlog.remove(d)
+        for job in self.in_flight.values():
+            if job.delivery is d:
+                self._abort(job, "lease_lost")
+
+    def _reclaim(self) -> None:
+        """Take over one entry of a dead worker; retries queue up in the backlog to run alone."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return
+        self._next_reclaim = now + _RECLAIM_INTERVAL_S
+        for d in self.consumer.reclaim(1):
+            metrics.queue_reclaimed.labels(**self._labels).inc()
+            log.info("job %s: reclaimed (attempt %d)", d.job_id, d.attempts)
+            self._accept([d])
+
+    # --- admission ---
+    def _admit(self) -> None:
+        if self.isolated is not None:
+            return
+        if not self.backlog:
+            self._reclaim()
+        if self.backlog:
+            if not self.in_flight:
+                self._accept([self.backlog.popleft()], alone=True)
+            return
+        self._accept(self.consumer.pull(self.engine.num_admissible()))
+
+    def _accept(self, deliveries: list[Delivery], alone: bool = False) -> None:
+        finals, skipped, callbacks = [], [], []
+        for d in deliveries:
+            if d.attempts > 1 and not alone and d.attempts <= self.settings.max_attempts:
+                self.backlog.append(d)     # a retry: run it alone
+                continue
+            final = self._try_start(d, skipped, callbacks)
+            if final is not None:
+                finals.append(final)
+            elif alone and f"{d.job_id}:{d.attempts}" in self.in_flight:
+                self.isolated = f"{d.job_id}:{d.attempts}"
+        if skipped:
+            self.writer.ack(skipped, callbacks)
+        self._write([], finals)
+
+    def _try_start(self, d: Delivery, skipped: list, callbacks: list) -> Optional[Final]:
+        """Start d in the engine; or the Final that ends it without running."""
+        if d.job_id is None:
+            return self._fail(d, "malformed_payload", "stream entry has no job id", dead_letter=True)
+        if d.status is not None and d.status not in ("queued", "running"):
+            skipped.append(d)      # cancelled while queued, or finished by another worker
+            if d.status == "cancelled" and jobs.has_callback(d):
+                callbacks.append(d.job_id)
+            return None
+        if d.attempts > self.settings.max_attempts:
+            return self._dead_letter(d)
+        try:
+            return self._start(d, jobs.parse_request(d, self.model_name))
+        except JobRejected as e:
+            metrics.jobs_rejected.labels(code=e.code, **self._labels).inc()
+            log.info("job %s rejected: %s", d.job_id, e.message)
+            return self._fail(d, e.code, e.message)
+        except Exception as e:      # the engine failed on this job alone: retry it, then dead-letter
+            log.exception("job %s: engine error on admission; handing it back", d.job_id)
+            metrics.engine_errors.labels(**self._labels).inc()
+            d.last_error = f"{type(e).__name__}: {e}"
+            self.consumer.hand_back([d], graceful=False)
+            return None
+
+    def _start(self, d: Delivery, req) -> Optional[Final]:
+        now = time.time()
+        queued_at = d.queued_at or now
+        if now > jobs.queue_deadline(req, queued_at, self.settings.queue_timeout_s):
+            return Final(d, "expired", {"error": error_json(
+                "queue_timeout", f"waited {now - queued_at:.1f}s in the queue, past its queue timeout")},
+                has_callback=bool(req.callback_url))
+        if d.cancel_requested:
+            return Final(d, "cancelled", has_callback=bool(req.callback_url))
+        request_id = f"{d.job_id}:{d.attempts}"
+        jobs.add_to_engine(self.engine, req, request_id)
+        run_timeout = min(self.settings.run_timeout_s, req.run_timeout_s or self.settings.run_timeout_s)
+        self.in_flight[request_id] = InFlight(d, req, request_id, now, time.monotonic() + run_timeout)
+        metrics.request_queue_time.labels(**self._labels).observe(max(0.0, now - queued_at))
+        return None
+
+    def _fail(self, d: Delivery, code: str, message: str, dead_letter: bool = False) -> Final:
+        return Final(d, "failed", {"error": error_json(code, message)},
+                     has_callback=jobs.has_callback(d),
+                     dead_letter_reason=message if dead_letter else None, model=self.model_name)
+
+    def _dead_letter(self, d: Delivery) -> Final:
+        why = f"; last error: {d.last_error}" if d.last_error else " (its worker crashed or was killed each time)"
+        message = (f"dead-lettered after {self.settings.max_attempts} attempts without a result{why}")
+        log.error("job %s %s", d.job_id, message)
+        metrics.queue_dead_lettered.labels(**self._labels).inc()
+        return self._fail(d, "dead_letter", message, dead_letter=True)
+
+    # --- the engine step ---
+    def _step(self) -> None:
+        try:
+            outputs = self._engine_step()
+        except Exception as e:      # an engine bug or a poison job: hand back, never lose jobs
+            self._engine_failed(e)
+            return
+        self.num_engine_failures = 0
+        deltas, finals = [], []
+        for out in outputs:
+            job = self.in_flight.get(out.request_id)
+            if job is not None:
+                self._collect(job, out, deltas, finals)
+        self._write(deltas, finals)
+
+    def _engine_step(self):
+        marker = self.settings.debug_poison_marker
+        if marker and any(marker in (j.request.prompt or "") for j in self.in_flight.values()
+                          if j.stop_reason is None):
+            raise RuntimeError(f"poison job (prompt contains QINFER_DEBUG_POISON_MARKER {marker!r})")
+        return self.engine.step()
+
+    def _engine_failed(self, e: Exception) -> None:
+        self.num_engine_failures += 1
+        metrics.engine_errors.labels(**self._labels).inc()
+        live = self._live()
+        log.exception("engine step failed with jobs %s; handing them back", [j.delivery.job_id for j in live])
+        if self.num_engine_failures > 2 and not live:
+            raise SystemExit("engine keeps failing with no job of its own: exiting for a fresh start")
+        for job in live:
+            job.delivery.last_error = f"{type(e).__name__}: {e}"
+            self._abort(job, "handback")
+        self.consumer.hand_back([j.delivery for j in live], graceful=False)
+
+    def _collect(self, job: InFlight, out, deltas: list, finals: list) -> None:
+        if job.first_token_at is None and any(c.token_ids for c in out.outputs):
+            job.first_token_at = time.time()
+        if job.request.stream and job.stop_reason is None:
+            deltas.extend((job.delivery.job_id, delta_fields(c.index, c.new_text, list(c.new_token_ids)))
+                          for c in out.outputs if c.new_text or c.new_token_ids)
+        if out.finished:
+            final = self._final(job, out)
+            if final is not None:
+                finals.append(final)
+            else:
+                self._forget(job)
+
+    def _final(self, job: InFlight, out) -> Optional[Final]:
+        if job.stop_reason in ("lease_lost", "handback"):
+            return None        # another delivery of this job owns the result
+        status, fields = "succeeded", {}
+        if job.stop_reason == "cancel":
+            status = "cancelled"
+        elif job.stop_reason == "timeout":
+            status = "failed"
+            fields["error"] = error_json("run_timeout", "stopped at its run timeout; the partial output is kept")
+        usage = jobs.usage(out)
+        self._observe_tokens(job, usage)
+        fields["output"] = output_json(self._completions(job, out), usage)
+        fields["started_at"] = f"{job.started_at:.6f}"
+        fields["finished_at"] = f"{time.time():.6f}"      # the engine's finish, before the write
+        if job.first_token_at is not None:
+            fields["first_token_at"] = f"{job.first_token_at:.6f}"
+        if job.delivery.request_json is None:       # a raw payload: keep the request next to its result
+            fields["request"] = job.request.model_dump_json()
+        return Final(job.delivery, status, fields, has_callback=bool(job.request.callback_url))
+
+    def _observe_tokens(self, job: InFlight, usage) -> None:
+        metrics.prompt_tokens.labels(**self._labels).inc(usage.prompt_tokens)
+        metrics.generation_tokens.labels(**self._labels).inc(usage.completion_tokens)
+        if job.first_token_at is not None:
+            metrics.time_to_first_token.labels(**self._labels).observe(job.first_token_at - job.started_at)
+            if usage.completion_tokens > 1:
+                metrics.time_per_output_token.labels(**self._labels).observe(
+                    (time.time() - job.first_token_at) / (usage.completion_tokens - 1))
+
+    def _completions(self, job: InFlight, out):
+        done = jobs.completions(out)
+        if job.stop_reason == "timeout":
+            for c in done:
+                c.finish_reason = "timeout"
+        return done
+
+    # --- writes and bookkeeping ---
+    def _write(self, deltas: list, finals: list[Final]) -> None:
+        written = self.writer.flush(deltas, finals)
+        for final, ok in zip(finals, written):
+            job = next((j for j in self.in_flight.values() if j.delivery is final.delivery), None)
+            self._observe(final, job, ok)
+            if job is not None:
+                self._forget(job)
+
+    def _observe(self, final: Final, job: Optional[InFlight], written: bool) -> None:
+        if not written:
+            metrics.queue_duplicate_results.labels(**self._labels).inc()
+            log.info("job %s: finished again after its result was written (duplicate counted)",
+                     final.delivery.job_id)
+            return
+        metrics.request_success.labels(status=final.status, **self._labels).inc()
+        if job is not None:
+            metrics.e2e_request_latency.labels(**self._labels).observe(time.time() - (job.delivery.queued_at or 0))
+
+    def _forget(self, job: InFlight) -> None:
+        self.in_flight.pop(job.request_id, None)
+        if self.isolated == job.request_id:
+            self.isolated = None
+
+    def _abort(self, job: InFlight, reason: str) -> None:
+        if job.stop_reason is None:
+            job.stop_reason = reason
+            self.engine.abort_request(job.request_id)
+
+    def _read_cancels(self) -> None:
+        while (msg := self._pubsub.get_message(timeout=0)) is not None:
+            job_id = msg["data"].decode()
+            for job in self.in_flight.values():
+                if job.delivery.job_id == job_id:
+                    log.info("job %s: cancelled while running", job_id)
+                    self._abort(job, "cancel")
+
+    def _enforce_run_timeouts(self) -> None:
+        now = time.monotonic()
+        for job in self.in_flight.values():
+            if now > job.run_deadline:
+                self._abort(job, "timeout")
+
+    def _update_gauges(self) -> None:
+        metrics.num_requests_running.labels(**self._labels).set(len(self.in_flight))
+        metrics.num_requests_waiting.labels(**self._labels).set(len(self.backlog))
+        metrics.kv_cache_usage_perc.labels(**self._labels).set(self.engine.stats.kv_cache_usage)

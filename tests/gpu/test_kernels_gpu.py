@@ -1,0 +1,163 @@
+"""Triton paged attention, Triton ops and compiled qinfer._C ops vs the torch reference, on a GPU.
+
+Run on the device machine: `python -m pytest -m gpu tests/gpu/test_kernels_gpu.py`
+(build qinfer/_C.so first with `python -m qinfer.ops.build` for the compiled-op tests).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qinfer.testing.paged_batch import attention_ref, make_batch, rel_err
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DTYPES = [torch.bfloat16, torch.float16]
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module")
+def pa():
+    from qinfer.kernels import paged_attention
+    return paged_attention
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("head", [64, 128])
+def test_decode_ragged_long(pa, dtype, block_size, head):
+    # GQA 32/8, contexts from 1 to past 8k: exercises both the single-pass and split-K paths.
+    ctx = [0, 1, 15, 16, 17, 300, 1023, 4097, 8300]
+    q, kc, vc, bt, seq, qsl = make_batch([1] * len(ctx), ctx, 32, 8, head, block_size, dtype,
+                                         seed=block_size + head, device="cuda")
+    ref = attention_ref(q, kc, vc, bt, seq, qsl, head ** -0.5)
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    pa.paged_decode(q, kc, vc, bt, seq, int(seq.max()), head ** -0.5, out=out)
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("num_reqs", [1, 256])
+def test_decode_split_counts(pa, num_reqs):
+    # One request must fan out over the context; a full batch needs no split.
+    size, parts = pa.decode_partitions(num_reqs, 8, 16384, 64, 256, pa.DECODE_CFG["target_programs"])
+    assert (parts > 1) == (num_reqs == 1)
+    q, kc, vc, bt, seq, qsl = make_batch([1] * num_reqs, [1000] * num_reqs, 32, 8, 128, 16,
+                                         torch.bfloat16, device="cuda")
+    ref = attention_ref(q, kc, vc, bt, seq, qsl, 0.088)
+    assert rel_err(pa.paged_decode(q, kc, vc, bt, seq, int(seq.max()), 0.088), ref) < 1e-2
+
+
+def test_decode_float32(pa):
+    q, kc, vc, bt, seq, qsl = make_batch([1] * 3, [7, 900, 2000], 8, 2, 64, 16, torch.float32,
+                                         device="cuda")
+    ref = attention_ref(q, kc, vc, bt, seq, qsl, 0.125)
+    assert rel_err(pa.paged_decode(q, kc, vc, bt, seq, int(seq.max()), 0.125), ref) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("head", [64, 128])
+def test_prefill_chunked_ragged(pa, dtype, block_size, head):
+    # Fresh prompts, chunks on top of a cache (to 8k), and decode rows in one batch.
+    query_lens = [1, 17, 512, 100, 1, 777]
+    ctx = [40, 0, 0, 8200, 3000, 1500]
+    q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 16, 4, head, block_size, dtype,
+                                         seed=head, device="cuda")
+    ref = attention_ref(q, kc, vc, bt, seq, qsl, head ** -0.5)
+    out = torch.full_like(q, float("nan"))
+    pa.paged_prefill(q, kc, vc, bt, seq, qsl, max(query_lens), head ** -0.5, out=out)
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+def test_backend_matches_reference_backend():
+    from qinfer.layers.attention.backend import AttentionMetadata
+    from qinfer.layers.attention.reference import ReferenceAttentionBackend
+    from qinfer.layers.attention.triton_backend import TritonAttentionBackend
+
+    for query_lens, ctx in (([1] * 5, [3, 100, 0, 2000, 64]), ([9, 1, 300], [0, 50, 1000])):
+        q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 32, 8, 128, 16, torch.bfloat16,
+                                             seed=7, device="cuda")
+        key, value = torch.randn_like(q[:, :8]), torch.randn_like(q[:, :8])
+        slots = torch.cat([bt[r, torch.arange(c, c + n, device="cuda") // 16].long() * 16
+                           + torch.arange(c, c + n, device="cuda") % 16
+                           for r, (c, n) in enumerate(zip(ctx, query_lens))])
+        meta = AttentionMetadata(slots, qsl, seq, bt, max(query_lens), int(seq.max()))
+        kc2, vc2 = kc.clone(), vc.clone()
+        ref = ReferenceAttentionBackend().forward(q, key, value, kc, vc, meta, 0.088)
+        out = TritonAttentionBackend().forward(q, key, value, kc2, vc2, meta, 0.088)
+        assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
+        assert rel_err(out, ref) < 1e-2
+
+
+# ---- hot ops: every fast implementation against qinfer.ops.reference ----------------------
+
+IMPLS = ["triton", "cuda"]
+
+
+def _get(impl: str) -> dict:
+    """op name -> the `impl` implementation registered for CUDA tensors."""
+    from qinfer.kernels import ops_triton  # noqa: F401  (registers the Triton twins)
+    from qinfer.ops import compiled, registry
+
+    if impl == "cuda" and not compiled.load():
+        pytest.skip("qinfer._C not built (python -m qinfer.ops.build)")
+    return {op: fn for op, entries in registry._IMPLS.items()
+            for _, name, devices, fn in entries if name == impl and "cuda" in devices}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_ops(impl, dtype):
+    from qinfer.ops import reference
+    fns = _get(impl)
+    x = torch.randn(37, 4096, device="cuda", dtype=dtype)
+    res, w = torch.randn_like(x), torch.randn(4096, device="cuda", dtype=dtype)
+    assert rel_err(fns["rms_norm"](x, w, 1e-5), reference.rms_norm(x, w, 1e-5)) < 1e-2
+    ref_out, ref_sum = reference.fused_add_rms_norm(x, res, w, 1e-5)
+    out, summed = fns["fused_add_rms_norm"](x.clone(), res.clone(), w, 1e-5)
+    assert torch.equal(summed, ref_sum)
+    assert rel_err(out, ref_out) < 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_and_mul(impl, dtype):
+    from qinfer.ops import reference
+    x = torch.randn(19, 2 * 14336, device="cuda", dtype=dtype)
+    assert rel_err(_get(impl)["silu_and_mul"](x), reference.silu_and_mul(x)) < 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_rotary(impl, dtype, is_neox):
+    from qinfer.layers.rotary import RotaryEmbedding
+    from qinfer.ops import reference
+    params = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cache = RotaryEmbedding(128, 16384, params).cos_sin_cache.cuda()
+    positions = torch.randint(0, 16384, (33,), device="cuda")
+    qkv = torch.randn(33, (32 + 2 * 8) * 128, device="cuda", dtype=dtype)
+    q, k = qkv[:, :4096], qkv[:, 4096:5120]          # strided views of a fused projection
+    v_before = qkv[:, 5120:].clone()
+    rq, rk = reference.rotary_embedding(positions, q.clone(), k.clone(), 128, cache, is_neox)
+    tq, tk = _get(impl)["rotary_embedding"](positions, q, k, 128, cache, is_neox)
+    assert rel_err(tq, rq) < 1e-2 and rel_err(tk, rk) < 1e-2
+    assert torch.equal(qkv[:, 5120:], v_before)       # V untouched
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_reshape_and_cache(impl, dtype, block_size):
+    from qinfer.ops import reference
+    qkv = torch.randn(50, 48, 128, device="cuda", dtype=dtype)
+    key, value = qkv[:, 32:40], qkv[:, 40:]            # [T, 8, 128] views of a fused projection
+    slots = torch.randperm(64 * block_size, device="cuda")[:50]
+    slots[3] = -1
+    caches = [torch.randn(64, block_size, 8, 128, device="cuda", dtype=dtype) for _ in range(2)]
+    mine = [c.clone() for c in caches]
+    reference.reshape_and_cache(key, value, *caches, slots)
+    _get(impl)["reshape_and_cache"](key, value, *mine, slots)
+    assert torch.equal(caches[0], mine[0]) and torch.equal(caches[1], mine[1])

@@ -1,0 +1,87 @@
+"""Producer side against a real Redis: submit, admission, idempotency, cancel, wait (no worker)."""
+import asyncio
+
+import pytest
+
+from qinfer.client import AsyncClient, Client
+from qinfer.errors import IdempotencyConflictError, JobNotFoundError, JobTimeoutError, QueueFullError
+from qinfer.queue.keys import Keys
+from qinfer.schema import JobStatus
+
+
+@pytest.fixture
+def client(test_settings):
+    return Client(settings=test_settings)
+
+
+def test_submit_then_get_is_queued(client):
+    job_id = client.submit(model="m", prompt="hello", metadata={"k": "v"}, priority=3)
+    r = client.get(job_id)
+    assert r.status is JobStatus.QUEUED and r.metadata == {"k": "v"} and r.attempts == 0
+    assert client.redis.xlen(Keys().queue("m", 3)) == 1
+
+
+def test_submit_many_pipelines(client):
+    ids = client.submit_many([{"model": "m", "prompt": f"p{i}"} for i in range(1200)])
+    assert len(set(ids)) == 1200
+    assert client.redis.xlen(Keys().queue("m", 0)) == 1200
+
+
+def test_unknown_job_and_wait_timeout(client):
+    with pytest.raises(JobNotFoundError):
+        client.get("nope")
+    job_id = client.submit(model="m", prompt="x")
+    with pytest.raises(JobTimeoutError):
+        client.wait(job_id, timeout=0.2)
+
+
+def test_admission_bound_refuses_before_writing(test_settings):
+    client = Client(settings=test_settings.model_copy(update={"max_queued_jobs": 2, "max_queued_tokens": 100}))
+    client.submit(model="m", prompt="a", sampling={"max_tokens": 10})
+    client.submit(model="m", prompt="b", sampling={"max_tokens": 10})
+    keys_before = set(client.redis.keys("*"))
+    with pytest.raises(QueueFullError, match="2 jobs already queued"):
+        client.submit(model="m", prompt="c")
+    assert set(client.redis.keys("*")) == keys_before
+    other = Client(settings=test_settings.model_copy(update={"max_queued_tokens": 30}))
+    with pytest.raises(QueueFullError, match="tokens"):
+        other.submit(model="m", prompt="d", sampling={"max_tokens": 20})
+
+
+def test_idempotency_key(client):
+    a = client.submit(model="m", prompt="same", idempotency_key="k1")
+    assert client.submit(model="m", prompt="same", idempotency_key="k1") == a
+    with pytest.raises(IdempotencyConflictError, match="different request"):
+        client.submit(model="m", prompt="other", idempotency_key="k1")
+    assert client.redis.xlen(Keys().queue("m", 0)) == 1
+
+
+def test_cancel_queued_job_is_terminal_and_releases_admission(client):
+    job_id = client.submit(model="m", prompt="x")
+    assert client.cancel(job_id) is JobStatus.CANCELLED
+    assert client.wait(job_id, timeout=1).status is JobStatus.CANCELLED
+    assert client.redis.hget(Keys().queued_counts("m"), "jobs") == b"0"
+    assert client.cancel(job_id) is JobStatus.CANCELLED     # idempotent
+    assert list(client.stream(job_id, timeout=1)) == []
+
+
+def test_async_client(test_settings):
+    async def go():
+        c = AsyncClient(settings=test_settings)
+        ids = await c.submit_many([{"model": "m", "prompt": "a"}, {"model": "m", "prompt": "b"}])
+        job_id = await c.submit(model="m", prompt="c")
+        assert (await c.get(job_id)).status is JobStatus.QUEUED
+        assert await c.cancel(ids[0]) is JobStatus.CANCELLED
+        assert (await c.wait(ids[0], timeout=1)).status is JobStatus.CANCELLED
+        with pytest.raises(JobTimeoutError):
+            await c.wait(job_id, timeout=0.1)
+        await c.aclose()
+    asyncio.run(go())
+
+
+def test_client_without_url_is_a_clear_error(monkeypatch):
+    from qinfer.config import Settings
+    from qinfer.errors import NoRedisError
+
+    with pytest.raises(NoRedisError, match="QINFER_REDIS_URL"):
+        Client(settings=Settings(redis_url=None))

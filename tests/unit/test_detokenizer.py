@@ -1,0 +1,74 @@
+"""IncrementalDetokenizer against the tokenizer's own decode (the oracle): multi-byte text, stop strings."""
+import pytest
+
+from qinfer.engine.detokenizer import IncrementalDetokenizer
+from qinfer.testing.tiny_model import train_tokenizer
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    " Hello, world!  How are you today?",
+    "héllo wörld — naïve café 世界 🙂🚀 done",
+    "numbers 0 1 2 3 4 5 6 7 8 9 and emoji 👩‍👩‍👧",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(512)
+
+
+def stream(tokenizer, prompt, output_ids, **kwargs):
+    """Feed output ids one by one as the scheduler does; returns (detokenizer, deltas, stop string)."""
+    detokenizer = IncrementalDetokenizer(tokenizer, tokenizer(prompt).input_ids, **kwargs)
+    deltas, stop = [], None
+    for i, token_id in enumerate(output_ids):
+        stop = detokenizer.update([token_id])
+        finished = stop is not None or i == len(output_ids) - 1
+        deltas.append(detokenizer.take_new_text(finished))
+        if stop is not None:
+            break
+    return detokenizer, deltas, stop
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_streamed_text_equals_decode_of_all_output_ids(tokenizer, text):
+    output_ids = tokenizer(text, add_special_tokens=False).input_ids
+    detokenizer, deltas, _ = stream(tokenizer, "Once upon a time", output_ids)
+    expected = tokenizer.decode(output_ids, skip_special_tokens=True)
+    assert detokenizer.output_text == expected == "".join(deltas)
+
+
+def test_incomplete_utf8_is_held_until_the_character_completes(tokenizer):
+    output_ids = tokenizer("🙂", add_special_tokens=False).input_ids
+    assert len(output_ids) > 1                      # the emoji spans several byte tokens
+    _, deltas, _ = stream(tokenizer, "A", output_ids)
+    assert deltas[:-1] == [""] * (len(output_ids) - 1) and deltas[-1] == "🙂"
+
+
+def test_special_tokens_are_not_text(tokenizer):
+    output_ids = tokenizer("Hello", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    detokenizer, _, _ = stream(tokenizer, "A", output_ids)
+    assert detokenizer.output_text == "Hello"
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_string_across_token_boundaries_is_cut(tokenizer, include):
+    text = "The river remembers the quiet harbour. The night train"
+    output_ids = tokenizer(text, add_special_tokens=False).input_ids
+    detokenizer, deltas, stop = stream(tokenizer, "Start", output_ids, stop=["quiet har", "zzz"],
+                                       include_stop_str_in_output=include)
+    expected = "The river remembers the " + ("quiet har" if include else "")
+    assert stop == "quiet har"
+    assert detokenizer.output_text == expected == "".join(deltas)
+
+
+def test_earliest_of_several_stop_strings_wins(tokenizer):
+    output_ids = tokenizer("a warm cup of tea", add_special_tokens=False).input_ids
+    detokenizer, _, stop = stream(tokenizer, "x", output_ids, stop=["of tea", "cup"])
+    assert stop == "cup" and detokenizer.output_text == "a warm "
+
+
+def test_streamed_deltas_never_show_a_stop_string_prefix_that_is_later_cut(tokenizer):
+    output_ids = tokenizer("jumps over the lazy dog.", add_special_tokens=False).input_ids
+    _, deltas, stop = stream(tokenizer, "x", output_ids, stop=["lazy dog"])
+    assert stop == "lazy dog" and "".join(deltas) == "jumps over the "

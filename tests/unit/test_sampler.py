@@ -1,0 +1,156 @@
+"""Sampler against direct computations on the logits, and seeded sampling through the runner."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qinfer.engine.sampler import (Sampler, SamplingMetadata, apply_min_p, apply_penalties,
+                                   apply_top_k_top_p)
+from qinfer.sampling_params import SamplingParams
+from tests.unit.runner_driver import RunnerDriver, make_runner
+
+VOCAB = 40
+
+
+def logits_batch(num_rows: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn(num_rows, VOCAB, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def metadata(num_rows: int, temperature: float = 1.0, **fields) -> SamplingMetadata:
+    md = SamplingMetadata(temperature=torch.full((num_rows,), temperature), all_greedy=temperature == 0)
+    for name, value in fields.items():
+        setattr(md, name, value)
+    return md
+
+
+def test_greedy_is_argmax_and_top_k_1_is_greedy():
+    logits = logits_batch()
+    sampler = Sampler(torch.device("cpu"), seed=0)
+    assert torch.equal(sampler(logits, metadata(4, 0.0)).sampled_token_ids, logits.argmax(-1))
+    top_k_1 = metadata(4, 0.8, top_k=torch.ones(4, dtype=torch.long))
+    assert torch.equal(sampler(logits, top_k_1).sampled_token_ids, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 1.0])
+def test_top_p_keeps_smallest_most_likely_set_reaching_p(top_p):
+    logits = logits_batch()
+    kept = apply_top_k_top_p(logits, None, torch.full((4,), top_p)) > float("-inf")
+    for row in range(4):
+        probs = logits[row].softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        expected, mass = set(), 0.0
+        for token in order:
+            expected.add(token)
+            mass += probs[token].item()
+            if mass >= top_p:
+                break
+        assert set(kept[row].nonzero().flatten().tolist()) == expected
+
+
+def test_top_k_keeps_k_most_likely():
+    logits = logits_batch()
+    top_k = torch.tensor([1, 3, 7, VOCAB])
+    kept = apply_top_k_top_p(logits, top_k, None) > float("-inf")
+    for row, k in enumerate(top_k.tolist()):
+        assert set(kept[row].nonzero().flatten().tolist()) == set(logits[row].topk(k).indices.tolist())
+
+
+def test_min_p_keeps_tokens_above_fraction_of_top():
+    logits = logits_batch()
+    min_p = torch.tensor([0.0, 0.05, 0.3, 1.0])
+    kept = apply_min_p(logits, min_p) > float("-inf")
+    probs = logits.softmax(-1)
+    expected = probs >= min_p[:, None] * probs.max(-1, keepdim=True).values
+    assert torch.equal(kept, expected)
+
+
+def test_penalties_follow_vllm_definitions():
+    logits = logits_batch(2)
+    prompt = [[3, 4, VOCAB], [5, VOCAB, VOCAB]]       # padded with VOCAB
+    output = [[4, 7, 7], [9, 9, 9]]
+    rep, presence, frequency = [1.5, 2.0], [0.5, -0.3], [0.25, 0.1]
+    md = metadata(2, repetition_penalty=torch.tensor(rep), presence_penalty=torch.tensor(presence),
+                  frequency_penalty=torch.tensor(frequency), prompt_token_ids=torch.tensor(prompt),
+                  output_token_ids=torch.tensor(output))
+    expected = logits.clone()
+    for row in range(2):
+        for token in set(prompt[row] + output[row]) - {VOCAB}:
+            value = expected[row, token]
+            expected[row, token] = value / rep[row] if value > 0 else value * rep[row]
+        for token in set(output[row]):
+            expected[row, token] -= frequency[row] * output[row].count(token) + presence[row]
+    torch.testing.assert_close(apply_penalties(logits, md), expected)
+
+
+def test_seeded_row_reproduces_alone_and_in_batch():
+    logits = logits_batch(3)
+
+    def draws(rows: list[int], seeded_row_in_batch: int) -> list[int]:
+        sampler = Sampler(torch.device("cpu"), seed=123)
+        generator = torch.Generator().manual_seed(7)
+        result = []
+        for _ in range(20):
+            md = metadata(len(rows), generators={seeded_row_in_batch: generator})
+            result.append(sampler(logits[rows], md).sampled_token_ids[seeded_row_in_batch].item())
+        return result
+
+    alone = draws([1], 0)
+    assert alone == draws([0, 1, 2], 1) == draws([2, 0, 1], 2)
+    assert len(set(alone)) > 1  # really random
+
+
+def test_sampling_frequencies_follow_softmax_with_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
+    counts = torch.bincount(Sampler(torch.device("cpu"), 0)(logits, metadata(20000, 0.7)).sampled_token_ids,
+                            minlength=4)
+    torch.testing.assert_close(counts / 20000, (logits[0] / 0.7).softmax(-1), atol=0.015, rtol=0)
+
+
+def test_logprobs_are_raw_log_softmax():
+    logits = logits_batch()
+    md = metadata(4, 0.0, max_num_logprobs=5, repetition_penalty=torch.full((4,), 2.0),
+                  presence_penalty=torch.zeros(4), frequency_penalty=torch.zeros(4),
+                  prompt_token_ids=torch.tensor([[0, 1]] * 4), output_token_ids=torch.tensor([[2]] * 4))
+    out = Sampler(torch.device("cpu"), 0)(logits, md)
+    logprobs = logits.log_softmax(-1)
+    torch.testing.assert_close(out.sampled_logprobs, logprobs.gather(1, out.sampled_token_ids[:, None])[:, 0])
+    torch.testing.assert_close(out.top_logprobs, logprobs.topk(5).values)
+    assert torch.equal(out.top_token_ids, logprobs.topk(5).indices)
+
+
+def test_banned_tokens_are_never_sampled():
+    logits = logits_batch(2)
+    logits[:, 1] = 100.0  # token 1 ("EOS") dominates
+    md = metadata(2, 1.0, banned_token_ids=[(0, [1, 5])])
+    sampled = Sampler(torch.device("cpu"), 0)(logits, md).sampled_token_ids
+    assert sampled[0].item() not in (1, 5) and sampled[1].item() == 1
+
+
+# ---- through the runner ---------------------------------------------------------------------
+
+SEEDED = SamplingParams(temperature=1.0, seed=42, max_tokens=16, logprobs=3)
+OTHER = SamplingParams(temperature=0.9, top_p=0.9, repetition_penalty=1.2)
+
+
+def run_seeded(model_dir, others: int, preempt_at: int | None = None) -> tuple[list[int], list]:
+    driver = RunnerDriver(make_runner(model_dir))
+    driver.add("seeded", [0, 5, 6, 7, 8], SEEDED)
+    for i in range(others):
+        driver.add(f"other{i}", [0, 9 + i, 10, 11], OTHER)
+    logprobs = []
+    for step in range(12):
+        if step == preempt_at:
+            driver.preempt("seeded")
+        out = driver.step(driver.schedule(token_budget=6))
+        logprobs += [lp for req_id, lp in zip(out.req_ids, out.logprobs) if req_id == "seeded" and lp]
+    return driver.requests["seeded"].output, logprobs
+
+
+def test_seeded_request_same_tokens_alone_batched_and_preempted(tiny_llama_dir):
+    alone, logprobs = run_seeded(tiny_llama_dir, others=0)
+    assert len(alone) >= 6 and len(set(alone)) > 1
+    batched = run_seeded(tiny_llama_dir, others=3)[0]
+    preempted = run_seeded(tiny_llama_dir, others=1, preempt_at=5)[0]
+    assert len(batched) >= 4 and batched == alone[:len(batched)]
+    assert len(preempted) >= 4 and preempted == alone[:len(preempted)]
+    assert all(len(lp.top) == 3 and lp.sampled_logprob <= 0 for lp in logprobs)

@@ -1,0 +1,201 @@
+"""Scheduler (vLLM v1 style) on tiny block counts, with a fake runner: no model."""
+from qinfer.engine.config import EngineConfig
+from qinfer.engine.request import Request, RequestStatus
+from qinfer.engine.scheduler import Scheduler
+from qinfer.executor.runner_output import ModelRunnerOutput
+from qinfer.sampling_params import SamplingParams
+
+NEXT_TOKEN = 7
+
+
+def make_scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=64,
+                   enable_prefix_caching=True, max_model_len=128):
+    config = EngineConfig(model="unused", max_num_seqs=max_num_seqs, block_size=block_size,
+                          max_num_batched_tokens=max_num_batched_tokens,
+                          enable_prefix_caching=enable_prefix_caching)
+    return Scheduler(config, num_blocks, max_model_len)
+
+
+def make_request(request_id, num_prompt_tokens=None, prompt=None, **params):
+    prompt = prompt if prompt is not None else [hash((request_id, i)) % 1000 for i in range(num_prompt_tokens)]
+    params.setdefault("ignore_eos", True)
+    return Request(request_id, list(prompt), SamplingParams(**params), eos_token_ids=frozenset({0}))
+
+
+def fake_runner_output(scheduler, so, token_id=NEXT_TOKEN):
+    """Sample one token for each request whose scheduled tokens reach its end (like the runner)."""
+    req_ids = list(so.num_scheduled_tokens)
+    sampled = []
+    for req_id in req_ids:
+        request = scheduler.requests[req_id]
+        is_last_chunk = request.num_computed_tokens + so.num_scheduled_tokens[req_id] == request.num_tokens
+        sampled.append([token_id] if is_last_chunk else [])
+    return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, logprobs=[None] * len(req_ids))
+
+
+def step(scheduler, token_id=NEXT_TOKEN):
+    so = scheduler.schedule()
+    return so, scheduler.update_from_output(so, fake_runner_output(scheduler, so, token_id))
+
+
+def run_to_completion(scheduler, max_steps=1000):
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return
+        step(scheduler)
+    raise AssertionError("scheduler did not finish")
+
+
+def test_long_prompt_is_chunked_by_the_token_budget():
+    scheduler = make_scheduler(max_num_batched_tokens=8)
+    scheduler.add_request(make_request("a", 20, max_tokens=2))
+    so, deltas = step(scheduler)
+    assert so.num_scheduled_tokens == {"a": 8} and deltas == []
+    assert len(so.new_requests[0].block_ids) == 2            # blocks for the scheduled chunk only
+    so, _ = step(scheduler)
+    assert so.num_scheduled_tokens == {"a": 8} and so.cached_requests[0].num_computed_tokens == 8
+    so, deltas = step(scheduler)
+    assert so.num_scheduled_tokens == {"a": 4} and deltas[0].new_token_ids == [NEXT_TOKEN]
+    so, _ = step(scheduler)
+    assert so.num_scheduled_tokens == {"a": 1}
+
+
+def test_running_requests_take_the_budget_before_waiting_ones():
+    scheduler = make_scheduler(max_num_batched_tokens=10)
+    scheduler.add_request(make_request("a", 6))
+    step(scheduler)
+    scheduler.add_request(make_request("b", 30))
+    so, _ = step(scheduler)
+    assert so.num_scheduled_tokens == {"a": 1, "b": 9}
+    assert [r.req_id for r in so.new_requests] == ["b"] and [r.req_id for r in so.cached_requests] == ["a"]
+
+
+def test_waiting_requests_are_admitted_fcfs_up_to_max_num_seqs():
+    scheduler = make_scheduler(max_num_seqs=2)
+    for name in "abc":
+        scheduler.add_request(make_request(name, 3, max_tokens=2))
+    so, _ = step(scheduler)
+    assert list(so.num_scheduled_tokens) == ["a", "b"]
+    step(scheduler)                                           # a and b reach max_tokens=2
+    so, _ = step(scheduler)
+    assert so.finished_req_ids == {"a", "b"} and list(so.num_scheduled_tokens) == ["c"]
+
+
+def test_out_of_blocks_preempts_the_newest_and_recomputes_it_with_its_output():
+    scheduler = make_scheduler(num_blocks=4, block_size=4)
+    scheduler.add_request(make_request("old", 8, max_tokens=6))
+    scheduler.add_request(make_request("new", 8, max_tokens=6))
+    step(scheduler)                                           # 2 blocks each: all 4 blocks used
+    so, _ = step(scheduler)                                   # old needs a 3rd block -> new is preempted
+    assert so.num_scheduled_tokens == {"old": 1} and so.preempted_req_ids == {"new"}
+    assert scheduler.num_preemptions == 1
+    new = scheduler.waiting[0]
+    assert new.request_id == "new" and new.num_computed_tokens == 0 and new.num_output_tokens == 1
+    assert new.status == RequestStatus.PREEMPTED
+    run_to_completion(scheduler)
+    assert scheduler.block_manager.num_free_blocks == 4
+
+
+def test_resumed_request_comes_back_in_full_with_its_output_tokens():
+    scheduler = make_scheduler(num_blocks=4, block_size=4, enable_prefix_caching=False)
+    scheduler.add_request(make_request("old", 8, max_tokens=5))
+    scheduler.add_request(make_request("new", 8, max_tokens=5))
+    for _ in range(8):
+        so, _ = step(scheduler)
+        resumed = [r for r in so.new_requests if r.req_id == "new" and r.output_token_ids]
+        if resumed:
+            assert so.num_scheduled_tokens["new"] == 8 + len(resumed[0].output_token_ids)
+            return
+    raise AssertionError("the preempted request never resumed")
+
+
+def test_a_request_alone_never_half_allocates_and_preempts_itself_when_it_cannot_fit():
+    scheduler = make_scheduler(num_blocks=3, block_size=4, max_num_batched_tokens=4)
+    scheduler.add_request(make_request("a", 8, max_tokens=8))
+    scheduler.add_request(make_request("b", 8, max_tokens=8))
+    so, _ = step(scheduler)
+    assert list(so.num_scheduled_tokens) == ["a"]            # b does not fit: not admitted at all
+    assert scheduler.waiting[0].block_ids == []
+    run_to_completion(scheduler)
+    assert scheduler.block_manager.num_free_blocks == 3
+
+
+def test_prefix_hits_skip_computed_blocks_but_keep_the_last_token():
+    scheduler = make_scheduler(block_size=4)
+    shared = list(range(100, 112))
+    scheduler.add_request(make_request("a", prompt=shared + [1], max_tokens=1))
+    run_to_completion(scheduler)
+    scheduler.add_request(make_request("b", prompt=shared + [2, 3], max_tokens=1))
+    scheduler.add_request(make_request("c", prompt=shared, max_tokens=1))
+    so, _ = step(scheduler)
+    assert so.num_scheduled_tokens == {"b": 2, "c": 4}
+    assert {r.req_id: r.num_computed_tokens for r in so.new_requests} == {"b": 12, "c": 8}
+    assert scheduler.block_manager.num_prefix_hits == 20
+
+
+def test_max_tokens_and_max_model_len_finish_with_length():
+    scheduler = make_scheduler(max_model_len=6)
+    scheduler.add_request(make_request("short", 2, max_tokens=2))
+    scheduler.add_request(make_request("long", 4, max_tokens=50))
+    finished = {}
+    for _ in range(5):
+        for delta in step(scheduler)[1]:
+            if delta.request.is_finished:
+                finished[delta.request.request_id] = (delta.request.finish_reason, delta.request.num_tokens)
+    assert finished == {"short": ("length", 4), "long": ("length", 6)}
+
+
+def test_eos_stops_only_after_min_tokens_and_stop_ids_report_the_id():
+    scheduler = make_scheduler()
+    scheduler.add_request(make_request("eos", 2, ignore_eos=False, min_tokens=2))
+    scheduler.add_request(make_request("stop_id", 2, stop_token_ids=[5]))
+    step(scheduler, token_id=0)
+    assert scheduler.requests["eos"].num_output_tokens == 1   # EOS before min_tokens: kept going
+    _, deltas = step(scheduler, token_id=0)
+    eos = [d.request for d in deltas if d.request.request_id == "eos"][0]
+    assert eos.finish_reason == "stop" and eos.stop_reason is None
+    _, deltas = step(scheduler, token_id=5)
+    assert deltas[0].request.finish_reason == "stop" and deltas[0].request.stop_reason == 5
+
+
+def test_abort_frees_blocks_and_is_reported_next_update():
+    scheduler = make_scheduler(num_blocks=8)
+    scheduler.add_request(make_request("a", 8))
+    scheduler.add_request(make_request("queued", 4))
+    step(scheduler)
+    scheduler.abort_requests(["a", "queued", "unknown"])
+    assert scheduler.block_manager.num_free_blocks == 8
+    so = scheduler.schedule()
+    deltas = scheduler.update_from_output(so, fake_runner_output(scheduler, so))
+    assert sorted(d.request.finish_reason for d in deltas) == ["abort", "abort"]
+    assert not scheduler.has_unfinished_requests()
+
+
+def test_finished_ids_reach_the_runner_with_the_next_non_empty_step():
+    scheduler = make_scheduler()
+    scheduler.add_request(make_request("a", 2, max_tokens=1))
+    step(scheduler)
+    assert scheduler.schedule().is_empty                     # nothing to run: ids wait
+    scheduler.add_request(make_request("b", 2, max_tokens=1))
+    assert scheduler.schedule().finished_req_ids == {"a"}
+
+
+def test_requests_admitted_in_the_same_step_share_the_blocks_one_of_them_fills():
+    scheduler = make_scheduler(block_size=4)
+    prompt = list(range(100, 110))
+    scheduler.add_request(make_request("first", prompt=prompt))
+    scheduler.add_request(make_request("sibling", prompt=prompt))
+    so, _ = step(scheduler)
+    assert so.num_scheduled_tokens == {"first": 10, "sibling": 2}
+    first, sibling = (scheduler.requests[r] for r in ("first", "sibling"))
+    assert sibling.block_ids[:2] == first.block_ids[:2] and sibling.num_cached_tokens == 8
+
+
+def test_a_request_outgrowing_the_whole_kv_cache_finishes_with_length():
+    scheduler = make_scheduler(num_blocks=2, block_size=4)
+    scheduler.add_request(make_request("a", 6, max_tokens=50))
+    finished = []
+    for _ in range(10):
+        finished += [d.request for d in step(scheduler)[1] if d.request.is_finished]
+    assert [(r.finish_reason, r.num_tokens) for r in finished] == [("length", 9)]
+    assert scheduler.block_manager.num_free_blocks == 2
