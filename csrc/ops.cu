@@ -143,27 +143,56 @@ at::Tensor silu_and_mul(const at::Tensor& x) {
 
 // Rotate one token's heads in place. Pairs (i, i + D/2) (neox) or (2i, 2i + 1);
 // cache row [D] = cos | sin of the token's position. Threads stride over (head, i).
-template <typename T, typename C>
+// CACHE (rotary_and_cache): the rotated key heads and the value row [Hk * D] also go to
+// the token's cache slot (none for a negative slot), saving reshape_and_cache's launch.
+struct KvCacheArgs {
+  const void* value;
+  void* k_cache;
+  void* v_cache;
+  const int64_t* slots;
+  int64_t stride_v, stride_kb, stride_kt, stride_vb, stride_vt;
+  int block_size;
+};
+
+template <typename T, typename C, bool CACHE>
 __global__ void rotary_kernel(const int64_t* __restrict__ positions, T* __restrict__ q,
                               T* __restrict__ k, const C* __restrict__ cache, int64_t stride_q,
                               int64_t stride_k, int64_t stride_c, int num_q, int num_k, int head,
-                              bool neox) {
+                              bool neox, KvCacheArgs kv) {
   const int64_t tok = blockIdx.x;
   const C* row = cache + positions[tok] * stride_c;
   const int half = head / 2;
+  const int64_t slot = CACHE ? kv.slots[tok] : -1;
+  T* k_row = nullptr;  // the token's [num_k * head] row of the K cache
+  T* v_row = nullptr;
+  if (CACHE && slot >= 0) {
+    const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
+    k_row = static_cast<T*>(kv.k_cache) + blk * kv.stride_kb + off * kv.stride_kt;
+    v_row = static_cast<T*>(kv.v_cache) + blk * kv.stride_vb + off * kv.stride_vt;
+  }
   for (int j = threadIdx.x; j < (num_q + num_k) * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
     T* base = h < num_q ? q + tok * stride_q + h * head : k + tok * stride_k + (h - num_q) * head;
     const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
     const float c = to_f(row[i]), s = to_f(row[half + i]);
     const float x1 = to_f(base[a]), x2 = to_f(base[b]);
-    base[a] = from_f<T>(x1 * c - x2 * s);
-    base[b] = from_f<T>(x2 * c + x1 * s);
+    const T y1 = from_f<T>(x1 * c - x2 * s), y2 = from_f<T>(x2 * c + x1 * s);
+    base[a] = y1;
+    base[b] = y2;
+    if (CACHE && k_row != nullptr && h >= num_q) {
+      k_row[(h - num_q) * head + a] = y1;
+      k_row[(h - num_q) * head + b] = y2;
+    }
+  }
+  if (CACHE && v_row != nullptr) {
+    const T* v = static_cast<const T*>(kv.value) + tok * kv.stride_v;
+    for (int i = threadIdx.x; i < num_k * head; i += blockDim.x) v_row[i] = v[i];
   }
 }
 
-void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key, int64_t head_size,
-                      const at::Tensor& cos_sin_cache, bool is_neox) {
+template <bool CACHE>
+void launch_rotary(const at::Tensor& positions, at::Tensor& query, at::Tensor& key, int64_t head_size,
+                   const at::Tensor& cos_sin_cache, bool is_neox, const KvCacheArgs& kv) {
   check_rows(query, "rotary_embedding");
   check_rows(key, "rotary_embedding");
   TORCH_CHECK(positions.scalar_type() == at::kLong, "rotary_embedding: positions int64");
@@ -176,13 +205,37 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
   QINFER_DISPATCH(query.scalar_type(), "rotary_embedding", [&] {
     using QT = T;
     QINFER_DISPATCH(cos_sin_cache.scalar_type(), "rotary_cache", [&] {
-      rotary_kernel<QT, T><<<query.size(0), threads, 0, stream>>>(
+      rotary_kernel<QT, T, CACHE><<<query.size(0), threads, 0, stream>>>(
           positions.data_ptr<int64_t>(), reinterpret_cast<QT*>(query.data_ptr()),
           reinterpret_cast<QT*>(key.data_ptr()), reinterpret_cast<const T*>(cos_sin_cache.data_ptr()),
-          query.stride(0), key.stride(0), cos_sin_cache.stride(0), num_q, num_k, head_size, is_neox);
+          query.stride(0), key.stride(0), cos_sin_cache.stride(0), num_q, num_k, head_size, is_neox, kv);
     });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key, int64_t head_size,
+                      const at::Tensor& cos_sin_cache, bool is_neox) {
+  launch_rotary<false>(positions, query, key, head_size, cos_sin_cache, is_neox, KvCacheArgs{});
+}
+
+// rotary_embedding, then the rotated key and the value [T, Hk * D] into the caches at
+// slot_mapping (reshape_and_cache's meaning), in one launch.
+void rotary_and_cache(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                      const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+                      const at::Tensor& slot_mapping, int64_t head_size, const at::Tensor& cos_sin_cache,
+                      bool is_neox) {
+  check_rows(value, "rotary_and_cache");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "rotary_and_cache: caches contiguous");
+  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type() && value.scalar_type() == v_cache.scalar_type()
+              && key.scalar_type() == value.scalar_type(), "rotary_and_cache: dtype mismatch");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, "rotary_and_cache: slot_mapping int64");
+  TORCH_CHECK(k_cache.size(2) * k_cache.size(3) == key.size(1), "rotary_and_cache: cache heads");
+  const KvCacheArgs kv{value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                       slot_mapping.data_ptr<int64_t>(), value.stride(0), k_cache.stride(0),
+                       k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+                       static_cast<int>(k_cache.size(1))};
+  launch_rotary<true>(positions, query, key, head_size, cos_sin_cache, is_neox, kv);
 }
 
 // Copy token t's [Hk * D] key and value rows into cache slot slots[t] (skip negative slots).
@@ -252,6 +305,9 @@ TORCH_LIBRARY(qinfer, m) {
         "Tensor cos_sin_cache, bool is_neox) -> ()");
   m.def("reshape_and_cache(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, "
         "Tensor slot_mapping) -> ()");
+  m.def("rotary_and_cache(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor value, "
+        "Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping, int head_size, "
+        "Tensor cos_sin_cache, bool is_neox) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
@@ -260,4 +316,5 @@ TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
   m.impl("silu_and_mul", &qinfer::silu_and_mul);
   m.impl("rotary_embedding", &qinfer::rotary_embedding);
   m.impl("reshape_and_cache", &qinfer::reshape_and_cache);
+  m.impl("rotary_and_cache", &qinfer::rotary_and_cache);
 }

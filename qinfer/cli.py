@@ -54,9 +54,10 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-attempts", dest="max_attempts", type=int)
     p.add_argument("--drain-grace-s", dest="drain_grace_s", type=float)
     p.add_argument("--metrics-port", dest="metrics_port", type=int)
+    p.add_argument("--tp", "--tensor-parallel-size", dest="tensor_parallel_size", type=int,
+                   help="tensor-parallel ranks: one process per GPU (cuda:0..N-1), or gloo ranks on the CPU")
     for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
-                       ("block-size", int), ("max-model-len", int), ("tensor-parallel-size", int),
-                       ("dtype", str), ("attention-backend", str)]:
+                       ("block-size", int), ("max-model-len", int), ("dtype", str), ("attention-backend", str)]:
         p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
 
 
@@ -89,6 +90,24 @@ def cmd_worker(args) -> int:
     return 0
 
 
+# --- callbacks worker -------------------------------------------------------------------
+def _callbacks_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, help="POSTs in flight (default: QINFER_CALLBACK_CONCURRENCY)")
+    p.add_argument("--metrics-port", dest="metrics_port", type=int,
+                   help="Prometheus /metrics port (default: QINFER_CALLBACK_METRICS_PORT, off)")
+
+
+@command("callbacks-worker", "deliver signed webhook callbacks (Celery worker + outbox relay)",
+         _callbacks_worker_args)
+def cmd_callbacks_worker(args) -> int:
+    from qinfer.callbacks.worker import run_callbacks_worker
+
+    loglevel = (args.log_level or get_settings().log_level).upper()
+    run_callbacks_worker(args.redis_url, concurrency=args.concurrency, metrics_port=args.metrics_port,
+                         loglevel=loglevel)
+    return 0
+
+
 def _require_url(settings: Settings) -> str:
     if not settings.redis_url:
         sys.exit("no Redis URL: pass --redis URL or set QINFER_REDIS_URL (or use `qinfer up`)")
@@ -114,12 +133,15 @@ def cmd_up(args) -> int:
     url = settings.redis_url or embedded.url
     model = args.model or str(make_demo_model())
     extra = ("--device", args.device) if args.device else ()
-    fleet = Fleet(model, url, args.workers, worker_args=extra, key_prefix=settings.key_prefix).start()
+    secret, generated = fleet_webhook_secret(settings)
+    fleet = Fleet(model, url, args.workers, worker_args=extra, key_prefix=settings.key_prefix,
+                  webhook_secret=secret).start()
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     try:
         fleet.wait_ready()
         _print_up_banner(url, Path(model).resolve().name, args.workers)
+        _print_callbacks_banner(fleet, secret if generated else None)
         while not stop:
             fleet.supervise()
             time.sleep(0.5)
@@ -132,12 +154,32 @@ def cmd_up(args) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
+def fleet_webhook_secret(settings: Settings) -> tuple[str, bool]:
+    """The secret the fleet's callbacks worker signs with: QINFER_WEBHOOK_SECRET, or a fresh
+    one (then True: only this run knows it, so it must be shown to the receivers)."""
+    from qinfer.callbacks import generate_secret
+
+    if settings.webhook_secret:
+        return settings.webhook_secret, False
+    return generate_secret(), True
+
+
 def _print_up_banner(url: str, model_name: str, num_workers: int) -> None:
     print(f"QINFER_REDIS_URL={url}", flush=True)
     print(f"fleet up: {num_workers} worker(s) serving {model_name!r}. In another shell:\n"
           f"  export QINFER_REDIS_URL={url}\n"
           f"  qinfer submit --model {model_name} --wait 'The quick brown fox'\n"
           "Ctrl-C stops the fleet.", flush=True)
+
+
+def _print_callbacks_banner(fleet, generated_secret: Optional[str]) -> None:
+    if fleet.callbacks is None:
+        print("no callbacks worker (pip install 'qinfer[callbacks]'): webhooks wait in the outbox", flush=True)
+        return
+    if generated_secret:
+        print(f"QINFER_WEBHOOK_SECRET={generated_secret}", flush=True)
+    print("callbacks worker up: webhooks (submit --callback-url) are signed with QINFER_WEBHOOK_SECRET; "
+          "receivers verify with qinfer.callbacks.verify", flush=True)
 
 
 def make_demo_model() -> Path:

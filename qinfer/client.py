@@ -43,9 +43,9 @@ class _Base:
         self.keys = Keys(self.settings.key_prefix)
 
     def _request(self, request: Optional[producer.RequestLike], fields: dict) -> JobRequest:
-        if request is not None:
-            return producer.as_request(request)
-        return JobRequest(**{k: v for k, v in fields.items() if v is not None})
+        if request is None:
+            request = {k: v for k, v in fields.items() if v is not None}
+        return producer.as_request(request, self.settings)
 
     def _result(self, job_id: str, raw: dict) -> JobResult:
         if not raw:
@@ -69,9 +69,10 @@ class Client(_Base):
         return producer.parse_submit_reply(self._submit(keys, args), req, self.settings)
 
     def submit_many(self, requests: Iterable[producer.RequestLike]) -> list[str]:
-        """Enqueue many jobs, one pipelined round trip per chunk. A refusal raises after
-        the jobs before it were enqueued (each submit is atomic on its own)."""
-        reqs = [producer.as_request(r) for r in requests]
+        """Enqueue many jobs, one pipelined round trip per chunk. Every request is checked
+        before the first write; an admission refusal raises after the jobs before it were
+        enqueued (each submit is atomic on its own)."""
+        reqs = [producer.as_request(r, self.settings) for r in requests]
         ids: list[str] = []
         for chunk in producer.chunks(reqs, self.settings.submit_chunk_size):
             pipe = self.redis.pipeline(transaction=False)
@@ -144,7 +145,7 @@ class AsyncClient(_Base):
         return producer.parse_submit_reply(await self._submit(keys, args), req, self.settings)
 
     async def submit_many(self, requests: Iterable[producer.RequestLike]) -> list[str]:
-        reqs = [producer.as_request(r) for r in requests]
+        reqs = [producer.as_request(r, self.settings) for r in requests]
         ids: list[str] = []
         for chunk in producer.chunks(reqs, self.settings.submit_chunk_size):
             pipe = self.redis.pipeline(transaction=False)

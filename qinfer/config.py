@@ -37,9 +37,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = 0                  # Prometheus /metrics port; 0 = off
     idle_block_s: float = 0.5              # XREADGROUP BLOCK while the engine is idle
-    # Testing aid, never set in production: a job whose prompt contains this
-    # string makes the worker's engine step raise, every time (a "poison job").
-    debug_poison_marker: Optional[str] = None
 
     # --- webhook callbacks (docs/callbacks.md) ---
     webhook_secret: Optional[str] = None   # whsec_<base64>; several, comma-separated, while rotating

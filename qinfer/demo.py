@@ -11,7 +11,7 @@ import time
 from tqdm import tqdm
 
 from qinfer.client import Client
-from qinfer.config import Settings
+from qinfer.config import Settings, get_settings
 from qinfer.embedded_redis import EmbeddedRedis
 from qinfer.fleet import Fleet
 
@@ -33,12 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=24)
     args = ap.parse_args(argv)
-    from qinfer.cli import make_demo_model
+    from qinfer.cli import fleet_webhook_secret, make_demo_model
 
     model_dir = make_demo_model()
+    secret, _ = fleet_webhook_secret(get_settings())
     with EmbeddedRedis() as server:
-        print(f"Redis on {server.url}; starting {args.workers} workers on {model_dir.name} ...", flush=True)
-        fleet = Fleet(model_dir, server.url, args.workers, env={"QINFER_LOG_LEVEL": "WARNING"})
+        print(f"Redis on {server.url}; starting {args.workers} workers on {model_dir.name} "
+              "and a callbacks worker ...", flush=True)
+        fleet = Fleet(model_dir, server.url, args.workers, env={"QINFER_LOG_LEVEL": "WARNING"},
+                      webhook_secret=secret)
         fleet.start().wait_ready()
         try:
             start = time.perf_counter()

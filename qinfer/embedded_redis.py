@@ -50,7 +50,10 @@ class EmbeddedRedis:
         cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                "--dir", self.data_dir, "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                "--logfile", str(Path(self.data_dir) / "redis.log")]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # its own session: Ctrl-C on `qinfer up` reaches the workers, which drain into this Redis,
+        # and must not stop it before them (stop() ends it last)
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         self._wait_ready(timeout)
         return self
 

@@ -1,8 +1,11 @@
-"""Every Prometheus metric of a worker, defined once. Names mirror vLLM's, prefixed `qinfer:`.
+"""Every Prometheus metric of qinfer, defined once: the GPU worker's and the callbacks worker's.
 
-Label `model_name` is the served model name on every metric.
+Names mirror vLLM's, prefixed `qinfer:`. Label `model_name` is the served model
+name on every worker metric; the callback metrics are per callbacks worker.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -36,8 +39,24 @@ queue_lease_lost = Counter("qinfer:queue_lease_lost", "In-flight jobs this worke
 jobs_rejected = Counter("qinfer:jobs_rejected", "Jobs failed on bad input, by error code.", _L + ["code"])
 engine_errors = Counter("qinfer:engine_errors", "Engine steps that raised; their jobs were handed back.", _L)
 
+# --- webhook callbacks (the callbacks worker, docs/callbacks.md) ---
+callback_deliveries = Counter(
+    "qinfer:callback_deliveries", "Finished webhook deliveries by outcome "
+    "(delivered, gone = receiver answered 410, refused = SSRF guard or nothing to sign with, "
+    "exhausted = retries used up, job_missing = job hash expired before delivery).", ["outcome"])
+callback_attempts = Counter(
+    "qinfer:callback_attempts", "Webhook POST attempts by answer (2xx..5xx, no_response, refused).",
+    ["status_class"])
+callback_attempt_duration = Histogram(
+    "qinfer:callback_attempt_duration_seconds", "Duration of one webhook POST.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30))
+callback_delivery_latency = Histogram(
+    "qinfer:callback_delivery_latency_seconds",
+    "From the job's terminal write to the receiver's 2xx, retries included.",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 4 * 3600, 12 * 3600))
 
-def serve(port: int) -> None:
-    """Expose /metrics on port (0: off)."""
+
+def serve(port: Optional[int]) -> None:
+    """Expose /metrics on port (0 or None: off)."""
     if port:
         start_http_server(port)

@@ -9,8 +9,9 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from qinfer.callbacks.signing import SECRET_PREFIX, parse_secrets
 from qinfer.sampling_params import SamplingParams
 
 
@@ -48,7 +49,10 @@ class JobRequest(BaseModel):
     messages: Optional[list[ChatMessage]] = Field(None, description="Chat, rendered with the model's template.")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     priority: int = Field(0, ge=0, description="Higher runs first; 0..QINFER_MAX_PRIORITY.")
-    callback_url: Optional[str] = None
+    callback_url: Optional[str] = Field(None, description="Webhook POSTed on the terminal state.")
+    # repr=False keeps it out of logs; JobResult and the webhook body never carry it
+    callback_secret: Optional[str] = Field(None, repr=False,
+                                           description="whsec_ secret that also signs this job's webhook.")
     idempotency_key: Optional[str] = Field(None, min_length=1, max_length=256)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Returned untouched.")
     queue_timeout_s: Optional[float] = Field(None, gt=0, description="May only shorten the configured one.")
@@ -62,6 +66,15 @@ class JobRequest(BaseModel):
             raise ValueError("give exactly one of prompt, prompt_token_ids, messages "
                              f"(got {', '.join(given) or 'none'})")
         return self
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _whsec(cls, value: Optional[str]) -> Optional[str]:
+        # refused at submit: a secret the callbacks worker cannot use would fail every delivery
+        if value is not None and not (value.startswith(SECRET_PREFIX) and any(parse_secrets([value]))):
+            raise ValueError("callback_secret must be 'whsec_' + base64 of the key bytes "
+                             "(qinfer.callbacks.generate_secret())")
+        return value
 
     def estimated_tokens(self) -> int:
         """Admission-control size: prompt (ids exact, text ~4 bytes/token) + max_tokens per completion."""

@@ -16,7 +16,7 @@ from functools import lru_cache
 import redis
 from redis.exceptions import RedisError
 
-from qinfer.callbacks import metrics
+from qinfer import metrics
 from qinfer.callbacks.app import app
 from qinfer.callbacks.delivery import DELIVERED, REFUSED, RETRY, AttemptResult, post_webhook
 from qinfer.callbacks.outbox import schedule_retry
@@ -73,8 +73,8 @@ def attempt_delivery(rt: Runtime, job_id: str) -> str:
     if delivery is None or fields.get("callback") != "pending":
         return "skipped"   # no callback, or a duplicate message of a finished delivery
     result = _post(rt, delivery)
-    metrics.ATTEMPTS.labels(result.status_class).inc()
-    metrics.ATTEMPT_SECONDS.observe(result.duration_s)
+    metrics.callback_attempts.labels(result.status_class).inc()
+    metrics.callback_attempt_duration.observe(result.duration_s)
     return _record(rt, delivery, fields, result)
 
 
@@ -106,7 +106,7 @@ def _record(rt: Runtime, delivery: Delivery, fields: dict, result: AttemptResult
     pipe.hset(rt.keys.job(delivery.job_id), mapping=state)
     pipe.execute()
     if step != "retry":
-        metrics.DELIVERIES.labels(step).inc()
+        metrics.callback_deliveries.labels(step).inc()
     log.info("callback job=%s attempt=%d step=%s status=%s %s", delivery.job_id, attempts, step,
              result.status, result.error)
     return step
@@ -124,7 +124,7 @@ def next_delay(base_s: float, retry_after_s: float | None = None) -> float:
 def _observe_latency(fields: dict) -> None:
     enqueued_at = fields.get("callback_enqueued_at")
     if enqueued_at:
-        metrics.DELIVERY_LATENCY_SECONDS.observe(max(0.0, time.time() - float(enqueued_at)))
+        metrics.callback_delivery_latency.observe(max(0.0, time.time() - float(enqueued_at)))
 
 
 def _dead_letter_entry(delivery: Delivery, attempts: int, result: AttemptResult, reason: str) -> str:
@@ -138,6 +138,6 @@ def _dead_letter_missing(rt: Runtime, job_id: str) -> str:
     entry = json.dumps({"job_id": job_id, "reason": "job_missing", "error": "job hash not found",
                         "failed_at": time.time()})
     rt.client.lpush(rt.keys.callback_dead_letters(), entry)
-    metrics.DELIVERIES.labels("job_missing").inc()
+    metrics.callback_deliveries.labels("job_missing").inc()
     return "job_missing"
 

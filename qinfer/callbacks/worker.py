@@ -7,8 +7,7 @@ import socket
 import threading
 from typing import Optional
 
-from prometheus_client import start_http_server
-
+from qinfer import metrics
 from qinfer.callbacks.app import QUEUE, configure_app
 from qinfer.callbacks.outbox import OutboxRelay
 from qinfer.callbacks.tasks import deliver, runtime
@@ -29,8 +28,7 @@ def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Option
     _check(settings)
     app = configure_app(settings)
     rt = runtime()   # validates the secrets before any delivery is taken
-    if settings.callback_metrics_port:
-        start_http_server(settings.callback_metrics_port)
+    metrics.serve(settings.callback_metrics_port)
     relay = OutboxRelay(rt.client, rt.keys, lambda job_id: deliver.apply_async((job_id,)),
                         settings.callback_relay_claim_idle_s)
     stop = threading.Event()
@@ -51,7 +49,7 @@ def _with_overrides(settings: Settings, **overrides) -> Settings:
 
 def _check(settings: Settings) -> None:
     if not settings.redis_url:
-        raise SystemExit("callbacks worker: set QINFER_REDIS_URL or pass --redis-url")
+        raise SystemExit("callbacks worker: set QINFER_REDIS_URL or pass --redis URL")
     if not settings.webhook_secret:
         raise SystemExit("callbacks worker: set QINFER_WEBHOOK_SECRET (whsec_...; make one with "
                          "python -c 'import qinfer.callbacks as c; print(c.generate_secret())')")

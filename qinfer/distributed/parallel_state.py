@@ -1,8 +1,9 @@
 """This process's place in its tensor-parallel group, and the process group behind it.
 
 One TP group per worker, and it is the whole world: rank r of N drives device
-r (cuda:r, or the CPU with gloo). Layers read their place from `tp_rank()` /
-`tp_size()` when they are built; (0, 1) means no tensor parallelism and no
+r (cuda:r, or the CPU with gloo). The ModelRunner sets the place
+(`set_tp_group`) before it builds the model; layers read it (`tp_rank()`,
+`tp_size()`) when they are built. (0, 1) means no tensor parallelism and no
 process group at all.
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ def rank_device(device_type: str, rank: int) -> torch.device:
 
 def create_store(world_size: int) -> dist.TCPStore:
     """Rank 0's rendezvous store on a free port the OS picks (no port race); pass `.port` to the others."""
-    return dist.TCPStore(_STORE_HOST, 0, world_size, is_master=True, timeout=_INIT_TIMEOUT)
+    return dist.TCPStore(_STORE_HOST, 0, world_size, is_master=True, timeout=_INIT_TIMEOUT,
+                         wait_for_workers=False)
 
 
 def init_tp_group(rank: int, world_size: int, device_type: str, store: dist.Store | None = None,
@@ -61,7 +63,6 @@ def init_tp_group(rank: int, world_size: int, device_type: str, store: dist.Stor
         torch.cuda.set_device(rank)
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=_INIT_TIMEOUT)
-    set_tp_group(rank, world_size)
 
 
 def destroy_tp_group() -> None:

@@ -44,21 +44,29 @@ class OutputProcessor:
 
     def process(self, deltas: list[RequestDelta]) -> list[RequestOutput]:
         touched: dict[str, ParentRequest] = {}
+        child_to_completion = self.child_to_completion
         for delta in deltas:
-            parent, completion = self.child_to_completion[delta.request.request_id]
+            request = delta.request
+            parent, completion = child_to_completion[request.request_id]
             _apply(completion, delta)
-            parent.num_cached_tokens = max(parent.num_cached_tokens, delta.request.num_cached_tokens)
-            if completion.finished:
-                del self.child_to_completion[delta.request.request_id]
+            if request.num_cached_tokens > parent.num_cached_tokens:
+                parent.num_cached_tokens = request.num_cached_tokens
+            if completion.finish_reason is not None:
+                del child_to_completion[request.request_id]
             touched[parent.request_id] = parent
         return [self._emit(parent) for parent in touched.values()]
 
     def _emit(self, parent: ParentRequest) -> RequestOutput:
-        finished = parent.finished
+        completions = parent.completions
+        # n == 1 is the common case: skip the generator of `parent.finished`.
+        finished = completions[0].finish_reason is not None if len(completions) == 1 else parent.finished
         if finished:
             del self.parents[parent.request_id]
-        return RequestOutput(parent.request_id, parent.prompt_token_ids,
-                             [_snapshot(c) for c in parent.completions], finished,
+        outputs = [_snapshot(c) for c in completions]
+        if len(completions) > 1:
+            for completion in completions:   # a sibling without a delta next step must show none
+                completion.new_token_ids, completion.new_text = [], ""
+        return RequestOutput(parent.request_id, parent.prompt_token_ids, outputs, finished,
                              parent.num_cached_tokens, parent.prompt)
 
 
@@ -75,8 +83,9 @@ def _apply(completion: CompletionOutput, delta: RequestDelta) -> None:
 
 
 def _snapshot(completion: CompletionOutput) -> CompletionOutput:
-    """A copy the caller may keep; the delta fields are cleared so the next step starts empty."""
-    logprobs = list(completion.logprobs) if completion.logprobs is not None else None
-    copy = dataclasses.replace(completion, token_ids=list(completion.token_ids), logprobs=logprobs)
-    completion.new_token_ids, completion.new_text = [], ""
-    return copy
+    """The output of one step. token_ids and logprobs are the engine's own lists, not copies:
+    copying them every step would cost O(output length) per request per step. While the
+    completion runs they keep growing; once it finished the engine never touches them again."""
+    return CompletionOutput(completion.index, completion.token_ids, completion.text, completion.finish_reason,
+                            completion.stop_reason, completion.logprobs,
+                            completion.new_token_ids, completion.new_text)

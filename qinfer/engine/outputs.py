@@ -7,9 +7,13 @@ from typing import Optional
 from qinfer.executor.runner_output import TokenLogprobs
 
 
-@dataclass
+@dataclass(slots=True)   # built once per request per step: slots make that cheaper
 class CompletionOutput:
-    """One of the n completions of a request; cumulative, plus the delta of the last step."""
+    """One of the n completions of a request; cumulative, plus the delta of the last step.
+
+    token_ids and logprobs are the engine's live lists: while the completion runs,
+    later steps extend them (copy to keep a snapshot); once finished they are final.
+    """
 
     index: int
     token_ids: list[int] = field(default_factory=list)
@@ -25,7 +29,7 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]

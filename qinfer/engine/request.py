@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence
 
 from qinfer.sampling_params import SamplingParams
 
@@ -89,4 +89,4 @@ class RequestDelta(NamedTuple):
     request: Request
     new_token_ids: list[int]
     new_text: str
-    new_logprobs: list
+    new_logprobs: Sequence   # () when the request asked for none

@@ -10,6 +10,11 @@ do not depend on what else is in the batch. Requests without a seed share one
 generator seeded from EngineConfig.seed: a run is reproducible as a whole.
 Random draws use the exponential trick, argmax(p / q) with q ~ Exp(1), which
 samples from p without a host sync.
+
+Every stage runs only if some row of the batch needs it (host flags in
+SamplingMetadata, no device sync): an all-greedy batch without penalties or
+logprobs is one argmax on the model's logits; plain temperature sampling is
+scale, softmax, the exponential draw and one argmax.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class SamplingMetadata:
 
     temperature: torch.Tensor                          # [S] float; 0 = greedy
     all_greedy: bool
+    all_random: bool = False                           # every temperature > 0 (False: not known)
     top_k: Optional[torch.Tensor] = None               # [S] long; vocab size = off
     top_p: Optional[torch.Tensor] = None               # [S] float; 1 = off
     min_p: Optional[torch.Tensor] = None               # [S] float; 0 = off
@@ -112,30 +118,37 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, md: SamplingMetadata) -> SamplerOutput:
         """logits [S, V] (any float dtype) -> SamplerOutput."""
-        logits = logits.float()
-        raw_logprobs = logits.log_softmax(dim=-1) if md.max_num_logprobs is not None else None
+        raw_logprobs = None
+        if md.max_num_logprobs is not None:
+            raw_logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
         logits = self.process_logits(logits, md)
-        sampled = logits.argmax(dim=-1)
-        if not md.all_greedy:
-            sampled = torch.where(md.temperature == 0, sampled, self.sample_random(logits, md))
+        if md.all_greedy:
+            sampled = logits.argmax(dim=-1)  # exact in any dtype: bf16 -> float32 keeps the order
+        elif md.all_random:
+            sampled = self.sample_random(logits, md)
+        else:
+            sampled = torch.where(md.temperature == 0, logits.argmax(dim=-1), self.sample_random(logits, md))
         if raw_logprobs is None:
             return SamplerOutput(sampled, None, None, None)
         return SamplerOutput(sampled, *gather_logprobs(raw_logprobs, sampled, md.max_num_logprobs))
 
     @staticmethod
     def process_logits(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-        """Penalties and the min_tokens mask: they change greedy choices too."""
+        """Penalties and the min_tokens mask, in float32: they change greedy choices too.
+        Returns the caller's logits untouched (no copy) when no row needs either."""
+        if md.repetition_penalty is None and not md.banned_token_ids:
+            return logits
+        logits = logits.to(torch.float32, copy=True)  # the caller's logits stay untouched
         if md.repetition_penalty is not None:
             logits = apply_penalties(logits, md)
-        if md.banned_token_ids:
-            logits = logits.clone()  # the caller's logits stay untouched
         for row, token_ids in md.banned_token_ids:
             logits[row, token_ids] = _NEG_INF
         return logits
 
     def sample_random(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
-        temperature = torch.where(md.temperature == 0, 1.0, md.temperature)
-        logits = logits / temperature.unsqueeze(1)
+        """Draws [S] for the rows with temperature > 0 (any value where it is 0)."""
+        temperature = md.temperature if md.all_random else torch.where(md.temperature == 0, 1.0, md.temperature)
+        logits = logits / temperature.unsqueeze(1)  # float32 [S, V] (temperature is float32)
         if md.min_p is not None:
             logits = apply_min_p(logits, md.min_p)
         if md.top_k is not None or md.top_p is not None:

@@ -9,6 +9,7 @@ rank 0 broadcasts to the other tensor-parallel ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from qinfer.sampling_params import SamplingParams
 
@@ -27,12 +28,12 @@ class NewRequestData:
     num_computed_tokens: int      # tokens whose KV is already in the cache (prefix hits)
 
 
-@dataclass
+@dataclass(slots=True)   # one per running request per step
 class CachedRequestData:
     """A request the runner already holds; only what changed since the last step."""
 
     req_id: str
-    new_block_ids: list[int]      # appended to the request's block table
+    new_block_ids: Sequence[int]  # appended to the request's block table (often an empty tuple)
     num_computed_tokens: int      # tokens whose KV is in the cache before this step
 
 

@@ -29,7 +29,11 @@ class Executor:
         tp_size = config.tensor_parallel_size
         validate_tensor_parallel(AutoConfig.from_pretrained(config.model), tp_size, config.device)
         self.followers: Optional[FollowerRanks] = FollowerRanks(config) if tp_size > 1 else None
-        self.runner = ModelRunner(config, rank=0, world_size=tp_size)
+        try:
+            self.runner = ModelRunner(config, rank=0, world_size=tp_size)
+        except BaseException:
+            self.close()   # the followers would wait for a driver that never comes
+            raise
         self._unsent_sampled_ids: list[int] = []   # the driver's last sampled ids, for the followers
 
     @property
@@ -52,10 +56,12 @@ class Executor:
         self._follower_replies()   # every rank has its cache (and graphs) before the first step
 
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        self._call_followers("execute_model_follower", so, self._unsent_sampled_ids)
+        if self.followers is None:
+            return self.runner.execute_model(so)
+        self.followers.step(so, self._unsent_sampled_ids)
+        self._unsent_sampled_ids = []   # if this step fails on the driver, the followers must notice
         output = self.runner.execute_model(so)
-        if self.followers is not None:
-            self._unsent_sampled_ids = [ids[0] for ids in output.sampled_token_ids if ids]
+        self._unsent_sampled_ids = [ids[0] for ids in output.sampled_token_ids if ids]
         return output
 
     def close(self) -> None:

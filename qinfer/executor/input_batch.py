@@ -104,11 +104,11 @@ class InputBatch:
             self.remove(req_id)
         for req_id in so.preempted_req_ids:
             self.remove(req_id)
-        self.condense()
+        if so.finished_req_ids or so.preempted_req_ids:   # else no row was freed: nothing to move
+            self.condense()
         for new in so.new_requests:
             self.add(new)
-        for cached in so.cached_requests:
-            self.update_cached(cached)
+        self.update_cached_many(so.cached_requests)
 
     def add(self, new: NewRequestData) -> None:
         if new.req_id in self.row_of:  # a resumed request replaces any stale row
@@ -144,6 +144,21 @@ class InputBatch:
         self.block_table[row, start:start + num_new] = cached.new_block_ids
         self.num_blocks[row] += num_new
         self.num_computed_tokens[row] = cached.num_computed_tokens
+
+    def update_cached_many(self, cached_requests: list[CachedRequestData]) -> None:
+        """update_cached for a whole step: one vectorized write of the computed counts; only
+        requests that got blocks (one decode step in block_size) touch their block table."""
+        if not cached_requests:
+            return
+        row_of = self.row_of
+        rows = np.fromiter((row_of[c.req_id] for c in cached_requests), dtype=np.int64, count=len(cached_requests))
+        self.num_computed_tokens[rows] = np.fromiter((c.num_computed_tokens for c in cached_requests),
+                                                     dtype=np.int64, count=len(cached_requests))
+        for cached, row in zip(cached_requests, rows.tolist()):
+            if cached.new_block_ids:
+                start, num_new = self.num_blocks[row], len(cached.new_block_ids)
+                self.block_table[row, start:start + num_new] = cached.new_block_ids
+                self.num_blocks[row] += num_new
 
     def remove(self, req_id: str) -> None:
         row = self.row_of.pop(req_id, None)
@@ -227,6 +242,7 @@ class InputBatch:
         per_field = dict(zip(_SAMPLING_FIELDS, device_values.unbind(1)))
         md = SamplingMetadata(temperature=per_field["temperature"],
                               all_greedy=bool((column["temperature"] == 0).all()),
+                              all_random=bool((column["temperature"] > 0).all()),
                               banned_token_ids=self._banned_token_ids(rows),
                               generators=self._row_generators(rows),
                               max_num_logprobs=self._max_num_logprobs(rows))

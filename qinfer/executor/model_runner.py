@@ -202,6 +202,9 @@ class ModelRunner:
         driver_sampled_ids: what the driver sampled in the previous step, in its row order; they
         come with this step's plan and are appended first, so every rank knows the same tokens.
         """
+        if len(driver_sampled_ids) != len(self.follower_sampling_rows):
+            raise RuntimeError(f"TP rank {self.rank} is out of step with the driver: it sampled "
+                               f"{len(driver_sampled_ids)} ids, this rank expected {len(self.follower_sampling_rows)}")
         self.input_batch.append_sampled(self.follower_sampling_rows, driver_sampled_ids)
         self.follower_sampling_rows = np.empty(0, dtype=np.int64)
         self.input_batch.update(so)
@@ -229,9 +232,11 @@ class ModelRunner:
         sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
         self.input_batch.append_sampled(inputs.sampling_rows, sampled)
         logprobs = self._host_logprobs(inputs, sampler_output)
+        if len(sampled) == len(inputs.req_ids):   # every request sampled (any decode-only step)
+            return ModelRunnerOutput(inputs.req_ids, [[t] for t in sampled], logprobs)
         sampled_iter, logprobs_iter = iter(sampled), iter(logprobs)
         output = ModelRunnerOutput(req_ids=inputs.req_ids)
-        for is_sampling in inputs.is_sampling:
+        for is_sampling in inputs.is_sampling.tolist():   # Python bools: numpy scalars iterate slowly
             output.sampled_token_ids.append([next(sampled_iter)] if is_sampling else [])
             output.logprobs.append(next(logprobs_iter) if is_sampling else None)
         return output

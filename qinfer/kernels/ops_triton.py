@@ -79,23 +79,38 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _rotate_heads(base, heads, first, second, cos, sin, HEAD: tl.constexpr, HEADS_PAD: tl.constexpr):
+def _rotate_heads(base, heads, first, second, cos, sin, cache_base, cache_heads,
+                  HEAD: tl.constexpr, HEADS_PAD: tl.constexpr, CACHE: tl.constexpr):
     # base: one token's row of heads*HEAD elements; pairs (first[j], second[j]) rotate by angle j.
+    # CACHE: the first cache_heads rotated heads (all, or 0 for a token without a slot) also go
+    # to cache_base, the token's [heads, HEAD] cache row.
     h = tl.arange(0, HEADS_PAD)
     ptrs = base + h[:, None] * HEAD                                          # [HEADS_PAD, 1]
     mask = (h < heads)[:, None]
     x1 = tl.load(ptrs + first[None, :], mask=mask, other=0.0)
     x2 = tl.load(ptrs + second[None, :], mask=mask, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(ptrs + first[None, :], (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
-    tl.store(ptrs + second[None, :], (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+    y1 = (x1f * cos - x2f * sin).to(x1.dtype)
+    y2 = (x2f * cos + x1f * sin).to(x1.dtype)
+    tl.store(ptrs + first[None, :], y1, mask=mask)
+    tl.store(ptrs + second[None, :], y2, mask=mask)
+    if CACHE:
+        cache_ptrs = cache_base + h[:, None] * HEAD
+        cmask = (h < cache_heads)[:, None]
+        tl.store(cache_ptrs + first[None, :], y1.to(cache_base.dtype.element_ty), mask=cmask)
+        tl.store(cache_ptrs + second[None, :], y2.to(cache_base.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, stride_q, stride_k, stride_c,
                    num_q_heads, num_k_heads,
-                   HEAD: tl.constexpr, HEADS_PAD: tl.constexpr, NEOX: tl.constexpr):
+                   v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_v, stride_kb, stride_kt,
+                   stride_vb, stride_vt,
+                   HEAD: tl.constexpr, HEADS_PAD: tl.constexpr, NEOX: tl.constexpr,
+                   CACHE: tl.constexpr, BLOCK_SIZE: tl.constexpr, WIDTH_PAD: tl.constexpr):
     # One token: rotate its query and key heads, pairs (i, i + D/2) (neox) or (2i, 2i+1).
+    # CACHE (rotary_and_cache): also write the rotated key and the value to the token's
+    # cache slot, unless the slot is negative; the v_/cache arguments are unused otherwise.
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + tok)
     i = tl.arange(0, HEAD // 2)
@@ -107,20 +122,58 @@ def _rotary_kernel(q_ptr, k_ptr, pos_ptr, cache_ptr, stride_q, stride_k, stride_
     else:
         first = 2 * i
         second = 2 * i + 1
-    _rotate_heads(q_ptr + tok * stride_q, num_q_heads, first, second, cos, sin, HEAD, HEADS_PAD)
-    _rotate_heads(k_ptr + tok * stride_k, num_k_heads, first, second, cos, sin, HEAD, HEADS_PAD)
+    _rotate_heads(q_ptr + tok * stride_q, num_q_heads, first, second, cos, sin, q_ptr, 0,
+                  HEAD, HEADS_PAD, False)
+    if CACHE:
+        slot = tl.load(slot_ptr + tok).to(tl.int64)
+        num_written = tl.where(slot >= 0, num_k_heads, 0)   # negative slot: write nothing
+        row = tl.maximum(slot, 0)                           # a valid address; stores are masked
+        k_row = k_cache_ptr + (row // BLOCK_SIZE) * stride_kb + (row % BLOCK_SIZE) * stride_kt
+        v_row = v_cache_ptr + (row // BLOCK_SIZE) * stride_vb + (row % BLOCK_SIZE) * stride_vt
+        _rotate_heads(k_ptr + tok * stride_k, num_k_heads, first, second, cos, sin, k_row, num_written,
+                      HEAD, HEADS_PAD, True)
+        cols = tl.arange(0, WIDTH_PAD)
+        vmask = cols < num_written * HEAD
+        v = tl.load(v_ptr + tok * stride_v + cols, mask=vmask)
+        tl.store(v_row + cols, v.to(v_cache_ptr.dtype.element_ty), mask=vmask)
+    else:
+        _rotate_heads(k_ptr + tok * stride_k, num_k_heads, first, second, cos, sin, k_ptr, 0,
+                      HEAD, HEADS_PAD, False)
+
+
+def _rotary_launch(positions, query, key, head_size, cos_sin_cache, is_neox, kv=None):
+    """Shared launch: kv = (value, k_cache, v_cache, slot_mapping) for rotary_and_cache,
+    None for rotary_embedding."""
+    num_q, num_k = query.shape[-1] // head_size, key.shape[-1] // head_size
+    assert query.stride(-1) == 1 and key.stride(-1) == 1 and cos_sin_cache.stride(-1) == 1
+    if kv is None:  # the kernel reads no cache argument: placeholders
+        value, k_cache, v_cache, slot_mapping = key, key, key, positions
+        cache_strides, block_size = (0, 0, 0, 0), 1
+    else:
+        value, k_cache, v_cache, slot_mapping = kv
+        assert value.stride(-1) == 1 and _heads_contiguous(k_cache[0]) and _heads_contiguous(v_cache[0])
+        cache_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1))
+        block_size = k_cache.shape[1]
+    _rotary_kernel[(positions.shape[0],)](
+        query, key, positions, cos_sin_cache, query.stride(0), key.stride(0), cos_sin_cache.stride(0),
+        num_q, num_k, value, k_cache, v_cache, slot_mapping, value.stride(0), *cache_strides,
+        HEAD=head_size, HEADS_PAD=triton.next_power_of_2(max(num_q, num_k)), NEOX=is_neox,
+        CACHE=kv is not None, BLOCK_SIZE=block_size, WIDTH_PAD=triton.next_power_of_2(num_k * head_size))
+    return query, key
 
 
 @register("rotary_embedding", "triton", _CUDA)
 def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=True):
     """In place on query [T, Hq*D] and key [T, Hk*D] (rows contiguous); returns them."""
-    num_q, num_k = query.shape[-1] // head_size, key.shape[-1] // head_size
-    assert query.stride(-1) == 1 and key.stride(-1) == 1 and cos_sin_cache.stride(-1) == 1
-    _rotary_kernel[(positions.shape[0],)](
-        query, key, positions, cos_sin_cache, query.stride(0), key.stride(0), cos_sin_cache.stride(0),
-        num_q, num_k, HEAD=head_size, HEADS_PAD=triton.next_power_of_2(max(num_q, num_k)),
-        NEOX=is_neox)
-    return query, key
+    return _rotary_launch(positions, query, key, head_size, cos_sin_cache, is_neox)
+
+
+@register("rotary_and_cache", "triton", _CUDA)
+def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                     cos_sin_cache, is_neox=True):
+    """rotary_embedding, and the rotated key and value [T, Hk*D] into the caches at slot_mapping [T]."""
+    return _rotary_launch(positions, query, key, head_size, cos_sin_cache, is_neox,
+                          (value, k_cache, v_cache, slot_mapping))
 
 
 @triton.jit

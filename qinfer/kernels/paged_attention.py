@@ -7,8 +7,10 @@ Two kernels:
 - decode (one query token per request): one program per (request, kv head,
   context partition) handles all query heads of the GQA group, so each K/V tile
   is read once for the whole group. Long contexts are split into partitions
-  ("flash-decoding") whose partial softmax states a second kernel merges, so a
-  single request still spreads over the whole GPU.
+  ("flash-decoding") so a single request still spreads over the whole GPU; the
+  last partition of a (request, kv head) to finish merges the partial softmax
+  states (an atomic counter tells it), so a step is one launch, not split + reduce.
+  A request whose context fits one partition writes its output directly.
 - prefill / chunked prefill (ragged query lengths): one program per
   (request, query head, tile of queries) runs causal flash attention over the
   cached + new keys of its request.
@@ -28,22 +30,23 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _decode_kernel(
-    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
+    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    scale_log2, partition_size, num_parts, num_q_heads,
+    scale_log2, partition_size, num_parts, num_q_heads, num_kv_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    F32: tl.constexpr,
+    MERGE_GROUP: tl.constexpr, MERGE_CHUNK: tl.constexpr, F32: tl.constexpr,
 ):
     req = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
+    n_active = tl.maximum(tl.cdiv(seq_len, partition_size), 1)  # partition 0 runs even when empty
+    if part >= n_active:
+        return  # the graph's grid covers max_model_len; this request's context ends earlier
     start = part * partition_size
-    if start >= seq_len:
-        return  # partitions past this request's context: the reduce masks them
     end = tl.minimum(start + partition_size, seq_len)
 
     g = tl.arange(0, GROUP_PAD)
@@ -86,42 +89,62 @@ def _decode_kernel(
         m = m_new
 
     hmask = g < GROUP
+    out_ptrs = out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :]
     if SPLIT:
-        # partials laid out [num_reqs, num_q_heads, num_parts(, HEAD)]
-        row_id = (req * num_q_heads + heads) * num_parts + part
-        tl.store(part_m_ptr + row_id, m, mask=hmask)
-        tl.store(part_l_ptr + row_id, l, mask=hmask)
-        tl.store(part_acc_ptr + row_id[:, None] * HEAD + d[None, :], acc, mask=hmask[:, None])
+        if n_active == 1:
+            out = acc / tl.where(l > 0, l, 1.0)[:, None]      # empty context (seq_len 0): zeros
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=hmask[:, None])
+        else:
+            # partials laid out [num_reqs, num_q_heads, num_parts(, HEAD)]
+            row_id = (req * num_q_heads + heads) * num_parts + part
+            tl.store(part_m_ptr + row_id, m, mask=hmask)
+            tl.store(part_l_ptr + row_id, l, mask=hmask)
+            tl.store(part_acc_ptr + row_id[:, None] * HEAD + d[None, :], acc, mask=hmask[:, None])
+            tl.debug_barrier()  # every thread's partials are stored before the release below
+            counter = counter_ptr + req * num_kv_heads + kvh
+            if tl.atomic_add(counter, 1, sem="acq_rel") == n_active - 1:
+                tl.atomic_xchg(counter, 0)  # zero again for the next launch (or graph replay)
+                _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n_active,
+                                  num_parts, num_q_heads, stride_ot, stride_oh,
+                                  GROUP, MERGE_GROUP, HEAD, MERGE_CHUNK)
     else:
-        out = acc / l[:, None]
-        tl.store(out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=hmask[:, None])
+        out = acc / tl.where(l > 0, l, 1.0)[:, None]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=hmask[:, None])
 
 
 @triton.jit
-def _decode_reduce_kernel(
-    out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, seq_lens_ptr,
-    partition_size, num_parts, num_q_heads, stride_ot, stride_oh,
-    HEAD: tl.constexpr, PARTS_PAD: tl.constexpr,
-):
-    req = tl.program_id(0)
-    h = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + req)
-    n_active = tl.cdiv(seq_len, partition_size)
-    p = tl.arange(0, PARTS_PAD)
-    pmask = p < n_active
-    base = (req * num_q_heads + h) * num_parts
-    m = tl.load(part_m_ptr + base + p, mask=pmask, other=float("-inf"))
-    l = tl.load(part_l_ptr + base + p, mask=pmask, other=0.0)
-    m_max = tl.max(m, 0)
-    w = tl.where(pmask, tl.exp2(m - m_max), 0.0)              # [PARTS_PAD] rescale factors
-    total = tl.sum(w * l, 0)
-    total = tl.where(total > 0, total, 1.0)                   # empty request (seq_len 0): zeros
+def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n_active,
+                      num_parts, num_q_heads, stride_ot, stride_oh,
+                      GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
+                      CHUNK: tl.constexpr):
+    """out of the GROUP query heads of (req, kvh) from the partials of its n_active partitions,
+    CHUNK partitions at a time ([GROUP_PAD, CHUNK, HEAD] in registers), rescaled online.
+    GROUP_PAD here is GROUP's next power of two (no tl.dot, so no minimum of 16)."""
+    g = tl.arange(0, GROUP_PAD)
+    heads = kvh * GROUP + g
+    base = (req * num_q_heads + heads) * num_parts            # [GROUP_PAD] first partial row
+    c = tl.arange(0, CHUNK)
     d = tl.arange(0, HEAD)
-    acc = tl.load(part_acc_ptr + (base + p)[:, None] * HEAD + d[None, :],
-                  mask=pmask[:, None], other=0.0)             # [PARTS_PAD, HEAD]
-    out = tl.sum(acc * w[:, None], 0) / total
-    tl.store(out_ptr + req * stride_ot + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    total = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD], tl.float32)
+    for p0 in range(0, n_active, CHUNK):
+        rows = base[:, None] + p0 + c[None, :]                # [GROUP_PAD, CHUNK]
+        pmask = (g < GROUP)[:, None] & (p0 + c < n_active)[None, :]
+        # .cg: read the other programs' partials from L2, never a stale L1 line
+        pm = tl.load(part_m_ptr + rows, mask=pmask, other=float("-inf"), cache_modifier=".cg")
+        pl = tl.load(part_l_ptr + rows, mask=pmask, other=0.0, cache_modifier=".cg")
+        pacc = tl.load(part_acc_ptr + rows[:, :, None] * HEAD + d[None, None, :],
+                       mask=pmask[:, :, None], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(pm, 1))                  # finite: chunk has an active part
+        w = tl.exp2(pm - m_new[:, None])                      # [GROUP_PAD, CHUNK]; 0 where masked
+        alpha = tl.exp2(m - m_new)
+        total = total * alpha + tl.sum(w * pl, 1)
+        acc = acc * alpha[:, None] + tl.sum(pacc * w[:, :, None], 1)
+        m = m_new
+    # Heads past GROUP (padding) compute NaN from -inf - -inf; they are never stored.
+    tl.store(out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :],
+             (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
 
 
 @triton.jit
@@ -228,6 +251,19 @@ def decode_partitions(num_reqs: int, num_kv_heads: int, max_seq_len: int,
     return size, triton.cdiv(max_seq_len, size)
 
 
+_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _merge_counters(n: int, device: torch.device) -> torch.Tensor:
+    """[>= n] int32 zeros: per (request, kv head) count of finished partitions. Each launch
+    leaves them at zero. Outgrown buffers stay alive: captured CUDA graphs keep their address."""
+    buffers = _COUNTERS.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < n:
+        buffers.append(torch.zeros(max(n, 2 * buffers[-1].numel() if buffers else 256),
+                                   dtype=torch.int32, device=device))
+    return buffers[-1]
+
+
 def paged_decode(
     query: torch.Tensor,         # [num_reqs, num_heads, head_size] (one token per request)
     k_cache: torch.Tensor,       # [num_blocks, block_size, num_kv_heads, head_size]
@@ -254,23 +290,23 @@ def paged_decode(
         part_l = torch.empty_like(part_m)
         part_acc = torch.empty((num_reqs, num_heads, parts, head), dtype=torch.float32,
                                device=query.device)
+        counters = _merge_counters(num_reqs * num_kv_heads, query.device)
     else:
-        part_m = part_l = part_acc = out  # unused
+        part_m = part_l = part_acc = counters = out  # unused
+    group_pad = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
+    merge_group = triton.next_power_of_2(group)
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
-        out, part_m, part_l, part_acc, query, k_cache, v_cache, block_tables, seq_lens,
-        scale * _LOG2E, size, parts, num_heads,
+        out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
+        scale * _LOG2E, size, parts, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD=head,
-        BLOCK_SIZE=block_size, TILE=tile, SPLIT=split, F32=_f32(query.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        GROUP=group, GROUP_PAD=group_pad, HEAD=head,
+        BLOCK_SIZE=block_size, TILE=tile, SPLIT=split,
+        # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps)
+        MERGE_GROUP=merge_group,
+        MERGE_CHUNK=max(1, min(triton.next_power_of_2(parts), 8192 // (merge_group * head))),
+        F32=_f32(query.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    if split:
-        _decode_reduce_kernel[(num_reqs, num_heads)](
-            out, part_m, part_l, part_acc, seq_lens, size, parts, num_heads,
-            out.stride(0), out.stride(1), HEAD=head, PARTS_PAD=triton.next_power_of_2(parts),
-            num_warps=4,
-        )
     return out
 
 

@@ -57,3 +57,9 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor):
         """positions [T]; query [T, Hq*D], key [T, Hk*D] rotated in place and returned."""
         return ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox)
+
+    def forward_and_cache(self, positions, query, key, value, k_cache, v_cache, slot_mapping):
+        """forward, and the rotated key and value [T, Hk*D] written to the paged caches at
+        slot_mapping [T] (negative: not written), in one op."""
+        return ops.rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping,
+                                    self.head_size, self.cos_sin_cache, self.is_neox)

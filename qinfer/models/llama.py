@@ -33,12 +33,14 @@ class LlamaAttention(nn.Module):
         self.q_size, self.kv_size = self.num_heads * head_size, self.num_kv_heads * head_size
         self.o_proj = RowParallelLinear(config.num_attention_heads * head_size, config.hidden_size, bias=o_bias)
         self.rotary_emb = RotaryEmbedding(head_size, config.max_position_embeddings, rope_parameters(config))
-        self.attn = Attention(self.num_heads, head_size, head_size ** -0.5, self.num_kv_heads)
+        self.attn = Attention(self.num_heads, head_size, head_size ** -0.5, self.num_kv_heads,
+                              rotary_emb=self.rotary_emb)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        # q, k, v stay views of the fused projection (no copies); the attention layer rotates
+        # q and k in place and writes k, v to the cache in one op.
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q.contiguous(), k.contiguous())
-        return self.o_proj(self.attn(q, k, v.contiguous()))
+        return self.o_proj(self.attn(q, k, v, positions))
 
 
 class LlamaMLP(nn.Module):

@@ -14,6 +14,10 @@ Op signatures (every implementation keeps them):
   silu_and_mul(x [T, 2I]) -> [T, I]
   reshape_and_cache(key [T, Hk, D], value [T, Hk, D], k_cache, v_cache, slot_mapping [T]) -> None
       (caches [num_blocks, block_size, Hk, D]; a negative slot means "do not write")
+  rotary_and_cache(positions, query [T, Hq*D], key [T, Hk*D], value [T, Hk*D], k_cache, v_cache,
+                   slot_mapping [T], head_size, cos_sin_cache, is_neox) -> (query, key)
+      rotary_embedding then reshape_and_cache of the rotated key and the value, in one pass
+      (one launch instead of two; the attention layer runs it, the backend then skips its write)
 """
 from __future__ import annotations
 
@@ -57,3 +61,9 @@ def silu_and_mul(x):
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
     return dispatch("reshape_and_cache", key)(key, value, k_cache, v_cache, slot_mapping)
+
+
+def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                     cos_sin_cache, is_neox=True):
+    return dispatch("rotary_and_cache", query)(positions, query, key, value, k_cache, v_cache,
+                                               slot_mapping, head_size, cos_sin_cache, is_neox)

@@ -55,3 +55,13 @@ def _register() -> None:
     @register("reshape_and_cache", "cuda", _CUDA)
     def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
         ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+    if not hasattr(ops, "rotary_and_cache"):  # a _C.so built before the op existed: Triton serves it
+        return
+
+    @register("rotary_and_cache", "cuda", _CUDA)
+    def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                         cos_sin_cache, is_neox=True):
+        ops.rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                             cos_sin_cache, is_neox)
+        return query, key

@@ -57,3 +57,14 @@ def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     blocks, offsets = slots // block_size, slots % block_size
     k_cache[blocks, offsets] = key[is_written].to(k_cache.dtype)
     v_cache[blocks, offsets] = value[is_written].to(v_cache.dtype)
+
+
+@register("rotary_and_cache", "torch", _DEVICES)
+def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                     cos_sin_cache, is_neox=True):
+    """rotary_embedding, then reshape_and_cache of the rotated key and the value: the fused op's meaning."""
+    rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+    num_kv_heads = key.shape[-1] // head_size
+    reshape_and_cache(key.view(-1, num_kv_heads, head_size), value.view(-1, num_kv_heads, head_size),
+                      k_cache, v_cache, slot_mapping)
+    return query, key

@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any, Union
 
+from qinfer.callbacks.ssrf import Allowlist, check_callback_url
 from qinfer.config import Settings
 from qinfer.errors import IdempotencyConflictError, InvalidRequestError, QueueFullError
 from qinfer.queue.keys import CONSUMER_GROUP, Keys
@@ -21,14 +22,20 @@ def new_job_id() -> str:
     return uuid.uuid4().hex      # 122 random bits: unguessable
 
 
-def as_request(req: RequestLike) -> JobRequest:
-    return req if isinstance(req, JobRequest) else JobRequest.model_validate(req)
+def as_request(req: RequestLike, settings: Settings) -> JobRequest:
+    """A request checked for this deployment, before anything is written (submit_many checks
+    every request first, so one refused request leaves the whole batch unwritten)."""
+    req = req if isinstance(req, JobRequest) else JobRequest.model_validate(req)
+    if req.priority > settings.max_priority:
+        raise InvalidRequestError(f"priority {req.priority} is above the maximum {settings.max_priority}")
+    if req.callback_url is not None:
+        # a literal refused address (or scheme) fails here; host names are checked at delivery
+        check_callback_url(req.callback_url, Allowlist.parse(settings.callback_allow))
+    return req
 
 
 def submit_call(keys: Keys, settings: Settings, req: JobRequest) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of scripts.SUBMIT for one request (validated here, before any write)."""
-    if req.priority > settings.max_priority:
-        raise InvalidRequestError(f"priority {req.priority} is above the maximum {settings.max_priority}")
+    """KEYS and ARGV of scripts.SUBMIT for one request checked by as_request."""
     job_id = new_job_id()
     idem = req.idempotency_key
     call_keys = [keys.job(job_id), keys.queue(req.model, req.priority), keys.queued_counts(req.model),

@@ -48,6 +48,25 @@ def test_decode_split_counts(pa, num_reqs):
     assert rel_err(pa.paged_decode(q, kc, vc, bt, seq, int(seq.max()), 0.088), ref) < 1e-2
 
 
+def test_decode_merge_under_graph_replay(pa):
+    # The in-kernel merge (atomic counters reset by the last partition) across CUDA-graph
+    # replays with a static bound of 16k and contexts that change between replays.
+    q, kc, vc, bt, seq, qsl = make_batch([1] * 4, [16000, 700, 3, 9000], 32, 8, 128, 16,
+                                         torch.bfloat16, seed=11, device="cuda")
+    out = torch.empty_like(q)
+    pa.paged_decode(q, kc, vc, bt, seq, 16384, 0.088, out=out)    # warm up (compile)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        pa.paged_decode(q, kc, vc, bt, seq, 16384, 0.088, out=out)
+    for lens in ([16001, 701, 4, 9001], [1, 16001, 300, 40], [5000, 1, 1, 16001]):
+        seq.copy_(torch.tensor(lens, dtype=torch.int32))
+        out.fill_(float("nan"))
+        graph.replay()
+        assert rel_err(out, attention_ref(q, kc, vc, bt, seq, qsl, 0.088)) < 1e-2
+    torch.cuda.synchronize()
+    assert not pa._merge_counters(4 * 8, q.device).any()
+
+
 def test_decode_float32(pa):
     q, kc, vc, bt, seq, qsl = make_batch([1] * 3, [7, 900, 2000], 8, 2, 64, 16, torch.float32,
                                          device="cuda")
@@ -161,3 +180,29 @@ def test_reshape_and_cache(impl, dtype, block_size):
     reference.reshape_and_cache(key, value, *caches, slots)
     _get(impl)["reshape_and_cache"](key, value, *mine, slots)
     assert torch.equal(caches[0], mine[0]) and torch.equal(caches[1], mine[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_rotary_and_cache(impl, dtype, block_size):
+    # Llama-3.1-8B heads, strided q/k/v views of a fused projection, one slot -1.
+    from qinfer.layers.rotary import RotaryEmbedding
+    from qinfer.ops import reference
+    params = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cache = RotaryEmbedding(128, 16384, params).cos_sin_cache.cuda()
+    positions = torch.randint(0, 16384, (33,), device="cuda")
+    qkv = torch.randn(33, (32 + 2 * 8) * 128, device="cuda", dtype=dtype)
+    slots = torch.randperm(64 * block_size, device="cuda")[:33]
+    slots[5] = -1
+    caches = [torch.randn(64, block_size, 8, 128, device="cuda", dtype=dtype) for _ in range(2)]
+    results = []
+    for fn in (reference.rotary_and_cache, _get(impl)["rotary_and_cache"]):
+        x, kc, vc = qkv.clone(), caches[0].clone(), caches[1].clone()
+        q, k, v = x.split([4096, 1024, 1024], dim=-1)
+        fn(positions, q, k, v, kc, vc, slots, 128, cache, True)
+        results.append((x, kc, vc))
+    (rx, rkc, rvc), (x, kc, vc) = results
+    assert rel_err(x, rx) < 1e-2 and rel_err(kc, rkc) < 1e-2
+    assert torch.equal(vc, rvc) and torch.equal(x[:, 5120:], qkv[:, 5120:])   # V copied, untouched

@@ -1,25 +1,35 @@
-"""`qinfer up` from a clean environment (no Redis URL): submit, get an answer, stop."""
+"""`qinfer up` from a clean environment (no Redis URL): submit, get an answer and its signed
+webhook from the fleet's own callbacks worker, stop."""
 import os
 import signal
 import subprocess
 import sys
 
+from qinfer.callbacks import verify
 from qinfer.client import Client
 from qinfer.config import Settings
+from tests.callbacks_support import Receiver
+from tests.fixtures_redis import wait_until
 
 
 def test_up_without_redis_url_serves_jobs(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("QINFER_")}
-    env.update(XDG_CACHE_HOME=str(tmp_path), QINFER_LEASE_SECONDS="2", QINFER_DRAIN_GRACE_S="2")
+    env.update(XDG_CACHE_HOME=str(tmp_path), QINFER_LEASE_SECONDS="2", QINFER_DRAIN_GRACE_S="2",
+               QINFER_CALLBACK_ALLOW="127.0.0.1")
     proc = subprocess.Popen([sys.executable, "-m", "qinfer.cli", "up", "--workers", "1"], env=env,
                             stdout=subprocess.PIPE, text=True)
+    receiver = Receiver()
     try:
-        url = _read_url(proc)
-        client = Client(settings=Settings(redis_url=url))
+        banner = _read_banner(proc)
+        url, secret = banner["QINFER_REDIS_URL"], banner["QINFER_WEBHOOK_SECRET"]   # generated: none was set
+        client = Client(settings=Settings(redis_url=url, callback_allow="127.0.0.1"))
         job_id = client.submit(model="tiny-llama", prompt="The quick brown fox",
-                               sampling={"temperature": 0, "max_tokens": 8, "ignore_eos": True})
+                               sampling={"temperature": 0, "max_tokens": 8, "ignore_eos": True},
+                               callback_url=receiver.url("/up"))
         result = client.wait(job_id, timeout=60)
         assert result.status.value == "succeeded" and len(result.token_ids) == 8
+        (post,) = wait_until(lambda: receiver.requests("/up"), timeout=30)
+        assert verify(secret, post.headers, post.body)["data"]["id"] == job_id
         out = subprocess.run([sys.executable, "-m", "qinfer.cli", "--redis", url, "workers"],
                              capture_output=True, text=True, env=env, check=True).stdout
         assert "tiny-llama" in out
@@ -28,11 +38,17 @@ def test_up_without_redis_url_serves_jobs(tmp_path):
         assert out.splitlines()[1].split()[:3] == ["tiny-llama", "0", "0"]     # nothing queued or pending
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == 0          # workers and the callbacks worker all exited 0
+        receiver.close()
 
 
-def _read_url(proc) -> str:
+def _read_banner(proc) -> dict:
+    """The KEY=VALUE lines `qinfer up` prints, up to its callbacks line."""
+    values = {}
     for line in proc.stdout:
-        if line.startswith("QINFER_REDIS_URL="):
-            return line.strip().split("=", 1)[1]
-    raise AssertionError(f"`qinfer up` exited ({proc.wait()}) without printing its URL")
+        key, sep, value = line.strip().partition("=")
+        if sep and key.startswith("QINFER_"):
+            values[key] = value
+        if line.startswith("callbacks worker up"):
+            return values
+    raise AssertionError(f"`qinfer up` exited ({proc.wait()}) without its banner; read {values}")

@@ -3,6 +3,7 @@ import asyncio
 
 import pytest
 
+from qinfer.callbacks import CallbackURLRefused
 from qinfer.client import AsyncClient, Client
 from qinfer.errors import IdempotencyConflictError, JobNotFoundError, JobTimeoutError, QueueFullError
 from qinfer.queue.keys import Keys
@@ -85,3 +86,24 @@ def test_client_without_url_is_a_clear_error(monkeypatch):
 
     with pytest.raises(NoRedisError, match="QINFER_REDIS_URL"):
         Client(settings=Settings(redis_url=None))
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/hook", "http://[::1]/hook", "http://169.254.169.254/latest",
+                                 "http://2130706433/hook", "file:///etc/passwd", "gopher://example.com/"])
+def test_refused_literal_callback_url_fails_the_submit_and_writes_nothing(client, url):
+    keys_before = set(client.redis.keys("*"))
+    with pytest.raises(CallbackURLRefused, match="callback URL"):
+        client.submit(model="m", prompt="x", callback_url=url)
+    good = [{"model": "m", "prompt": f"p{i}"} for i in range(3)]
+    with pytest.raises(CallbackURLRefused):      # checked before the first chunk is written
+        client.submit_many([*good, {"model": "m", "prompt": "bad", "callback_url": url}])
+    with pytest.raises(CallbackURLRefused):
+        asyncio.run(AsyncClient(settings=client.settings).submit(model="m", prompt="x", callback_url=url))
+    assert set(client.redis.keys("*")) == keys_before
+
+
+def test_allowlisted_and_host_name_callback_urls_are_accepted(test_settings):
+    client = Client(settings=test_settings.model_copy(update={"callback_allow": "127.0.0.1"}))
+    client.submit(model="m", prompt="x", callback_url="http://127.0.0.1:8080/hook")
+    client.submit(model="m", prompt="y", callback_url="https://localhost/hook")   # resolved at delivery
+    assert client.redis.xlen(Keys().queue("m", 0)) == 2

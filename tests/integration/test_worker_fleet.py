@@ -5,6 +5,7 @@ The kill -9 test runs last: it takes a worker down.
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
 from tests.fixtures_redis import TEST_ENV, wait_until
 
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "tiny"
 POISON = "POISON-PILL"
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -26,9 +28,11 @@ PROMPTS = [f"{s} number {i}" for i, s in enumerate(["The quick brown fox", "A sm
 @pytest.fixture(scope="module")
 def fleet(redis_server, tiny_llama_dir):
     redis.Redis.from_url(redis_server.url).flushall()
-    env = {**TEST_ENV, "QINFER_DEBUG_POISON_MARKER": POISON, "QINFER_MAX_ATTEMPTS": "3"}
-    fleet = Fleet(tiny_llama_dir, redis_server.url, 2, env=env,
-                  worker_args=("--served-model-name", MODEL, "--num-kv-blocks", "256", "--max-num-seqs", "8"))
+    env = {**TEST_ENV, "QINFER_MAX_ATTEMPTS": "3", "PYTHONPATH": str(REPO)}
+    # tests.poison_worker: the normal worker, its engine crashing while a POISON prompt is in it
+    fleet = Fleet(tiny_llama_dir, redis_server.url, 2, env=env, worker_module="tests.poison_worker",
+                  worker_args=("--poison-marker", POISON, "--served-model-name", MODEL, "--num-kv-blocks", "256",
+                               "--max-num-seqs", "8"))
     fleet.start().wait_ready()
     yield fleet
     assert all(code in (0, -9) for code in fleet.stop(timeout=30))
@@ -55,7 +59,7 @@ def _jobs(prompts, **extra):
 
 def test_many_jobs_across_two_workers_equal_offline_generate(client, offline):
     ids = client.submit_many(_jobs(PROMPTS))
-    results = [client.wait(i, timeout=60) for i in ids]
+    results = [client.wait(i, timeout=120) for i in ids]
     assert all(r.status is JobStatus.SUCCEEDED for r in results)
     assert [(r.text, r.token_ids) for r in results] == [offline[p] for p in PROMPTS]
     assert len({r.worker for r in results}) == 2                 # both workers served
@@ -102,7 +106,7 @@ def test_run_timeout_stops_with_partial_output(client):
 def test_high_priority_overtakes_low_in_a_loaded_queue(client):
     low = client.submit_many(_jobs([f"low {i}" for i in range(40)], priority=0))
     high = client.submit_many(_jobs([f"high {i}" for i in range(4)], priority=5))
-    finished = lambda ids: sorted(client.wait(i, timeout=60).timings.finished_at for i in ids)
+    finished = lambda ids: sorted(client.wait(i, timeout=120).timings.finished_at for i in ids)
     high_done, low_done = finished(high), finished(low)
     assert high_done[-1] < low_done[-10]          # the highs did not wait behind the 40 lows
 
@@ -136,8 +140,8 @@ def test_poison_job_dead_lettered_others_unaffected(client, fleet):
     ids = client.submit_many(_jobs([f"neighbour {i}" for i in range(12)]))
     poison = client.submit(model=MODEL, prompt=f"{POISON} please crash", sampling=GREEDY)
     ids += client.submit_many(_jobs([f"late neighbour {i}" for i in range(4)]))
-    assert all(client.wait(i, timeout=60).status is JobStatus.SUCCEEDED for i in ids)
-    r = client.wait(poison, timeout=60)
+    assert all(client.wait(i, timeout=120).status is JobStatus.SUCCEEDED for i in ids)
+    r = client.wait(poison, timeout=120)
     assert r.status is JobStatus.FAILED and r.error.code == "dead_letter"
     assert "after 3 attempts" in r.error.message and "poison job" in r.error.message
     dead = [e for _, e in client.redis.xrange(Keys().dead_letters(MODEL)) if e[b"id"] == poison.encode()]
@@ -155,7 +159,7 @@ def test_stalled_worker_loses_its_lease_and_never_double_returns(client, fleet, 
         wait_until(lambda: any(client.get(i).attempts > 1 for i in ids), timeout=30)
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
-    results = [client.wait(i, timeout=60) for i in ids]
+    results = [client.wait(i, timeout=120) for i in ids]
     assert [(r.status, r.text, r.token_ids) for r in results] == \
         [(JobStatus.SUCCEEDED, *offline[p]) for p in PROMPTS]
     assert all(client.redis.llen(Keys().job_done(i)) == 1 for i in ids)
@@ -171,7 +175,7 @@ def test_kill_9_worker_with_jobs_in_flight_nothing_lost(client, fleet, offline):
                 and client.get(i).worker.endswith("-0")]
     held = wait_until(victim_holds_jobs, timeout=30, interval=0.005)
     os.kill(victim.pid, signal.SIGKILL)
-    results = [client.wait(i, timeout=90) for i in ids]
+    results = [client.wait(i, timeout=120) for i in ids]
     assert all(r.status is JobStatus.SUCCEEDED for r in results)
     assert [(r.text, r.token_ids) for r in results] == [offline[p] for p in PROMPTS + PROMPTS]
     retried = [r for r in results if r.attempts > 1]

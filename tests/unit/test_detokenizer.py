@@ -72,3 +72,58 @@ def test_streamed_deltas_never_show_a_stop_string_prefix_that_is_later_cut(token
     output_ids = tokenizer("jumps over the lazy dog.", add_special_tokens=False).input_ids
     _, deltas, stop = stream(tokenizer, "x", output_ids, stop=["lazy dog"])
     assert stop == "lazy dog" and "".join(deltas) == "jumps over the "
+
+
+def test_byte_level_tokens_decode_as_the_tokenizers_decoder(tokenizer):
+    """The byte-level table decodes as the Rust ByteLevel decoder does, bad UTF-8 and added tokens included."""
+    import random
+
+    from qinfer.engine.detokenizer import _byte_level_bytes, token_table
+
+    table = token_table(tokenizer)
+    assert table.is_byte_level
+    decoder = tokenizer.backend_tokenizer.decoder
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    rng = random.Random(0)
+    for _ in range(2000):   # random ids: byte pieces that do not form valid UTF-8 are common
+        ids = [rng.randrange(3, len(tokenizer)) for _ in range(rng.randrange(1, 8))]
+        assert table.decode([table.tokens[i] for i in ids]) == decoder.decode([tokens[i] for i in ids])
+    for added in ["<|eot|>", "héllo", "世界", "a b"]:   # characters outside the byte alphabet
+        assert table.decode([_byte_level_bytes(added)]) == decoder.decode([added])
+
+
+def test_random_ids_stream_the_decoders_text(tokenizer):
+    """Any id sequence, bad UTF-8 included: the deltas add up to the decoder's text of all ids, short
+    of a character still incomplete at the end (held back, as while streaming)."""
+    import random
+
+    rng = random.Random(1)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    for _ in range(200):
+        output_ids = [rng.randrange(3, len(tokenizer)) for _ in range(rng.randrange(1, 30))]
+        detokenizer, deltas, _ = stream(tokenizer, "A", output_ids)
+        expected = tokenizer.backend_tokenizer.decoder.decode([tokens[i] for i in output_ids])
+        assert detokenizer.output_text == "".join(deltas)
+        assert expected in (detokenizer.output_text, detokenizer.output_text + "\ufffd")
+
+
+@pytest.mark.parametrize("stop", [[], ["zzz"]])
+def test_long_stream_equals_decode(tokenizer, stop):
+    """Hundreds of tokens: the streamed chunks are compacted along the way, the text stays whole."""
+    output_ids = tokenizer(" ".join(TEXTS * 4), add_special_tokens=False).input_ids
+    assert len(output_ids) > 200
+    detokenizer, deltas, _ = stream(tokenizer, "Once upon a time", output_ids, stop=stop)
+    assert detokenizer.output_text == tokenizer.decode(output_ids, skip_special_tokens=True) == "".join(deltas)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_window_decoding_for_other_tokenizers_streams_the_same_text(tokenizer, text):
+    """The token-window path (tokenizers that are not byte-level) on the same texts."""
+    output_ids = tokenizer(text, add_special_tokens=False).input_ids
+    detokenizer = IncrementalDetokenizer(tokenizer, tokenizer("Once upon a time").input_ids)
+    detokenizer.utf8 = None   # as for a tokenizer without a ByteLevel decoder
+    deltas = []
+    for i, token_id in enumerate(output_ids):
+        detokenizer.update([token_id])
+        deltas.append(detokenizer.take_new_text(i == len(output_ids) - 1))
+    assert detokenizer.output_text == tokenizer.decode(output_ids, skip_special_tokens=True) == "".join(deltas)

@@ -1,16 +1,22 @@
-"""`import qinfer` stays light: producers build requests without torch, triton or transformers."""
+"""`import qinfer` and the client stay light: producers build and submit requests without
+torch, triton, transformers, or the callbacks worker's Celery."""
 import subprocess
 import sys
 
 CHECK = """
 import sys
 import qinfer
+import qinfer.client
+from qinfer.config import Settings
+from qinfer.queue.producer import as_request
 qinfer.SamplingParams(temperature=0.5, stop=["x"])
-heavy = sorted(m for m in ("torch", "triton", "transformers") if m in sys.modules)
+as_request({"model": "m", "prompt": "x", "callback_url": "https://hooks.example/x"}, Settings())
+heavy = sorted(m for m in ("torch", "triton", "transformers", "celery", "kombu", "prometheus_client")
+               if m in sys.modules)
 print(",".join(heavy))
 """
 
 
-def test_import_qinfer_leaves_heavy_modules_out():
+def test_import_qinfer_and_submit_path_leave_heavy_modules_out():
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""

@@ -64,3 +64,19 @@ def test_reshape_and_cache_writes_slots_and_skips_negative():
     torch.testing.assert_close(k_cache[2, 1], key[0])
     torch.testing.assert_close(v_cache[0, 2], value[2])
     assert int((k_cache != 0).any(-1).any(-1).sum()) == 2  # only the two valid slots written
+
+
+def test_rotary_and_cache_is_rotary_then_cache_write():
+    head_size, positions = 8, torch.tensor([0, 5, 31])
+    angles = torch.outer(torch.arange(32).float(), torch.rand(head_size // 2))
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    qkv = torch.randn(3, 4 * head_size)                      # q: 2 heads, k and v: 1 head each
+    q, k, v = qkv.clone().split([2 * head_size, head_size, head_size], dim=-1)  # strided views
+    k_cache, v_cache = torch.zeros(2, 4, 1, head_size), torch.zeros(2, 4, 1, head_size)
+    ref.rotary_and_cache(positions, q, k, v, k_cache, v_cache, torch.tensor([6, -1, 0]), head_size, cache)
+    eq, ek = ref.rotary_embedding(positions, qkv[:, :16].clone(), qkv[:, 16:24].clone(), head_size, cache)
+    torch.testing.assert_close(q, eq)
+    torch.testing.assert_close(k, ek)
+    torch.testing.assert_close(k_cache[1, 2, 0], ek[0])
+    torch.testing.assert_close(v_cache[0, 0, 0], v[2])
+    assert int((k_cache != 0).any(-1).sum()) == 2           # slot -1 not written

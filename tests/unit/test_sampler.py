@@ -126,6 +126,40 @@ def test_banned_tokens_are_never_sampled():
     assert sampled[0].item() not in (1, 5) and sampled[1].item() == 1
 
 
+# ---- fast paths: the same tokens as the general path --------------------------------------
+
+def test_all_greedy_fast_path_is_argmax_of_the_raw_dtype_without_copies():
+    logits = logits_batch().to(torch.bfloat16)
+    md = metadata(4, 0.0)
+    assert Sampler.process_logits(logits, md) is logits  # no stage ran: no float copy
+    fast = Sampler(torch.device("cpu"), 0)(logits, md).sampled_token_ids
+    md.all_greedy = False  # the mixed path: greedy argmax selected per row
+    general = Sampler(torch.device("cpu"), 0)(logits, md).sampled_token_ids
+    assert torch.equal(fast, logits.float().argmax(-1)) and torch.equal(fast, general)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_random_fast_path_draws_what_the_mixed_path_draws(dtype):
+    logits = logits_batch(6).to(dtype)
+    temperature = torch.tensor([0.5, 1.0, 1.3, 0.7, 2.0, 1.0])
+    draws = {}
+    for all_random in (True, False):
+        sampler, generator = Sampler(torch.device("cpu"), 3), torch.Generator().manual_seed(9)
+        md = SamplingMetadata(temperature=temperature, all_greedy=False, all_random=all_random,
+                              generators={2: generator})
+        draws[all_random] = torch.stack([sampler(logits, md).sampled_token_ids for _ in range(10)])
+    assert torch.equal(draws[True], draws[False])
+    assert len(set(draws[True][:, 1].tolist())) > 1  # really random
+
+
+def test_mixed_batch_greedy_rows_take_the_argmax():
+    logits = logits_batch(4)
+    md = SamplingMetadata(temperature=torch.tensor([0.0, 1.0, 0.0, 1.5]), all_greedy=False)
+    for _ in range(5):
+        sampled = Sampler(torch.device("cpu"), 1)(logits, md).sampled_token_ids
+        assert sampled[0] == logits[0].argmax() and sampled[2] == logits[2].argmax()
+
+
 # ---- through the runner ---------------------------------------------------------------------
 
 SEEDED = SamplingParams(temperature=1.0, seed=42, max_tokens=16, logprobs=3)

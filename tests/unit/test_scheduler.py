@@ -199,3 +199,19 @@ def test_a_request_outgrowing_the_whole_kv_cache_finishes_with_length():
         finished += [d.request for d in step(scheduler)[1] if d.request.is_finished]
     assert [(r.finish_reason, r.num_tokens) for r in finished] == [("length", 9)]
     assert scheduler.block_manager.num_free_blocks == 2
+
+
+def test_blocks_filled_by_decode_steps_join_the_prefix_cache():
+    """Decode steps that need no new block skip the block manager, but one that fills a block registers it."""
+    scheduler = make_scheduler(block_size=4)
+    scheduler.add_request(make_request("a", 3, max_tokens=6))
+    step(scheduler)                                   # prefill 3 tokens; samples the 4th
+    so, _ = step(scheduler)                           # decode: computes token 4, the first block is full
+    assert not so.cached_requests[0].new_block_ids and scheduler.requests["a"].num_hashed_blocks == 1
+    tokens_of_a = list(scheduler.requests["a"].all_token_ids)
+    run_to_completion(scheduler)
+    # 3 prompt + 5 computed outputs (the last sampled token is never computed) = 8 tokens: two full blocks.
+    prompt_b = tokens_of_a + [NEXT_TOKEN] * 4 + [1]
+    scheduler.add_request(make_request("b", prompt=prompt_b, max_tokens=1))
+    so, _ = step(scheduler)
+    assert so.new_requests[0].num_computed_tokens == 8

@@ -59,3 +59,16 @@ def test_error_and_malformed_request_in_hash():
                                  "error": error_json("malformed_payload", "bad")})
     assert r.error.code == "malformed_payload" and r.metadata == {}
     assert json.loads(error_json("a", "b")) == {"code": "a", "message": "b"}
+
+
+def test_callback_secret_is_a_whsec_secret_kept_out_of_reprs_and_results():
+    from qinfer.callbacks import generate_secret
+
+    secret = generate_secret()
+    request = JobRequest(model="m", prompt="x", callback_url="https://hooks.example/x", callback_secret=secret)
+    assert secret not in repr(request)
+    for bad in ("not-a-secret", "whsec_", "whsec_!!!"):
+        with pytest.raises(ValidationError, match="callback_secret"):
+            JobRequest(model="m", prompt="x", callback_secret=bad)
+    r = result_from_hash("id3", {"status": "succeeded", "request": request.model_dump_json()})
+    assert secret not in r.model_dump_json()

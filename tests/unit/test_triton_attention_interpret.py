@@ -66,6 +66,23 @@ def test_decode_split_k_matches_reference(pa):
 
 
 @needs_interpret
+def test_decode_merge_in_last_partition(pa):
+    # Ragged contexts under one static bound: one partition (direct store), a few, and more
+    # partitions than one merge chunk holds (head 128, group 4: 16 a chunk) -> several chunks.
+    ctx = [300, 5, 40, 0]
+    q, kc, vc, bt, seq_lens, qsl = make_batch([1] * 4, ctx, 8, 2, 128, 16, torch.float32, seed=5)
+    cfg = {"tile": 16, "min_partition": 16, "target_programs": 512}
+    size, parts = pa.decode_partitions(4, 2, 512, 16, 16, 512)
+    assert size == 16 and parts == 32
+    ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.1)
+    first = pa.paged_decode(q, kc, vc, bt, seq_lens, 512, 0.1, cfg=cfg)
+    assert rel_err(first, ref) < 1e-5
+    counters = pa._merge_counters(8, q.device)
+    assert not counters.any()  # left at zero: the next launch (graph replay) starts clean
+    assert torch.equal(pa.paged_decode(q, kc, vc, bt, seq_lens, 512, 0.1, cfg=cfg), first)
+
+
+@needs_interpret
 def test_decode_static_bound_beyond_context(pa):
     # CUDA graphs launch with the capture-time bound (max_model_len), not the batch max.
     q, kc, vc, bt, seq_lens, qsl = make_batch([1] * 2, [20, 9], 4, 4, 16, 16, torch.float32)
@@ -177,3 +194,26 @@ def test_reshape_and_cache_matches_reference(ops_triton):
     reference.reshape_and_cache(key, value, *caches, slots)
     ops_triton.reshape_and_cache(key, value, *mine, slots)
     assert torch.equal(caches[0], mine[0]) and torch.equal(caches[1], mine[1])
+
+
+@needs_interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_rotary_and_cache_matches_reference(ops_triton, dtype, is_neox):
+    # Strided q/k/v views of a fused qkv projection, as the attention layer passes them.
+    from qinfer.ops import reference
+    head, positions = 16, torch.tensor([0, 7, 3, 30, 12])
+    angles = torch.outer(torch.arange(32.0), torch.rand(head // 2))
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    qkv = torch.randn(5, (4 + 2 * 2) * head).to(dtype)
+    slots = torch.tensor([3, -1, 17, 0, 31])
+    caches = [torch.randn(2, 16, 2, head).to(dtype) for _ in range(2)]
+    outs = {}
+    for name, fn in (("ref", reference.rotary_and_cache), ("triton", ops_triton.rotary_and_cache)):
+        x, kc, vc = qkv.clone(), caches[0].clone(), caches[1].clone()
+        q, k, v = x.split([4 * head, 2 * head, 2 * head], dim=-1)
+        fn(positions, q, k, v, kc, vc, slots, head, cache, is_neox)
+        outs[name] = (x, kc, vc)
+    for mine, ref in zip(outs["triton"], outs["ref"]):
+        torch.testing.assert_close(mine.float(), ref.float(), atol=2e-2 if dtype != torch.float32 else 1e-6,
+                                   rtol=1e-2)

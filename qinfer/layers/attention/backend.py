@@ -39,7 +39,7 @@ class AttentionMetadata:
 
 
 class AttentionBackend(ABC):
-    """Writes the step's new K/V into the cache, then attends."""
+    """Writes the step's new K/V into the cache (unless the caller already did), then attends."""
 
     name: str = "abstract"
 
@@ -53,5 +53,6 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_written: bool = False,  # key/value are in the cache already (ops.rotary_and_cache)
     ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
         ...

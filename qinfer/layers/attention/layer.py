@@ -8,20 +8,30 @@ from qinfer.layers.attention.forward_context import get_forward_context
 
 
 class Attention(nn.Module):
-    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int):
+    def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
+                 rotary_emb: nn.Module | None = None):
+        """rotary_emb (a layers.rotary.RotaryEmbedding): rotate q and k here, fused with the
+        K/V cache write (one kernel instead of two; the backend then skips its write)."""
         super().__init__()
         self.num_heads, self.head_size, self.num_kv_heads = num_heads, head_size, num_kv_heads
         self.scale = scale
+        self.rotary_emb = rotary_emb
         # [num_blocks, block_size, num_kv_heads, head_size] views set by ModelRunner.init_kv_cache.
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [T, Hq*D], k/v [T, Hk*D] -> [T, Hq*D]."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """q [T, Hq*D], k/v [T, Hk*D] (rows may be strided views of a fused qkv), positions [T]
+        (needed with rotary_emb) -> [T, Hq*D]."""
         context = get_forward_context()
+        meta = context.attn_metadata
+        if self.rotary_emb is not None:
+            self.rotary_emb.forward_and_cache(positions, q, k, v, self.k_cache, self.v_cache,
+                                              meta.slot_mapping)
         out = context.attn_backend.forward(
             q.view(-1, self.num_heads, self.head_size),
             k.view(-1, self.num_kv_heads, self.head_size),
             v.view(-1, self.num_kv_heads, self.head_size),
-            self.k_cache, self.v_cache, context.attn_metadata, self.scale)
+            self.k_cache, self.v_cache, meta, self.scale, kv_written=self.rotary_emb is not None)
         return out.reshape(q.shape[0], self.num_heads * self.head_size)

@@ -35,8 +35,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 class ReferenceAttentionBackend(AttentionBackend):
     name = "reference"
 
-    def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float):
-        ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+    def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                kv_written: bool = False):
+        if not kv_written:
+            ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(query)
         starts = meta.query_start_loc.tolist()  # host copies: fine for the oracle
         for r, seq_len in enumerate(meta.seq_lens.tolist()):

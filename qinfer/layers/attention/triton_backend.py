@@ -26,8 +26,10 @@ class TritonAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_written: bool = False,
     ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
-        ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        if not kv_written:
+            ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         if meta.is_decode_only:
             return paged_attention.paged_decode(
                 query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale)
