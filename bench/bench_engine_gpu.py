@@ -177,17 +177,23 @@ def params(max_tokens: int):
 def run_throughput(llm, args, ceilings: dict, cfg: dict) -> dict:
     llm.generate(random_prompts(8, args.input_len, seed=1), params(8), use_tqdm=False)  # warm-up
     prompts = random_prompts(args.num_requests, args.input_len)
+    before = llm.engine.stats
     torch.cuda.synchronize()
     start = time.perf_counter()
     outs = llm.generate(prompts, params(args.output_len), use_tqdm=False)
     elapsed = time.perf_counter() - start
+    after = llm.engine.stats
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     assert out_tokens == args.num_requests * args.output_len, "ignore_eos must give every token"
     flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
     roof_s = flops / ceilings["matmul_flops"]
     return dict(num_requests=args.num_requests, elapsed_s=elapsed, output_tok_s=out_tokens / elapsed,
                 total_tok_s=(out_tokens + args.num_requests * args.input_len) / elapsed,
-                roofline_output_tok_s=out_tokens / roof_s, pct_of_roofline=100 * roof_s / elapsed)
+                roofline_output_tok_s=out_tokens / roof_s, pct_of_roofline=100 * roof_s / elapsed,
+                steps=after.num_steps - before.num_steps,
+                # Time of step() outside execute_model (scheduling, outputs), over the whole run.
+                outside_executor_s=(after.step_time_s - before.step_time_s)
+                - (after.executor_time_s - before.executor_time_s))
 
 
 def run_latency(llm, args, ceilings: dict, cfg: dict) -> dict:
@@ -372,7 +378,8 @@ def report(r: dict) -> None:
         t = r["throughput"]
         print(f"throughput  {t['num_requests']} req: {t['output_tok_s']:.0f} output tok/s, "
               f"{t['total_tok_s']:.0f} total tok/s ({t['elapsed_s']:.1f} s); compute roofline "
-              f"{t['roofline_output_tok_s']:.0f} output tok/s ({t['pct_of_roofline']:.0f}% of it)")
+              f"{t['roofline_output_tok_s']:.0f} output tok/s ({t['pct_of_roofline']:.0f}% of it); "
+              f"{t['steps']} steps, {t['outside_executor_s']:.1f} s of step() outside execute_model")
     if "hf" in r:
         h = r["hf"]
         print(f"HF generate batch {h['batch']}: {h['output_tok_s']:.0f} output tok/s, "

@@ -41,20 +41,20 @@ ENGINE_SETUPS = {
 
 
 def hf_greedy(model_dir, prompt_ids):
-    """Greedy continuation and the log-softmax of each chosen token, recomputing the whole sequence."""
+    """transformers generate(): greedy continuation and the log-softmax of each chosen token."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None   # like ignore_eos: run the full length, EOS unmasked
     results = []
-    with torch.no_grad():
-        for ids in prompt_ids:
-            tokens, logprobs = list(ids), []
-            for _ in range(MAX_TOKENS):
-                logits = model(torch.tensor([tokens])).logits[0, -1].float()
-                next_id = int(logits.argmax())
-                logprobs.append(float(torch.log_softmax(logits, -1)[next_id]))
-                tokens.append(next_id)
-            results.append((tokens[len(ids):], logprobs))
+    for ids in prompt_ids:   # one prompt at a time: no padding in the oracle
+        input_ids = torch.tensor([ids])
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                             max_new_tokens=MAX_TOKENS, output_logits=True, return_dict_in_generate=True)
+        tokens = out.sequences[0, len(ids):].tolist()
+        logprobs = [float(torch.log_softmax(step_logits[0].float(), -1)[t])
+                    for step_logits, t in zip(out.logits, tokens)]
+        results.append((tokens, logprobs))
     return results
 
 
