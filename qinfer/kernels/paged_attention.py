@@ -29,6 +29,54 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, mask, kvh, d,
+                  stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                  BLOCK_SIZE: tl.constexpr):
+    """K and V [N, HEAD] of kv head kvh at token positions offs [N] (zeros where ~mask),
+    gathered through the request's block table row bt_row."""
+    blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+    row = offs % BLOCK_SIZE
+    k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
+                + kvh * stride_kh + d[None, :], mask=mask[:, None], other=0.0)
+    v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
+                + kvh * stride_vh + d[None, :], mask=mask[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, acc,
+                           CAUSAL: tl.constexpr, F32: tl.constexpr):
+    """One flash-attention step: fold the keys k / values v [N, HEAD] at positions key_pos [N]
+    (valid where key_mask) into the running max m [M], denominator l [M] and output
+    acc [M, HEAD] of the queries q [M, HEAD] at positions q_pos [M] (used only if CAUSAL).
+    Callers guarantee each row has an allowed key in this tile or an earlier one: an all
+    -inf row would give exp2(-inf - -inf) = NaN.
+    The mask is built here, after the QK^T dot as it was inline; built by the caller before
+    the dot, the fp32 prefill kernel compiled to reordered code that spilled more."""
+    if F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    if CAUSAL:
+        allowed = (key_pos[None, :] <= q_pos[:, None]) & key_mask[None, :]
+    else:
+        allowed = key_mask[None, :]
+    s = tl.where(allowed, s * scale_log2, float("-inf"))     # [M, N], log2 domain
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, 1)
+    if F32:
+        pv = tl.dot(p, v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + pv
+    return m_new, l, acc
+
+
+@triton.jit
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
@@ -63,30 +111,12 @@ def _decode_kernel(
     bt_row = block_tables_ptr + req * stride_bt
     for t0 in range(start, end, TILE):
         offs = t0 + tl.arange(0, TILE)                        # [TILE] token positions
-        tmask = offs < end
-        blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=tmask, other=0).to(tl.int64)
-        row = offs % BLOCK_SIZE
-        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
-                    + kvh * stride_kh + d[None, :], mask=tmask[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
-                    + kvh * stride_vh + d[None, :], mask=tmask[:, None], other=0.0)
-        if F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(tmask[None, :], s * scale_log2, float("-inf"))   # [GROUP_PAD, TILE]
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m - m_new)
-        l = l * alpha + tl.sum(p, 1)
-        if F32:
-            pv = tl.dot(p, v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m = m_new
+        tmask = offs < end                                    # t0 < end: each tile has a valid token
+        k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, tmask, kvh, d,
+                             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                             BLOCK_SIZE)                      # [TILE, HEAD] each
+        m, l, acc = _online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc,
+                                           False, F32)     # [GROUP_PAD, TILE] scores; g: unused q_pos
 
     hmask = g < GROUP
     out_ptrs = out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :]
@@ -184,30 +214,12 @@ def _prefill_kernel(
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)                   # [BLOCK_N] key positions
         nmask = offs_n < hi
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
-        row = offs_n % BLOCK_SIZE
-        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
-                    + kvh * stride_kh + d[None, :], mask=nmask[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
-                    + kvh * stride_vh + d[None, :], mask=nmask[:, None], other=0.0)
-        if F32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-        allowed = (offs_n[None, :] <= q_pos[:, None]) & nmask[None, :]
-        s = tl.where(allowed, s * scale_log2, float("-inf"))  # [BLOCK_M, BLOCK_N]
-        m_new = tl.maximum(m, tl.max(s, 1))                   # key 0 is always allowed: finite
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m - m_new)
-        l = l * alpha + tl.sum(p, 1)
-        if F32:
-            pv = tl.dot(p, v, input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m = m_new
+        k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, nmask, kvh, d,
+                             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                             BLOCK_SIZE)                      # [BLOCK_N, HEAD] each
+        # [BLOCK_M, BLOCK_N] scores, causal; key 0 is always allowed, so every row has a finite max
+        m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
+                                           True, F32)
 
     out = acc / l[:, None]
     tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],

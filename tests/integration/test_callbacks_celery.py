@@ -6,26 +6,13 @@ import json
 import socket
 
 import pytest
-import redis
 
 from qinfer.callbacks import verify
 from qinfer.queue.keys import Keys
-from tests.callbacks_support import SECRET, CallbacksWorker, Receiver, write_finished_job
+from tests.callbacks_support import SECRET, CallbacksWorker, write_finished_job
 from tests.fixtures_redis import wait_until
 
 KEYS = Keys()
-
-
-@pytest.fixture
-def client(redis_url):
-    return redis.Redis.from_url(redis_url, decode_responses=True)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

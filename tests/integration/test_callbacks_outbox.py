@@ -5,7 +5,6 @@ import json
 import time
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from qinfer.callbacks import generate_secret, verify
@@ -13,21 +12,9 @@ from qinfer.callbacks.outbox import RELAY_GROUP, OutboxRelay, enqueue_delivery, 
 from qinfer.callbacks.ssrf import Allowlist
 from qinfer.callbacks.tasks import Runtime, attempt_delivery
 from qinfer.queue.keys import Keys
-from tests.callbacks_support import SECRET, Receiver, write_finished_job
+from tests.callbacks_support import SECRET, write_finished_job
 
 KEYS = Keys()
-
-
-@pytest.fixture
-def client(redis_url):
-    return redis.Redis.from_url(redis_url, decode_responses=True)
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture
