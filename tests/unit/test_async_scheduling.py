@@ -81,3 +81,21 @@ def test_step_reports_the_previous_step_and_ends_with_nothing_unfinished(tiny_ll
     deltas = [engine.step() for _ in range(3)]
     assert [len(d[0].outputs[0].new_token_ids) for d in deltas] == [1, 1, 1]
     assert deltas[-1][0].finished and not engine.has_unfinished_requests()
+
+
+def test_penalties_logprobs_and_min_tokens_match_sync(tiny_llama_dir):
+    # Penalties count output ids on the host: the step waits for the ids in flight first.
+    params = [SamplingParams(temperature=0.8, seed=11 + i, max_tokens=14, ignore_eos=True, logprobs=3,
+                             repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.2,
+                             min_tokens=4) for i in range(len(PROMPTS))]
+
+    def run(async_scheduling):
+        outputs = make_llm(tiny_llama_dir, async_scheduling).generate(PROMPTS, params, use_tqdm=False)
+        return [c for output in outputs for c in output.outputs]
+
+    for got, expected in zip(run(True), run(False)):
+        assert got.token_ids == expected.token_ids
+        # Batches differ between the modes: logits may differ in the last bits.
+        assert [lp.sampled_logprob for lp in got.logprobs] == pytest.approx(
+            [lp.sampled_logprob for lp in expected.logprobs], abs=1e-5)
+        assert [list(lp.top) for lp in got.logprobs] == [list(lp.top) for lp in expected.logprobs]
