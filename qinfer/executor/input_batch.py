@@ -53,7 +53,9 @@ class _Staging:
     """CPU staging buffers (pinned on cuda) with numpy views, copied to `device` on demand.
 
     Copies from pinned memory are asynchronous: before a step overwrites the buffers it waits
-    for the previous step's copies (an event; a step that samples has synced anyway).
+    for the copies of the last step that used them (an event recorded after the step's inputs
+    and again after its sampler inputs; InputBatch alternates two sets, so that is the step
+    before the previous one, long done).
     """
 
     def __init__(self, device: torch.device):
