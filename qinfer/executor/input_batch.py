@@ -44,7 +44,7 @@ class InFlightIds:
     """The ids the previous step sampled, on the device, not yet on the host (async scheduling)."""
 
     token_ids: torch.Tensor          # [S] long, device
-    index_of: dict[str, int]         # req_id -> index in token_ids
+    req_ids: list[str]               # [S] whose ids they are
     serials: np.ndarray              # [S] InputBatch.serials of the sampling rows: same id, same request
     wait_host: Callable[[], object]  # returns once the ids are in InputBatch.token_ids
 
@@ -261,7 +261,11 @@ class InputBatch:
         A request that sampled in the previous step and runs again decodes exactly that token: the
         scheduler plans one token past the ids it knows, so it is the last token of the request's query.
         """
-        index_of = in_flight.index_of
+        if (len(input_ids) == len(in_flight.req_ids) and req_ids == in_flight.req_ids
+                and np.array_equal(self.serials[rows], in_flight.serials)):
+            input_ids.copy_(in_flight.token_ids)   # steady decoding: every input is an id in flight
+            return
+        index_of = {r: i for i, r in enumerate(in_flight.req_ids)}
         src = np.fromiter((index_of.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
         is_fed = src >= 0
         is_fed[is_fed] = self.serials[rows[is_fed]] == in_flight.serials[src[is_fed]]

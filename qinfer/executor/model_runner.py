@@ -213,8 +213,7 @@ class ModelRunner:
         sampling_req_ids = [inputs.req_ids[i] for i in np.flatnonzero(inputs.is_sampling).tolist()]
         serials = self.input_batch.serials[inputs.sampling_rows]
         output = AsyncModelRunnerOutput(self._resolver(inputs, sampler_output, sampling_req_ids, serials))
-        self.in_flight = InFlightIds(sampler_output.sampled_token_ids,
-                                     {r: i for i, r in enumerate(sampling_req_ids)}, serials, output.get)
+        self.in_flight = InFlightIds(sampler_output.sampled_token_ids, sampling_req_ids, serials, output.get)
         return output
 
     def _resolver(self, inputs: StepInputs, sampler_output: SamplerOutput, sampling_req_ids: list[str],
