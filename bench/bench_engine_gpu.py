@@ -165,7 +165,8 @@ def make_llm(model_dir: Path, args):
                max_num_batched_tokens=args.max_num_batched_tokens,
                max_model_len=args.input_len + args.output_len + args.block_size,
                gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
-               enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager)
+               enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
+               async_scheduling=args.async_scheduling)
 
 
 def params(max_tokens: int):
@@ -325,6 +326,8 @@ def parse_args():
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="EngineConfig.async_scheduling (compare throughput/latency with and without)")
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     return p.parse_args()
 

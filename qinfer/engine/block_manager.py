@@ -73,10 +73,12 @@ class BlockManager:
         Called when a step is scheduled, not after it ran: every backend writes a layer's
         new K/V for the whole batch before any attention reads, so a request scheduled in
         the same step may already read a block another request fills in that step.
+        Only tokens known on the host are hashed: an id still in flight (async scheduling)
+        waits for a later step.
         """
         if not self.enable_prefix_caching:
             return
-        num_full_blocks = num_tokens // self.block_size
+        num_full_blocks = min(num_tokens, request.num_tokens) // self.block_size
         self._extend_block_hashes(request, num_full_blocks)
         for i in range(request.num_hashed_blocks, num_full_blocks):
             block_hash = request.block_hashes[i]

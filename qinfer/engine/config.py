@@ -22,3 +22,8 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     enforce_eager: bool = False                 # True: no CUDA graphs
     attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "reference" on cpu)
+    # True: step N+1 is scheduled and launched before step N's sampled ids reach the host, so the
+    # scheduling, stop checks and detokenization overlap the device; step() then returns the outputs
+    # of the previous step. Same tokens as False for greedy and seeded requests. Only with
+    # tensor_parallel_size 1 (with more ranks the engine runs synchronously and logs a warning).
+    async_scheduling: bool = False

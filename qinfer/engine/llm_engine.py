@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import random
 import time
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from qinfer.engine.config import EngineConfig
 from qinfer.engine.detokenizer import IncrementalDetokenizer
@@ -13,10 +14,12 @@ from qinfer.engine.output_processor import OutputProcessor
 from qinfer.engine.outputs import RequestOutput
 from qinfer.engine.request import Request
 from qinfer.engine.scheduler import Scheduler
+from qinfer.engine.scheduler_output import SchedulerOutput
 from qinfer.errors import InvalidRequestError
-from qinfer.executor.runner_output import ModelRunnerOutput
+from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
 from qinfer.sampling_params import SamplingParams
 
+log = logging.getLogger(__name__)
 _MAX_SEED = 2**63
 
 
@@ -31,7 +34,7 @@ class EngineStats:
     num_steps: int
     num_scheduled_tokens: int        # prompt + recomputed + decode tokens run through the model
     step_time_s: float               # wall time of step() calls
-    executor_time_s: float           # of which inside executor.execute_model
+    executor_time_s: float           # of which inside the executor (async: launching, waiting for ids)
 
 
 class LLMEngine:
@@ -56,6 +59,10 @@ class LLMEngine:
         self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
         self._num_steps = self._num_scheduled_tokens = 0
         self._step_time_s = self._executor_time_s = 0.0
+        self.async_scheduling = config.async_scheduling and config.tensor_parallel_size == 1
+        if config.async_scheduling and not self.async_scheduling:
+            log.warning("async_scheduling needs tensor_parallel_size 1: the engine steps synchronously")
+        self._in_flight: Optional[tuple[SchedulerOutput, AsyncModelRunnerOutput]] = None
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs) -> "LLMEngine":
@@ -133,23 +140,42 @@ class LLMEngine:
 
     # -- stepping ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduled batch; returns the deltas of the requests it advanced or finished."""
+        """Run one scheduled batch; returns the deltas of the requests it advanced or finished.
+
+        Async scheduling: launch the batch, then finish the one launched by the previous call
+        while the device runs this one; the deltas are those of that previous batch.
+        """
         start = time.perf_counter()
         so = self.scheduler.schedule()
-        runner_output = self._execute(so)
-        outputs = self.output_processor.process(self.scheduler.update_from_output(so, runner_output))
-        self._num_steps += 1
         self._num_scheduled_tokens += so.total_num_scheduled_tokens
+        if self.async_scheduling:
+            done_so, runner_output = self._launch_and_take_previous(so)
+        else:
+            done_so, runner_output = so, self._execute(so)
+        outputs = self.output_processor.process(self.scheduler.update_from_output(done_so, runner_output))
+        self._num_steps += 1
         self._step_time_s += time.perf_counter() - start
         return outputs
 
-    def _execute(self, so) -> ModelRunnerOutput:
-        if so.is_empty:
-            return ModelRunnerOutput()
+    def _launch_and_take_previous(self, so: SchedulerOutput) -> tuple[SchedulerOutput, ModelRunnerOutput]:
+        """Launch `so`; return the step launched by the previous call, with its ids (waited for)."""
+        previous, self._in_flight = self._in_flight, None   # a failing step leaves nothing in flight
+        if not so.is_empty:
+            self._in_flight = so, self._timed(self.executor.execute_model_async, so)
+        if previous is None:
+            return SchedulerOutput(), ModelRunnerOutput()
+        previous_so, previous_output = previous
+        return previous_so, self._timed(previous_output.get)
+
+    def _execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        return self._timed(self.executor.execute_model, so) if not so.is_empty else ModelRunnerOutput()
+
+    def _timed(self, call: Callable, *args):
+        """A call into the executor (a step, a launch, or the wait for a launched step's ids), timed."""
         start = time.perf_counter()
-        runner_output = self.executor.execute_model(so)
+        result = call(*args)
         self._executor_time_s += time.perf_counter() - start
-        return runner_output
+        return result
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()

@@ -50,7 +50,11 @@ class Request:
         self.all_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.status = RequestStatus.WAITING
-        self.num_computed_tokens = 0      # tokens whose KV is in the cache
+        self.num_computed_tokens = 0      # tokens whose KV is in the cache once the scheduled steps ran
+        # Tokens being sampled by scheduled steps whose ids are not on the host yet (async scheduling
+        # keeps one step in flight; the synchronous engine is back to 0 after every step).
+        self.num_output_placeholders = 0
+        self.admitted_step_id = 0         # SchedulerOutput.step_id that last admitted it (first or resumed)
         self.num_cached_tokens = 0        # prompt tokens served by prefix-cache hits (first schedule)
         self.block_ids: list[int] = []
         self.block_hashes: list[int] = []  # chained hashes of full blocks, grown lazily

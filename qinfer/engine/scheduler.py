@@ -3,6 +3,13 @@
 Each request has `num_computed_tokens` and a target (`num_tokens`: prompt +
 output). A step hands the budget to running requests first, in order, then to
 waiting ones (FCFS). Chunked prefill and prefix caching fall out of this rule.
+
+A scheduled step counts as computed at once, and a step that reaches a request's end
+counts one sampled token as a placeholder until its id comes back through
+update_from_output. So the next step can be planned while this one still runs
+(async scheduling): the in-flight token is that step's input, fed by the runner on
+the device. A request that finishes while a step still samples for it has that
+token dropped when it arrives (also when its id was given to a new request since).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()    # the runner must forget these next step
         self.preempted_req_ids: set[str] = set()
         self.finished_between_steps: list[Request] = []   # aborted etc., reported by the next update
+        self._step_ids = itertools.count(1)
         self.num_preemptions = 0
 
     # -- requests --------------------------------------------------------------------------
@@ -51,7 +59,7 @@ class Scheduler:
 
     # -- schedule --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        so = SchedulerOutput()
+        so = SchedulerOutput(step_id=next(self._step_ids))
         budget = self._schedule_running(so, self.max_num_batched_tokens)
         if not self.preempted_req_ids:
             self._schedule_waiting(so, budget)
@@ -59,7 +67,17 @@ class Scheduler:
             # Handed over only with a step the runner executes.
             so.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
             so.preempted_req_ids, self.preempted_req_ids = self.preempted_req_ids, set()
+            self._advance(so)
         return so
+
+    def _advance(self, so: SchedulerOutput) -> None:
+        """Count the scheduled tokens as computed; one that reaches the end samples a placeholder."""
+        requests = self.requests
+        for request_id, num_new_tokens in so.num_scheduled_tokens.items():
+            request = requests[request_id]
+            request.num_computed_tokens += num_new_tokens
+            if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
+                request.num_output_placeholders += 1
 
     def _schedule_running(self, so: SchedulerOutput, budget: int) -> int:
         block_manager = self.block_manager
@@ -67,7 +85,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_tokens = len(request.all_token_ids)
+            num_tokens = len(request.all_token_ids) + request.num_output_placeholders
+            if request.num_output_placeholders and self._reaches_length(request, num_tokens):
+                i += 1   # the tokens in flight finish it: a step more would be thrown away
+                continue
             if num_tokens > max_num_tokens:
                 # Longer than the whole KV cache: preempting others would never make it fit.
                 self._finish_between_steps(request, RequestStatus.FINISHED_LENGTH)
@@ -90,6 +111,10 @@ class Scheduler:
             budget -= num_new_tokens
             i += 1
         return budget
+
+    def _reaches_length(self, request: Request, num_tokens: int) -> bool:
+        return (num_tokens - request.num_prompt_tokens >= request.sampling_params.max_tokens
+                or num_tokens >= self.max_model_len)
 
     def _make_room(self, request: Request, num_new_tokens: int) -> bool:
         """Preempt the newest running requests until `request` fits; False if it was preempted itself."""
@@ -118,13 +143,13 @@ class Scheduler:
             if not self.block_manager.can_allocate(request, num_new_tokens, computed_blocks):
                 break
             self.waiting.popleft()
-            self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens)
+            self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens, so.step_id)
             so.new_requests.append(_new_request_data(request))
             so.num_scheduled_tokens[request.request_id] = num_new_tokens
             budget -= num_new_tokens
 
     def _admit(self, request: Request, computed_blocks: list[int], num_computed_tokens: int,
-               num_new_tokens: int) -> None:
+               num_new_tokens: int, step_id: int) -> None:
         self.block_manager.allocate(request, num_new_tokens, computed_blocks)
         self.block_manager.cache_full_blocks(request, num_computed_tokens + num_new_tokens)
         self.block_manager.record_lookup(request.num_tokens, len(computed_blocks))
@@ -132,20 +157,22 @@ class Scheduler:
             request.num_cached_tokens = num_computed_tokens
         request.num_computed_tokens = num_computed_tokens
         request.status = RequestStatus.RUNNING
+        request.admitted_step_id = step_id
         self.running.append(request)
 
     # -- update ----------------------------------------------------------------------------
     def update_from_output(self, so: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[RequestDelta]:
+        """Apply the ids sampled by the step `so` (counted as computed when it was scheduled)."""
         deltas = [RequestDelta(r, [], _new_text(r), []) for r in self.finished_between_steps]
         self.finished_between_steps = []
-        requests, num_scheduled = self.requests, so.num_scheduled_tokens
+        requests, step_id = self.requests, so.step_id
         for request_id, sampled, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
                                                  runner_output.logprobs or itertools.repeat(None)):
             request = requests.get(request_id)
-            if request is None:
-                continue
-            request.num_computed_tokens += num_scheduled[request_id]
-            if sampled:
+            # None: it finished since `so` was planned (async scheduling); admitted later: a new
+            # request took the id of one that finished so. Either way the token is not its.
+            if sampled and request is not None and request.admitted_step_id <= step_id:
+                request.num_output_placeholders -= len(sampled)
                 deltas.append(self._append_tokens(request, sampled, logprobs))
         return deltas
 

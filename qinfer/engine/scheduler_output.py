@@ -47,6 +47,8 @@ class SchedulerOutput:
     # (A preempted request comes back later as a NewRequestData.)
     finished_req_ids: set[str] = field(default_factory=set)
     preempted_req_ids: set[str] = field(default_factory=set)
+    # Numbers the plans of one scheduler (a request id may name another request in a later plan).
+    step_id: int = 0
 
     @property
     def total_num_scheduled_tokens(self) -> int:

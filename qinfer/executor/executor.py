@@ -20,7 +20,7 @@ from qinfer.engine.config import EngineConfig
 from qinfer.engine.scheduler_output import SchedulerOutput
 from qinfer.executor.model_runner import ModelRunner
 from qinfer.executor.multiproc_executor import FollowerRanks
-from qinfer.executor.runner_output import ModelRunnerOutput
+from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
 
 
 class Executor:
@@ -63,6 +63,16 @@ class Executor:
         output = self.runner.execute_model(so)
         self._unsent_sampled_ids = [ids[0] for ids in output.sampled_token_ids if ids]
         return output
+
+    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+        """execute_model, returning before the sampled ids reach the host (async scheduling).
+
+        One rank only: followers get the driver's ids on the host with the next plan, which
+        async scheduling sends before those ids are there.
+        """
+        if self.followers is not None:
+            raise NotImplementedError("async scheduling runs with tensor_parallel_size 1 only")
+        return self.runner.execute_model_async(so)
 
     def close(self) -> None:
         if self.followers is not None:

@@ -9,7 +9,9 @@ copied to the device with one non_blocking copy each.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -37,11 +39,23 @@ class StepInputs:
     sampling_rows: np.ndarray       # [S] batch rows of the sampling requests
 
 
+@dataclass
+class InFlightIds:
+    """The ids the previous step sampled, on the device, not yet on the host (async scheduling)."""
+
+    token_ids: torch.Tensor          # [S] long, device
+    req_ids: list[str]               # [S] whose ids they are
+    serials: np.ndarray              # [S] InputBatch.serials of the sampling rows: same id, same request
+    wait_host: Callable[[], object]  # returns once the ids are in InputBatch.token_ids
+
+
 class _Staging:
     """CPU staging buffers (pinned on cuda) with numpy views, copied to `device` on demand.
 
     Copies from pinned memory are asynchronous: before a step overwrites the buffers it waits
-    for the previous step's copies (an event; a step that samples has synced anyway).
+    for the copies of the last step that used them (an event recorded after the step's inputs
+    and again after its sampler inputs; InputBatch alternates two sets, so that is the step
+    before the previous one, long done).
     """
 
     def __init__(self, device: torch.device):
@@ -90,7 +104,14 @@ class InputBatch:
         self.row_of: dict[str, int] = {}
         # Seeded generators by request id; they outlive preemption, dropped when the request finishes.
         self.generators: dict[str, torch.Generator] = {}
-        self.staging = _Staging(device)
+        # Tells apart two requests that held the same id in turn (ids sampled for the first, still in
+        # flight, must not reach the second).
+        self.serials = np.zeros(max_num_seqs, dtype=np.int64)
+        self._serial_counter = itertools.count(1)
+        # Two sets of staging buffers, used in turn: while a step runs on the device (async scheduling)
+        # the next one is prepared in the other set.
+        self._stagings = (_Staging(device), _Staging(device))
+        self.staging = self._stagings[0]
 
     @property
     def num_reqs(self) -> int:
@@ -125,6 +146,7 @@ class InputBatch:
         self.num_blocks[row] = len(new.block_ids)
         self._set_sampling(row, new.req_id, new.sampling_params)
         self.req_ids[row], self.row_of[new.req_id] = new.req_id, row
+        self.serials[row] = next(self._serial_counter)
 
     def _set_sampling(self, row: int, req_id: str, params: SamplingParams) -> None:
         top_k = params.top_k if params.top_k > 0 else self.vocab_size
@@ -175,7 +197,7 @@ class InputBatch:
     def _move_row(self, src: int, dst: int) -> None:
         for array in (self.token_ids, self.num_tokens, self.num_prompt_tokens, self.num_computed_tokens,
                       self.block_table, self.num_blocks, self.sampling_values, self.min_tokens,
-                      self.num_logprobs, self.is_seeded):
+                      self.num_logprobs, self.is_seeded, self.serials):
             array[dst] = array[src]
         self.sampling_params[dst], self.sampling_params[src] = self.sampling_params[src], None
         req_id = self.req_ids[src]
@@ -187,9 +209,26 @@ class InputBatch:
         self.token_ids[rows, self.num_tokens[rows]] = token_ids
         self.num_tokens[rows] += 1
 
+    def reserve_sampled(self, rows: np.ndarray) -> np.ndarray:
+        """Count the tokens sampled this step before their ids are known; returns their positions."""
+        positions = self.num_tokens[rows]   # fancy indexing: a copy
+        self.num_tokens[rows] += 1
+        return positions
+
+    def write_sampled(self, req_ids: list[str], serials: np.ndarray, positions: np.ndarray,
+                      token_ids: list[int]) -> None:
+        """Fill in ids counted by reserve_sampled, by request (rows move when others leave); ids of
+        requests that left the batch since are dropped."""
+        rows = np.fromiter((self.row_of.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        is_live = rows >= 0
+        is_live[is_live] = self.serials[rows[is_live]] == serials[is_live]
+        self.token_ids[rows[is_live], positions[is_live]] = np.asarray(token_ids, dtype=np.int64)[is_live]
+
     # ---- step inputs ---------------------------------------------------------------------
 
-    def prepare(self, so: SchedulerOutput) -> StepInputs:
+    def prepare(self, so: SchedulerOutput, in_flight: Optional[InFlightIds] = None) -> StepInputs:
+        """The flat inputs of the step; in_flight: ids of the previous step that are inputs of this one."""
+        self.staging = self._stagings[self.staging is self._stagings[0]]   # the other set
         self.staging.wait_reusable()
         req_ids = list(so.num_scheduled_tokens)
         rows = np.fromiter((self.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
@@ -201,9 +240,12 @@ class InputBatch:
         positions, token_rows = self._token_positions(rows, num_scheduled, query_ends)
         is_sampling = seq_lens == self.num_tokens[rows]  # reached the end of the known tokens
         meta = self._attn_metadata(rows, token_rows, positions, query_ends, seq_lens, num_scheduled)
+        input_ids = self.staging.to_device("input_ids", self.token_ids[token_rows, positions], torch.long)
+        if in_flight is not None:
+            self._feed_in_flight(input_ids, req_ids, rows, query_ends, in_flight)
         inputs = StepInputs(
             req_ids=req_ids,
-            input_ids=self.staging.to_device("input_ids", self.token_ids[token_rows, positions], torch.long),
+            input_ids=input_ids,
             positions=self.staging.to_device("positions", positions, torch.long),
             attn_metadata=meta,
             logits_indices=self.staging.to_device("logits_indices", query_ends[is_sampling] - 1, torch.long),
@@ -211,6 +253,27 @@ class InputBatch:
             sampling_rows=rows[is_sampling])
         self.staging.mark_copied()
         return inputs
+
+    def _feed_in_flight(self, input_ids: torch.Tensor, req_ids: list[str], rows: np.ndarray,
+                        query_ends: np.ndarray, in_flight: InFlightIds) -> None:
+        """Copy, on the device, the ids still in flight into input_ids (the host has stale values there).
+
+        A request that sampled in the previous step and runs again decodes exactly that token: the
+        scheduler plans one token past the ids it knows, so it is the last token of the request's query.
+        """
+        if (len(input_ids) == len(in_flight.req_ids) and req_ids == in_flight.req_ids
+                and np.array_equal(self.serials[rows], in_flight.serials)):
+            input_ids.copy_(in_flight.token_ids)   # steady decoding: every input is an id in flight
+            return
+        index_of = {r: i for i, r in enumerate(in_flight.req_ids)}
+        src = np.fromiter((index_of.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        is_fed = src >= 0
+        is_fed[is_fed] = self.serials[rows[is_fed]] == in_flight.serials[src[is_fed]]
+        if not is_fed.any():
+            return
+        dst = self.staging.to_device("in_flight_dst", query_ends[is_fed] - 1, torch.long)
+        src = self.staging.to_device("in_flight_src", src[is_fed], torch.long)
+        input_ids.index_copy_(0, dst, in_flight.token_ids[src])
 
     def _token_positions(self, rows, num_scheduled, query_ends):
         """Position [T] and batch row [T] of every token of the flat batch."""
@@ -234,7 +297,7 @@ class InputBatch:
 
     # ---- sampling --------------------------------------------------------------------------
 
-    def sampling_metadata(self, rows: np.ndarray) -> SamplingMetadata:
+    def sampling_metadata(self, rows: np.ndarray, in_flight: Optional[InFlightIds] = None) -> SamplingMetadata:
         """Sampler inputs for batch rows `rows` (the requests that sample this step), in that order."""
         values = self.sampling_values[rows]  # [S, fields]
         column = {name: values[:, i] for i, name in enumerate(_SAMPLING_FIELDS)}
@@ -252,7 +315,10 @@ class InputBatch:
             if (column[name] != _NEUTRAL[name]).any():
                 setattr(md, name, per_field[name])
         if any((column[name] != _NEUTRAL[name]).any() for name in _SAMPLING_FIELDS[4:]):
+            if in_flight is not None:
+                in_flight.wait_host()   # penalties count the output ids, read on the host
             self._add_penalty_inputs(md, rows, per_field)
+        self.staging.mark_copied()
         return md
 
     def _add_penalty_inputs(self, md: SamplingMetadata, rows: np.ndarray, per_field) -> None:

@@ -4,11 +4,16 @@ execute_model(scheduler_output): update the persistent batch from the step's
 deltas, build the flat inputs, run the model under a forward context carrying
 the attention metadata, compute logits only where a token is sampled, sample
 the whole batch on the device and bring the sampled ids to the host once.
+
+execute_model_async(scheduler_output) (async scheduling) returns before the ids
+reach the host: they are copied without blocking and handed over by the returned
+AsyncModelRunnerOutput, while the next step, launched meanwhile, takes them as its
+inputs on the device (InFlightIds).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -19,8 +24,8 @@ from qinfer.engine.config import EngineConfig
 from qinfer.engine.sampler import Sampler, SamplerOutput
 from qinfer.engine.scheduler_output import SchedulerOutput
 from qinfer.executor.cuda_graphs import DecodeCudaGraphs
-from qinfer.executor.input_batch import InputBatch, StepInputs
-from qinfer.executor.runner_output import ModelRunnerOutput, TokenLogprobs
+from qinfer.executor.input_batch import InFlightIds, InputBatch, StepInputs
+from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, TokenLogprobs
 from qinfer.executor.weight_loader import load_weights
 from qinfer.layers.attention import get_attention_backend, is_attention_backend_importable
 from qinfer.layers.attention.backend import AttentionMetadata
@@ -98,6 +103,7 @@ class ModelRunner:
         self.kv_cache: Optional[torch.Tensor] = None
         self.cuda_graphs: Optional[DecodeCudaGraphs] = None  # decode buckets, captured in init_kv_cache
         self.follower_sampling_rows = np.empty(0, dtype=np.int64)  # TP rank > 0: rows that sampled last step
+        self.in_flight: Optional[InFlightIds] = None   # execute_model_async: the last step's sampled ids
 
     # ---- KV cache --------------------------------------------------------------------------
 
@@ -185,15 +191,59 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
         """The step on the driver (rank 0, or the only rank): forward, sample, return the ids."""
+        inputs, sampler_output = self._run_step(so)
+        if inputs is None:
+            return ModelRunnerOutput()
+        sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
+        self.input_batch.append_sampled(inputs.sampling_rows, sampled)
+        return self._runner_output(inputs, sampled, self._host_logprobs(inputs, sampler_output))
+
+    @torch.inference_mode()
+    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+        """The step on the only rank, returning before its ids reach the host.
+
+        Call get() on a step's output before launching the step after the next one: the ids
+        of one step at most are in flight.
+        """
+        in_flight, self.in_flight = self.in_flight, None
+        inputs, sampler_output = self._run_step(so, in_flight)
+        if sampler_output is None:   # nothing sampled: an empty plan, or prefill chunks only
+            output = self._runner_output(inputs, [], []) if inputs else ModelRunnerOutput()
+            return AsyncModelRunnerOutput(lambda: output)
+        sampling_req_ids = [inputs.req_ids[i] for i in np.flatnonzero(inputs.is_sampling).tolist()]
+        serials = self.input_batch.serials[inputs.sampling_rows]
+        output = AsyncModelRunnerOutput(self._resolver(inputs, sampler_output, sampling_req_ids, serials))
+        self.in_flight = InFlightIds(sampler_output.sampled_token_ids, sampling_req_ids, serials, output.get)
+        return output
+
+    def _resolver(self, inputs: StepInputs, sampler_output: SamplerOutput, sampling_req_ids: list[str],
+                  serials: np.ndarray) -> Callable[[], ModelRunnerOutput]:
+        """Start the host copy of the step's sampled ids; the returned call waits for it and
+        writes the ids into the persistent batch (by request: rows move before it runs)."""
+        host_copy = _copy_to_host(sampler_output)
+        positions = self.input_batch.reserve_sampled(inputs.sampling_rows)
+        logprobs_k = self.input_batch.num_logprobs[inputs.sampling_rows]
+
+        def resolve() -> ModelRunnerOutput:
+            host_sampler_output = host_copy.wait()
+            sampled = host_sampler_output.sampled_token_ids.tolist()
+            self.input_batch.write_sampled(sampling_req_ids, serials, positions, sampled)
+            return self._runner_output(inputs, sampled, _logprobs(host_sampler_output, logprobs_k))
+
+        return resolve
+
+    def _run_step(self, so: SchedulerOutput, in_flight: Optional[InFlightIds] = None
+                  ) -> tuple[Optional[StepInputs], Optional[SamplerOutput]]:
+        """Apply the plan, run the forward and the sampler: (None, None) for an empty plan, no
+        SamplerOutput when nothing samples."""
         self.input_batch.update(so)
         if so.is_empty:
-            return ModelRunnerOutput()
-        inputs = self.input_batch.prepare(so)
+            return None, None
+        inputs = self.input_batch.prepare(so, in_flight)
         logits = self._forward(inputs)
-        sampler_output = None
-        if logits is not None:
-            sampler_output = self.sampler(logits, self.input_batch.sampling_metadata(inputs.sampling_rows))
-        return self._runner_output(inputs, sampler_output)
+        if logits is None:
+            return inputs, None
+        return inputs, self.sampler(logits, self.input_batch.sampling_metadata(inputs.sampling_rows, in_flight))
 
     @torch.inference_mode()
     def execute_model_follower(self, so: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
@@ -228,10 +278,8 @@ class ModelRunner:
         with set_forward_context(inputs.attn_metadata, self.attn_backend):
             return self.model(inputs.input_ids, inputs.positions)
 
-    def _runner_output(self, inputs: StepInputs, sampler_output: Optional[SamplerOutput]) -> ModelRunnerOutput:
-        sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
-        self.input_batch.append_sampled(inputs.sampling_rows, sampled)
-        logprobs = self._host_logprobs(inputs, sampler_output)
+    def _runner_output(self, inputs: StepInputs, sampled: list[int],
+                       logprobs: list[Optional[TokenLogprobs]]) -> ModelRunnerOutput:
         if len(sampled) == len(inputs.req_ids):   # every request sampled (any decode-only step)
             return ModelRunnerOutput(inputs.req_ids, [[t] for t in sampled], logprobs)
         sampled_iter, logprobs_iter = iter(sampled), iter(logprobs)
@@ -242,15 +290,39 @@ class ModelRunner:
         return output
 
     def _host_logprobs(self, inputs: StepInputs, sampler_output) -> list[Optional[TokenLogprobs]]:
-        """TokenLogprobs per sampling request (None where not asked); copied only when someone asked."""
-        if sampler_output is None or sampler_output.sampled_logprobs is None:
-            return [None] * len(inputs.sampling_rows)
-        sampled_lp = sampler_output.sampled_logprobs.tolist()
-        top_lp = sampler_output.top_logprobs.tolist() if sampler_output.top_logprobs is not None else None
-        top_ids = sampler_output.top_token_ids.tolist() if sampler_output.top_token_ids is not None else None
-        result = []
-        for i, row in enumerate(inputs.sampling_rows):
-            k = self.input_batch.sampling_params[row].logprobs
-            top = dict(zip(top_ids[i][:k], top_lp[i][:k])) if k else {}
-            result.append(None if k is None else TokenLogprobs(sampled_lp[i], top))
-        return result
+        return _logprobs(sampler_output, self.input_batch.num_logprobs[inputs.sampling_rows])
+
+
+def _logprobs(sampler_output: Optional[SamplerOutput], logprobs_k: np.ndarray) -> list[Optional[TokenLogprobs]]:
+    """TokenLogprobs per sampling request (None where not asked: k < 0); copied only when someone asked."""
+    if sampler_output is None or sampler_output.sampled_logprobs is None:
+        return [None] * len(logprobs_k)
+    sampled_lp = sampler_output.sampled_logprobs.tolist()
+    top_lp = sampler_output.top_logprobs.tolist() if sampler_output.top_logprobs is not None else None
+    top_ids = sampler_output.top_token_ids.tolist() if sampler_output.top_token_ids is not None else None
+    result = []
+    for i, k in enumerate(logprobs_k.tolist()):
+        top = dict(zip(top_ids[i][:k], top_lp[i][:k])) if k > 0 else {}
+        result.append(None if k < 0 else TokenLogprobs(sampled_lp[i], top))
+    return result
+
+
+class _HostCopy(NamedTuple):
+    sampler_output: SamplerOutput            # on the host (pinned memory on cuda), complete once event is
+    event: Optional[torch.cuda.Event]        # None: the copy was synchronous (CPU device)
+
+    def wait(self) -> SamplerOutput:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.sampler_output
+
+
+def _copy_to_host(sampler_output: SamplerOutput) -> _HostCopy:
+    """Start copying the sampler's tensors to the host without waiting (non_blocking device-to-host
+    copies land in pinned memory); the event says when they are there."""
+    host = SamplerOutput(*(None if t is None else t.to("cpu", non_blocking=True) for t in sampler_output))
+    event = None
+    if sampler_output.sampled_token_ids.is_cuda:
+        event = torch.cuda.Event()
+        event.record()
+    return _HostCopy(host, event)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 
 @dataclass
@@ -22,3 +22,19 @@ class ModelRunnerOutput:
     sampled_token_ids: list[list[int]] = field(default_factory=list)
     # Per req_id, None unless the request asked for logprobs and sampled this step.
     logprobs: list[Optional[TokenLogprobs]] = field(default_factory=list)
+
+
+class AsyncModelRunnerOutput:
+    """The output of a step launched without waiting for its sampled ids (async scheduling).
+
+    get() waits until the ids reached the host and builds the ModelRunnerOutput, once.
+    """
+
+    def __init__(self, resolve: Callable[[], ModelRunnerOutput]):
+        self._resolve: Optional[Callable[[], ModelRunnerOutput]] = resolve
+        self._output: Optional[ModelRunnerOutput] = None
+
+    def get(self) -> ModelRunnerOutput:
+        if self._resolve is not None:
+            self._output, self._resolve = self._resolve(), None
+        return self._output

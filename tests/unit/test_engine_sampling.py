@@ -1,4 +1,7 @@
-"""Sampling through the whole engine: seeds, top_k=1, stop strings / ids, max and min tokens, n > 1."""
+"""Sampling through the whole engine: seeds, top_k=1, stop strings / ids, max and min tokens, n > 1.
+
+Every test runs with synchronous and with async scheduling.
+"""
 import pytest
 
 from qinfer import LLM, SamplingParams
@@ -6,11 +9,11 @@ from qinfer import LLM, SamplingParams
 PROMPTS = ["The quick brown fox", "Hello, world!", "A small robot paints the quiet harbour", "The river"]
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_llama_dir):
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async"])
+def llm(tiny_llama_dir, request):
     # Few blocks and a small budget: preemption and chunking happen under the sampling tests too.
     return LLM(str(tiny_llama_dir), dtype="float32", max_num_seqs=4, max_num_batched_tokens=16,
-               block_size=4, num_kv_blocks=24)
+               block_size=4, num_kv_blocks=24, async_scheduling=request.param)
 
 
 def greedy(llm, prompt, max_tokens=16):

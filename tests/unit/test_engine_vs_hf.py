@@ -1,7 +1,7 @@
 """Greedy outputs token for token against Hugging Face transformers (the oracle), float32 on CPU.
 
 Tiny KV caches and token budgets force chunked prefill, preemption and prefix-cache hits;
-the stats prove they happened.
+the stats prove they happened. Synchronous and async scheduling alike.
 """
 import pytest
 import torch
@@ -69,10 +69,11 @@ def model_and_reference(request, make_model_dir):
     return model_dir, prompt_ids, hf_greedy(model_dir, prompt_ids)
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("setup", list(ENGINE_SETUPS))
-def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setup):
+def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setup, async_scheduling):
     model_dir, prompt_ids, reference = model_and_reference
-    llm = LLM(str(model_dir), dtype="float32", **ENGINE_SETUPS[setup])
+    llm = LLM(str(model_dir), dtype="float32", async_scheduling=async_scheduling, **ENGINE_SETUPS[setup])
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
     outputs = llm.generate(prompt_ids, params, use_tqdm=False)
     for output, (expected_ids, expected_logprobs) in zip(outputs, reference):

@@ -23,13 +23,10 @@ def make_request(request_id, num_prompt_tokens=None, prompt=None, **params):
 
 
 def fake_runner_output(scheduler, so, token_id=NEXT_TOKEN):
-    """Sample one token for each request whose scheduled tokens reach its end (like the runner)."""
+    """Sample one token for each request whose scheduled tokens reach its end (like the runner):
+    the scheduler counts such a token as a placeholder until the update."""
     req_ids = list(so.num_scheduled_tokens)
-    sampled = []
-    for req_id in req_ids:
-        request = scheduler.requests[req_id]
-        is_last_chunk = request.num_computed_tokens + so.num_scheduled_tokens[req_id] == request.num_tokens
-        sampled.append([token_id] if is_last_chunk else [])
+    sampled = [[token_id] if scheduler.requests[req_id].num_output_placeholders else [] for req_id in req_ids]
     return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, logprobs=[None] * len(req_ids))
 
 
