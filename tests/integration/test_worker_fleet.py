@@ -25,14 +25,15 @@ PROMPTS = [f"{s} number {i}" for i, s in enumerate(["The quick brown fox", "A sm
                                                      "My old teacher", "Every engine", "The red kettle"] * 5)]
 
 
-@pytest.fixture(scope="module")
-def fleet(redis_server, tiny_llama_dir):
+@pytest.fixture(scope="module", params=["sync", "async-scheduling"])
+def fleet(request, redis_server, tiny_llama_dir):
     redis.Redis.from_url(redis_server.url).flushall()
+    engine_mode = ("--async-scheduling",) if request.param == "async-scheduling" else ()
     env = {**TEST_ENV, "QINFER_MAX_ATTEMPTS": "3", "PYTHONPATH": str(REPO)}
     # tests.poison_worker: the normal worker, its engine crashing while a POISON prompt is in it
     fleet = Fleet(tiny_llama_dir, redis_server.url, 2, env=env, worker_module="tests.poison_worker",
                   worker_args=("--poison-marker", POISON, "--served-model-name", MODEL, "--num-kv-blocks", "256",
-                               "--max-num-seqs", "8"))
+                               "--max-num-seqs", "8", *engine_mode))
     fleet.start().wait_ready()
     yield fleet
     assert all(code in (0, -9) for code in fleet.stop(timeout=30))
