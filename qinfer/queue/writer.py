@@ -52,6 +52,7 @@ class ResultWriter:
     def __init__(self, r: redis.Redis, keys: Keys, worker: str, settings: Settings):
         self.redis, self.keys, self.worker, self.settings = r, keys, worker, settings
         self._statuses = r.register_script(scripts.STATUSES)
+        self._finish = r.register_script(scripts.FINISH)
 
     def flush(self, deltas: list[tuple[str, dict]], finals: list[Final]) -> list[bool]:
         """Write one step's deltas and terminals; per final, True if it was written,
@@ -99,28 +100,27 @@ class ResultWriter:
             pipe.hincrby(self.keys.job(f.delivery.job_id), "duplicates", 1)
             self._ack(pipe, f.delivery)
             return False
-        if f.delivery.job_id:
-            self._terminal(pipe, f, tokens, model)
         if f.dead_letter_reason:
             self._dead_letter(pipe, f)
-        self._ack(pipe, f.delivery)
+        if not f.delivery.job_id:
+            self._ack(pipe, f.delivery)
+            return True
+        self._terminal(pipe, f, tokens, model)
+        if f.has_callback:
+            self._callback(pipe, f.delivery.job_id)
         return True
 
     def _terminal(self, pipe, f: Final, tokens: Optional[str], model: Optional[str]) -> None:
-        job_id, ttl = f.delivery.job_id, self.settings.result_ttl_seconds
-        job, done, events = self.keys.job(job_id), self.keys.job_done(job_id), self.keys.job_events(job_id)
-        pipe.hset(job, mapping={"status": f.status, "worker": self.worker,
-                                "finished_at": f"{time.time():.6f}", **f.fields})   # fields may say when the engine finished
-        if tokens is not None and model:      # admitted by submit: release its admission share
-            pipe.hincrby(self.keys.queued_counts(model), "jobs", -1)
-            pipe.hincrby(self.keys.queued_counts(model), "tokens", -int(tokens))
-        pipe.xadd(events, {"type": "end", "status": f.status})
-        pipe.lpush(done, f.status)
-        for key in (job, done, events):
-            pipe.expire(key, ttl)
-        pipe.delete(self.keys.job_cancel(job_id))
-        if f.has_callback:
-            self._callback(pipe, job_id)
+        """Result, admission release, end event, done push, TTLs and XACK: one FINISH call."""
+        d, keys = f.delivery, self.keys
+        job = keys.job(d.job_id)
+        release = tokens is not None and model      # admitted by submit: release its admission share
+        fields = {"status": f.status, "worker": self.worker, "finished_at": f"{time.time():.6f}",
+                  **f.fields}      # fields may say when the engine finished
+        self._finish([job, keys.job_done(d.job_id), keys.job_events(d.job_id), keys.job_cancel(d.job_id),
+                      d.stream, keys.queued_counts(model) if release else job],
+                     [f.status, self.settings.result_ttl_seconds, tokens if release else "",
+                      CONSUMER_GROUP, d.entry_id, *(x for kv in fields.items() for x in kv)], client=pipe)
 
     def _dead_letter(self, pipe, f: Final) -> None:
         d = f.delivery
