@@ -37,10 +37,15 @@ def _block_s(deadline: Optional[float]) -> float:
 
 
 class _Base:
+    redis_class: type   # redis.Redis or redis.asyncio.Redis: the one difference in set-up
+
     def __init__(self, url: Optional[str] = None, *, settings: Optional[Settings] = None):
         self.settings = settings or get_settings()
         self.url = _url(url, self.settings)
         self.keys = Keys(self.settings.key_prefix)
+        self.redis = self.redis_class.from_url(self.url)
+        self._submit = self.redis.register_script(scripts.SUBMIT)
+        self._cancel = self.redis.register_script(scripts.CANCEL)
 
     def _request(self, request: Optional[producer.RequestLike], fields: dict) -> JobRequest:
         if request is None:
@@ -56,11 +61,7 @@ class _Base:
 class Client(_Base):
     """Synchronous client. `url` defaults to QINFER_REDIS_URL."""
 
-    def __init__(self, url: Optional[str] = None, *, settings: Optional[Settings] = None):
-        super().__init__(url, settings=settings)
-        self.redis = redis.Redis.from_url(self.url)
-        self._submit = self.redis.register_script(scripts.SUBMIT)
-        self._cancel = self.redis.register_script(scripts.CANCEL)
+    redis_class = redis.Redis
 
     def submit(self, request: Optional[producer.RequestLike] = None, /, **fields) -> str:
         """Enqueue one job (a JobRequest, a dict, or JobRequest fields as keywords); returns its id."""
@@ -133,11 +134,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client (redis.asyncio); the same methods as Client, awaited."""
 
-    def __init__(self, url: Optional[str] = None, *, settings: Optional[Settings] = None):
-        super().__init__(url, settings=settings)
-        self.redis = aioredis.Redis.from_url(self.url)
-        self._submit = self.redis.register_script(scripts.SUBMIT)
-        self._cancel = self.redis.register_script(scripts.CANCEL)
+    redis_class = aioredis.Redis
 
     async def submit(self, request: Optional[producer.RequestLike] = None, /, **fields) -> str:
         req = self._request(request, fields)

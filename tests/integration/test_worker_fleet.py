@@ -2,6 +2,7 @@
 
 The kill -9 test runs last: it takes a worker down.
 """
+import asyncio
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from qinfer.client import Client
+from qinfer.client import AsyncClient, Client
 from qinfer.config import Settings
 from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
@@ -84,6 +85,23 @@ def test_streaming_deltas_concatenate_to_final_text(client):
     assert len(deltas) > 1
     assert "".join(d.text for d in deltas) == final.text
     assert [t for d in deltas for t in d.token_ids] == final.token_ids
+
+
+def test_async_client_submit_stream_wait(client):
+    async def run():
+        aclient = AsyncClient(settings=client.settings)
+        try:
+            job_id = await aclient.submit(model=MODEL, prompt="A curious cat", stream=True,
+                                          sampling={"temperature": 0, "max_tokens": 30, "ignore_eos": True})
+            deltas = [d async for d in aclient.stream(job_id, timeout=30)]
+            return deltas, await aclient.wait(job_id, timeout=30), (await aclient.get(job_id)).status
+        finally:
+            await aclient.aclose()
+
+    deltas, final, status = asyncio.run(run())
+    assert status == JobStatus.SUCCEEDED and len(deltas) > 1
+    assert "".join(d.text for d in deltas) == final.text
+    assert [t for d in deltas for t in d.token_ids] == final.token_ids == client.wait(final.id).token_ids
 
 
 def test_cancel_running_job_keeps_partial_output(client):
