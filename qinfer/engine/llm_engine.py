@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import random
 import time
@@ -55,7 +54,6 @@ class LLMEngine:
         self.executor.init_kv_cache(self.num_kv_blocks)
         self.scheduler = Scheduler(config, self.num_kv_blocks, self.max_model_len)
         self.output_processor = OutputProcessor()
-        self._arrival_counter = itertools.count()
         self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
         self._num_steps = self._num_scheduled_tokens = 0
         self._step_time_s = self._executor_time_s = 0.0
@@ -129,8 +127,7 @@ class LLMEngine:
     def _make_request(self, request_id: str, token_ids: list[int], params: SamplingParams) -> Request:
         detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop,
                                              params.include_stop_str_in_output)
-        return Request(request_id, token_ids, params, self.eos_token_ids,
-                       next(self._arrival_counter), detokenizer)
+        return Request(request_id, token_ids, params, self.eos_token_ids, detokenizer)
 
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
         """Finish the request(s) with finish_reason "abort"; reported by the next step()."""

@@ -39,13 +39,12 @@ class Request:
     """One sequence. `all_token_ids` is prompt + output; counters say how far the KV cache got."""
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
-                 eos_token_ids: frozenset[int] = frozenset(), arrival_index: int = 0,
+                 eos_token_ids: frozenset[int] = frozenset(),
                  detokenizer: Optional["IncrementalDetokenizer"] = None):
         self.request_id = request_id
         self.prompt_token_ids = prompt_token_ids
         self.sampling_params = sampling_params
         self.eos_token_ids = eos_token_ids
-        self.arrival_index = arrival_index
         self.detokenizer = detokenizer
         self.all_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
@@ -81,10 +80,6 @@ class Request:
     @property
     def finish_reason(self) -> Optional[str]:
         return self.status.finish_reason
-
-    @property
-    def output_text(self) -> str:
-        return self.detokenizer.output_text if self.detokenizer else ""
 
 
 class RequestDelta(NamedTuple):

@@ -53,10 +53,6 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or bool(self.finished_between_steps)
 
-    @property
-    def num_unfinished_requests(self) -> int:
-        return len(self.requests)
-
     # -- schedule --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         so = SchedulerOutput(step_id=next(self._step_ids))
@@ -211,7 +207,7 @@ class Scheduler:
             if token_id in params.stop_token_ids:
                 request.stop_reason = token_id
                 return RequestStatus.FINISHED_STOPPED
-        if num_output_tokens >= params.max_tokens or num_tokens >= self.max_model_len:
+        if self._reaches_length(request, num_tokens):
             return RequestStatus.FINISHED_LENGTH
         return None
 

@@ -71,7 +71,8 @@ class Executor:
         async scheduling sends before those ids are there.
         """
         if self.followers is not None:
-            raise NotImplementedError("async scheduling runs with tensor_parallel_size 1 only")
+            raise RuntimeError("async scheduling runs with tensor_parallel_size 1 only "
+                               "(the engine steps synchronously with more ranks)")
         return self.runner.execute_model_async(so)
 
     def close(self) -> None:

@@ -160,15 +160,8 @@ class InputBatch:
         if params.seed is not None and req_id not in self.generators:
             self.generators[req_id] = torch.Generator(device=self.device).manual_seed(params.seed)
 
-    def update_cached(self, cached: CachedRequestData) -> None:
-        row = self.row_of[cached.req_id]
-        start, num_new = self.num_blocks[row], len(cached.new_block_ids)
-        self.block_table[row, start:start + num_new] = cached.new_block_ids
-        self.num_blocks[row] += num_new
-        self.num_computed_tokens[row] = cached.num_computed_tokens
-
     def update_cached_many(self, cached_requests: list[CachedRequestData]) -> None:
-        """update_cached for a whole step: one vectorized write of the computed counts; only
+        """The step's running requests: one vectorized write of the computed counts; only
         requests that got blocks (one decode step in block_size) touch their block table."""
         if not cached_requests:
             return

@@ -275,7 +275,7 @@ class ModelRunner:
         meta = inputs.attn_metadata
         if self.cuda_graphs is not None and self.cuda_graphs.can_run(meta):
             return self.cuda_graphs.run(inputs.input_ids, inputs.positions, meta)
-        with set_forward_context(inputs.attn_metadata, self.attn_backend):
+        with set_forward_context(meta, self.attn_backend):
             return self.model(inputs.input_ids, inputs.positions)
 
     def _runner_output(self, inputs: StepInputs, sampled: list[int],
