@@ -64,10 +64,6 @@ def _tp_size_of(tp: dict) -> int:
     return tp.get("tp_size") or current_tp_size()
 
 
-class ReplicatedLinear(LinearBase):
-    """The same full weight on every rank."""
-
-
 class ColumnParallelLinear(LinearBase):
     """Output features split across ranks; the output stays split."""
 

@@ -46,7 +46,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         rope_type = params["rope_type"]
         if rope_type not in _INV_FREQ_SCALINGS:
-            raise NotImplementedError(f"rope_type {rope_type!r}; supported: {sorted(_INV_FREQ_SCALINGS)}")
+            raise ValueError(f"rope_type {rope_type!r}; supported: {sorted(_INV_FREQ_SCALINGS)}")
         inv_freq = _INV_FREQ_SCALINGS[rope_type](default_inv_freq(head_size, params["rope_theta"]), params)
         angles = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)  # [P, D/2]
         self.head_size, self.is_neox = head_size, is_neox

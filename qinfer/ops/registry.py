@@ -7,6 +7,8 @@ from typing import Callable
 # op name -> list of (priority, impl name, device types, fn); higher priority wins.
 _IMPLS: dict[str, list[tuple[int, str, tuple[str, ...], Callable]]] = {}
 _PRIORITY = {"cuda": 30, "triton": 20, "torch": 10}
+# (op, device type) -> the chosen (impl name, fn); cleared whenever an implementation registers.
+_CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
 
 
 def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")):
@@ -19,23 +21,16 @@ def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")
     return wrap
 
 
-_CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
-
-
-def _forced() -> str | None:
-    # QINFER_OPS_IMPL=torch forces the reference everywhere (debugging, A/B timing).
-    return os.environ.get("QINFER_OPS_IMPL") or None
-
-
 def _choice(op: str, device_type: str) -> tuple[str, Callable]:
     key = (op, device_type)
     if key not in _CACHE:
-        forced = _forced()
+        # QINFER_OPS_IMPL=torch forces the reference everywhere (debugging, A/B timing).
+        forced = os.environ.get("QINFER_OPS_IMPL")
         candidates = [e for e in _IMPLS.get(op, []) if device_type in e[2]]
         if forced:
             candidates = [e for e in candidates if e[1] == forced] or candidates
         if not candidates:
-            raise NotImplementedError(f"no implementation of op {op!r} for device {device_type!r}")
+            raise RuntimeError(f"no implementation of op {op!r} for device {device_type!r}")
         _CACHE[key] = (candidates[0][1], candidates[0][3])
     return _CACHE[key]
 

@@ -147,17 +147,23 @@ def test_silu_and_mul(impl, dtype):
     assert rel_err(_get(impl)["silu_and_mul"](x), reference.silu_and_mul(x)) < 1e-2
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("is_neox", [True, False])
-def test_rotary(impl, dtype, is_neox):
+def _llama3_rotary_inputs(dtype):
+    """Llama-3.1-8B rope: (cos_sin_cache [16384, 128], positions [33], fused qkv [33, (32 + 2*8) * 128])."""
     from qinfer.layers.rotary import RotaryEmbedding
-    from qinfer.ops import reference
     params = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     cache = RotaryEmbedding(128, 16384, params).cos_sin_cache.cuda()
     positions = torch.randint(0, 16384, (33,), device="cuda")
     qkv = torch.randn(33, (32 + 2 * 8) * 128, device="cuda", dtype=dtype)
+    return cache, positions, qkv
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+def test_rotary(impl, dtype, is_neox):
+    from qinfer.ops import reference
+    cache, positions, qkv = _llama3_rotary_inputs(dtype)
     q, k = qkv[:, :4096], qkv[:, 4096:5120]          # strided views of a fused projection
     v_before = qkv[:, 5120:].clone()
     rq, rk = reference.rotary_embedding(positions, q.clone(), k.clone(), 128, cache, is_neox)
@@ -187,13 +193,8 @@ def test_reshape_and_cache(impl, dtype, block_size):
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_rotary_and_cache(impl, dtype, block_size):
     # Llama-3.1-8B heads, strided q/k/v views of a fused projection, one slot -1.
-    from qinfer.layers.rotary import RotaryEmbedding
     from qinfer.ops import reference
-    params = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    cache = RotaryEmbedding(128, 16384, params).cos_sin_cache.cuda()
-    positions = torch.randint(0, 16384, (33,), device="cuda")
-    qkv = torch.randn(33, (32 + 2 * 8) * 128, device="cuda", dtype=dtype)
+    cache, positions, qkv = _llama3_rotary_inputs(dtype)
     slots = torch.randperm(64 * block_size, device="cuda")[:33]
     slots[5] = -1
     caches = [torch.randn(64, block_size, 8, 128, device="cuda", dtype=dtype) for _ in range(2)]

@@ -1,4 +1,4 @@
-"""Attention backends by name: "reference" (torch, CPU+GPU) and "triton" (GPU, added by kernels).
+"""Attention backends by name: "reference" (torch, CPU+GPU) and "triton" (GPU, qinfer.kernels).
 
 Backends are imported lazily so importing this package pulls in neither triton nor kernels.
 """
@@ -13,11 +13,6 @@ _BACKENDS = {
     "reference": "qinfer.layers.attention.reference:ReferenceAttentionBackend",
     "triton": "qinfer.layers.attention.triton_backend:TritonAttentionBackend",
 }
-
-
-def register_attention_backend(name: str, target: str) -> None:
-    """Make backend `name` available as "module:Class" (imported on first use)."""
-    _BACKENDS[name] = target
 
 
 def available_attention_backends() -> list[str]:
