@@ -52,6 +52,17 @@ class _Base:
             request = {k: v for k, v in fields.items() if v is not None}
         return producer.as_request(request, self.settings)
 
+    def _submit_chunks(self, requests: Iterable[producer.RequestLike]
+                       ) -> Iterator[tuple[list[JobRequest], list[tuple[list, list]]]]:
+        """submit_many's round trips: per chunk, the requests and their SUBMIT calls.
+        Every request is checked before the first chunk comes out."""
+        reqs = [producer.as_request(r, self.settings) for r in requests]
+        for chunk in producer.chunks(reqs, self.settings.submit_chunk_size):
+            yield chunk, [producer.submit_call(self.keys, self.settings, req) for req in chunk]
+
+    def _submit_ids(self, chunk: list[JobRequest], replies: list) -> list[str]:
+        return [producer.parse_submit_reply(reply, req, self.settings) for req, reply in zip(chunk, replies)]
+
     def _result(self, job_id: str, raw: dict) -> JobResult:
         if not raw:
             raise JobNotFoundError(f"no job {job_id!r} (never submitted, or its result expired)")
@@ -73,15 +84,12 @@ class Client(_Base):
         """Enqueue many jobs, one pipelined round trip per chunk. Every request is checked
         before the first write; an admission refusal raises after the jobs before it were
         enqueued (each submit is atomic on its own)."""
-        reqs = [producer.as_request(r, self.settings) for r in requests]
         ids: list[str] = []
-        for chunk in producer.chunks(reqs, self.settings.submit_chunk_size):
+        for chunk, calls in self._submit_chunks(requests):
             pipe = self.redis.pipeline(transaction=False)
-            for req in chunk:
-                keys, args = producer.submit_call(self.keys, self.settings, req)
+            for keys, args in calls:
                 self._submit(keys, args, client=pipe)
-            for req, reply in zip(chunk, pipe.execute()):
-                ids.append(producer.parse_submit_reply(reply, req, self.settings))
+            ids += self._submit_ids(chunk, pipe.execute())
         return ids
 
     def get(self, job_id: str) -> JobResult:
@@ -142,15 +150,12 @@ class AsyncClient(_Base):
         return producer.parse_submit_reply(await self._submit(keys, args), req, self.settings)
 
     async def submit_many(self, requests: Iterable[producer.RequestLike]) -> list[str]:
-        reqs = [producer.as_request(r, self.settings) for r in requests]
         ids: list[str] = []
-        for chunk in producer.chunks(reqs, self.settings.submit_chunk_size):
+        for chunk, calls in self._submit_chunks(requests):
             pipe = self.redis.pipeline(transaction=False)
-            for req in chunk:
-                keys, args = producer.submit_call(self.keys, self.settings, req)
+            for keys, args in calls:
                 await self._submit(keys, args, client=pipe)
-            for req, reply in zip(chunk, await pipe.execute()):
-                ids.append(producer.parse_submit_reply(reply, req, self.settings))
+            ids += self._submit_ids(chunk, await pipe.execute())
         return ids
 
     async def get(self, job_id: str) -> JobResult:

@@ -54,7 +54,7 @@ class Consumer:
         self._start = r.register_script(scripts.START)
         self._renew = r.register_script(scripts.RENEW)
         self._reclaim = r.register_script(scripts.RECLAIM)
-        self._requeue_script = r.register_script(scripts.REQUEUE)
+        self._requeue = r.register_script(scripts.REQUEUE)
         self._cursors = ["0-0"] * len(self.streams)
 
     @property
@@ -126,23 +126,12 @@ class Consumer:
             pipe.xclaim(d.stream, CONSUMER_GROUP, self.name, 0, [d.entry_id],
                         idle=self.lease_ms + 1, justid=True)
             if d.job_id:
-                self._requeue(pipe, d, graceful)
+                self._requeue([self.keys.job(d.job_id)], [d.last_error, "1" if graceful else "0"], client=pipe)
         pipe.execute()
-
-    def _requeue(self, pipe, d: Delivery, graceful: bool) -> None:
-        job = self.keys.job(d.job_id)
-        self._requeue_script([job], [d.last_error, "1" if graceful else "0"], client=pipe)
 
     def depth(self) -> tuple[int, int]:
         """(entries in the model's streams, entries delivered and unacknowledged)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xlen(stream)
-            pipe.xpending(stream, CONSUMER_GROUP)
-        replies = pipe.execute(raise_on_error=False)
-        lengths = [r for r in replies[0::2] if isinstance(r, int)]
-        pending = [r["pending"] for r in replies[1::2] if isinstance(r, dict)]
-        return sum(lengths), sum(pending)
+        return stream_depth(self.redis, self.streams)
 
     def forget(self) -> None:
         """Drop this consumer from the groups on a clean exit, where it holds nothing."""
@@ -157,6 +146,18 @@ class Consumer:
         else:
             fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Delivery(stream=as_str(key), entry_id=as_str(entry_id), fields=fields)
+
+
+def stream_depth(r: redis.Redis, streams: list[str]) -> tuple[int, int]:
+    """(entries in `streams`, entries delivered and unacknowledged); missing streams count 0."""
+    pipe = r.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xpending(stream, CONSUMER_GROUP)
+    replies = pipe.execute(raise_on_error=False)
+    lengths = [x for x in replies[0::2] if isinstance(x, int)]
+    pending = [x["pending"] for x in replies[1::2] if isinstance(x, dict)]
+    return sum(lengths), sum(pending)
 
 
 def _fill(d: Delivery, reply: list) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import redis
 
-from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.queue.consumer import stream_depth
+from qinfer.queue.keys import Keys
 
 
 def queue_stats(r: redis.Redis, keys: Keys, max_priority: int) -> list[dict]:
@@ -12,16 +13,11 @@ def queue_stats(r: redis.Redis, keys: Keys, max_priority: int) -> list[dict]:
 
 
 def _model_stats(r: redis.Redis, keys: Keys, model: str, max_priority: int) -> dict:
+    length, pending = stream_depth(r, [keys.queue(model, p) for p in range(max_priority + 1)])
     pipe = r.pipeline(transaction=False)
-    for p in range(max_priority + 1):
-        pipe.xlen(keys.queue(model, p))
-        pipe.xpending(keys.queue(model, p), CONSUMER_GROUP)
     pipe.xlen(keys.dead_letters(model))
     pipe.hgetall(keys.queued_counts(model))
-    replies = pipe.execute(raise_on_error=False)
-    *per_stream, dead, counts = replies
-    length = sum(x for x in per_stream[0::2] if isinstance(x, int))
-    pending = sum(x["pending"] for x in per_stream[1::2] if isinstance(x, dict))
+    dead, counts = pipe.execute(raise_on_error=False)
     counts = {k.decode(): int(v) for k, v in (counts or {}).items()}
     return {"model": model, "queued": length - pending, "pending": pending, "dead_letters": dead,
             "admitted_jobs": counts.get("jobs", 0), "admitted_tokens": counts.get("tokens", 0)}

@@ -35,6 +35,11 @@ class InFlight:
     stop_reason: Optional[str] = None    # why the worker aborted it: cancel | timeout | lease_lost | handback
 
 
+def engine_request_id(d: Delivery) -> str:
+    """The engine request id of a delivery: one per attempt, so a retry never meets its predecessor."""
+    return f"{d.job_id}:{d.attempts}"
+
+
 def parse_request(d: Delivery, served_model: str) -> JobRequest:
     raw = d.request_json or d.payload
     if raw is None:

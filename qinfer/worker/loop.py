@@ -153,8 +153,8 @@ class Worker:
             final = self._try_start(d, skipped, callbacks)
             if final is not None:
                 finals.append(final)
-            elif alone and f"{d.job_id}:{d.attempts}" in self.in_flight:
-                self.isolated = f"{d.job_id}:{d.attempts}"
+            elif alone and jobs.engine_request_id(d) in self.in_flight:
+                self.isolated = jobs.engine_request_id(d)
         if skipped:
             self.writer.ack(skipped, callbacks)
         self._write([], finals)
@@ -192,7 +192,7 @@ class Worker:
                 has_callback=bool(req.callback_url))
         if d.cancel_requested:
             return Final(d, "cancelled", has_callback=bool(req.callback_url))
-        request_id = f"{d.job_id}:{d.attempts}"
+        request_id = jobs.engine_request_id(d)
         jobs.add_to_engine(self.engine, req, request_id)
         run_timeout = min(self.settings.run_timeout_s, req.run_timeout_s or self.settings.run_timeout_s)
         self.in_flight[request_id] = InFlight(d, req, request_id, now, time.monotonic() + run_timeout)
