@@ -11,7 +11,8 @@ covering the whole vocabulary (random weights emit any id). Parts:
               (workload FLOPs / measured bf16 matmul rate);
   latency     one request (input_len prompt, output_len new tokens): ms per decoded token
               against the bandwidth floor (weight bytes / measured copy bandwidth);
-  breakdown   decode steps at a full batch: scheduler + input prep (CPU) vs GPU forward;
+  breakdown   decode steps at a full batch: host work (scheduler, input prep, outputs) vs GPU
+              forward, LM head + sampler, and the time the GPU idles waiting for the host;
   hf          transformers generate() on the same weights, one batch of --hf-batch requests
               (a subset of the workload: the figure is its output tok/s).
 Prints a table and writes bench_engine.json to --out ($OUT on the device machine).
@@ -216,7 +217,14 @@ def run_latency(llm, args, ceilings: dict, cfg: dict) -> dict:
 
 
 class StepTimer:
-    """Wraps engine and runner methods to split decode steps into CPU and GPU time."""
+    """Wraps engine and runner methods to split decode steps into host (CPU) work and device time.
+
+    Per step, CUDA events mark: `launch` just before the forward's kernels (after the step's
+    input copies), `forward_end` after the forward, `end` after the LM head and sampler. The
+    device is idle from the previous step's `end` until this step's `launch` is reached: that gap
+    is the host work the device waits for (all of it in synchronous mode; under async scheduling
+    only what the previous step's device time did not hide).
+    """
 
     def __init__(self, engine):
         self.engine, self.runner = engine, engine.executor.runner
@@ -226,25 +234,31 @@ class StepTimer:
         self._wrap(engine.output_processor, "process", "update_output")
         self._wrap(self.runner.input_batch, "update", "input_prep")
         self._wrap(self.runner.input_batch, "prepare", "input_prep")
-        self._pending = None
+        self._events: dict[str, torch.cuda.Event] = {}
         self.last_batch = (0, 0)                            # (requests, tokens) of the last schedule
-        schedule = engine.scheduler.schedule
+        schedule, run_model, run_step = engine.scheduler.schedule, self.runner._run_model, self.runner._run_step
 
         def remember(*a, **kw):
             so = schedule(*a, **kw)
             self.last_batch = (len(so.num_scheduled_tokens), so.total_num_scheduled_tokens)
             return so
-        engine.scheduler.schedule = remember
-        run_model = self.runner._run_model
 
-        def timed_forward(inputs):                          # GPU time of the forward by events
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+        def marked_forward(inputs):
+            self._mark("launch")
             hidden = run_model(inputs)
-            end.record()
-            self._pending = (begin, end)
+            self._mark("forward_end")
             return hidden
-        self.runner._run_model = timed_forward
+
+        def marked_step(*a, **kw):
+            result = run_step(*a, **kw)
+            self._mark("end")
+            return result
+        engine.scheduler.schedule, self.runner._run_model, self.runner._run_step = remember, marked_forward, marked_step
+
+    def _mark(self, name: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._events[name] = event
 
     def _wrap(self, obj, name: str, key: str) -> None:
         fn = getattr(obj, name)
@@ -257,35 +271,46 @@ class StepTimer:
                 self.totals[key] = self.totals.get(key, 0.0) + time.perf_counter() - start
         setattr(obj, name, timed)
 
-    def step(self) -> tuple[float, dict, float, tuple[int, int]]:
-        """One engine step: (wall s, CPU s per part, GPU forward s, (requests, tokens))."""
-        self.totals, self._pending = {}, None
+    def step(self) -> dict:
+        """One engine step: wall s, host s per part, its events, (requests, tokens) launched."""
+        self.totals, self._events = {}, {}
         start = time.perf_counter()
         self.engine.step()
-        wall = time.perf_counter() - start
-        gpu = self._pending[0].elapsed_time(self._pending[1]) / 1e3 if self._pending else 0.0
-        return wall, dict(self.totals), gpu, self.last_batch
+        return dict(wall=time.perf_counter() - start, host=dict(self.totals), events=dict(self._events),
+                    batch=self.last_batch)
 
 
-def run_breakdown(llm, args) -> dict:
-    """Decode-only steps with all --breakdown-batch requests running (the prefills excluded)."""
-    engine = llm.engine
-    timer = StepTimer(engine)
-    n = args.breakdown_batch or args.max_num_seqs
+def run_breakdown(timer: StepTimer, args, n: int, async_scheduling: bool) -> dict:
+    """Decode-only steps with all n requests running (the prefills excluded).
+
+    Both modes run on one engine: the scheduling mode is switched between runs (nothing is in
+    flight then), which saves loading the model twice.
+    """
+    engine = timer.engine
+    engine.async_scheduling = async_scheduling
     for i, ids in enumerate(random_prompts(n, args.input_len, seed=4)):
         engine.add_request(f"bd{i}", None, params(args.breakdown_output_len), prompt_token_ids=ids)
     rows = []
     while engine.has_unfinished_requests():
         rows.append(timer.step())
-    decode = [r for r in rows if r[3] == (n, n)]            # decode-only steps of the full batch
+    torch.cuda.synchronize()
+    # Consecutive launched decode steps of the full batch: the device's period, busy and idle time.
+    pairs = [(a, b) for a, b in zip(rows, rows[1:]) if a["batch"] == b["batch"] == (n, n)
+             and "end" in a["events"] and {"launch", "end"} <= b["events"].keys()]
     mean = lambda xs: sum(xs) / max(len(xs), 1)             # noqa: E731
-    step_ms = 1e3 * mean([r[0] for r in decode])
-    part_ms = {k: 1e3 * mean([r[1].get(k, 0.0) for r in decode])
+    ms = lambda a, b: a.elapsed_time(b)                      # noqa: E731  (ms between two events)
+    period = mean([ms(a["events"]["end"], b["events"]["end"]) for a, b in pairs])
+    idle = mean([ms(a["events"]["end"], b["events"]["launch"]) for a, b in pairs])
+    forward = mean([ms(b["events"]["launch"], b["events"]["forward_end"]) for _, b in pairs])
+    decode = [r for r in rows if r["batch"] == (n, n)]
+    part_ms = {k: 1e3 * mean([r["host"].get(k, 0.0) for r in decode])
                for k in ("schedule", "update_output", "input_prep")}
-    gpu_ms = 1e3 * mean([r[2] for r in decode])
-    cpu_ms = sum(part_ms.values())
-    return dict(batch=n, steps_averaged=len(decode), step_ms=step_ms, gpu_forward_ms=gpu_ms,
-                cpu_ms=cpu_ms, cpu_share_pct=100 * cpu_ms / step_ms, **{f"{k}_ms": v for k, v in part_ms.items()})
+    host_ms = sum(part_ms.values())
+    return dict(batch=n, async_scheduling=engine.async_scheduling, steps_averaged=len(pairs), step_ms=period,
+                gpu_forward_ms=forward, gpu_lm_head_sampler_ms=period - idle - forward,
+                device_idle_ms=idle, cpu_share_pct=100 * idle / period,
+                host_work_ms=host_ms, host_work_pct=100 * host_ms / period,
+                **{f"{k}_ms": v for k, v in part_ms.items()})
 
 
 def run_hf(model_dir: Path, args) -> dict:
@@ -318,7 +343,8 @@ def parse_args():
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--breakdown-output-len", type=int, default=64)
-    p.add_argument("--breakdown-batch", type=int, default=None, help="default: --max-num-seqs")
+    p.add_argument("--breakdown-batches", default="256", help="batch sizes of the breakdown part")
+    p.add_argument("--breakdown-modes", default="sync,async", help="scheduling modes of the breakdown part")
     p.add_argument("--hf-batch", type=int, default=128)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
@@ -354,8 +380,11 @@ def main() -> None:
                 results[name] = fn(llm, args, ceilings, cfg)
                 save(results, args.out)                    # each part kept if a later one fails
         if "breakdown" in parts:
-            results["breakdown"] = run_breakdown(llm, args)
-            save(results, args.out)
+            timer = StepTimer(llm.engine)
+            for n in [int(b) for b in args.breakdown_batches.split(",")]:
+                for mode in args.breakdown_modes.split(","):
+                    results[f"breakdown_{mode}_b{n}"] = run_breakdown(timer, args, n, async_scheduling=mode == "async")
+                    save(results, args.out)
         del llm
         gc.collect()
         torch.cuda.empty_cache()
@@ -369,7 +398,7 @@ def save(results: dict, out_dir: str) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / f"bench_engine_{results['shape']}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
-    print(f"saved {path}: {[k for k in results if k in ('throughput', 'latency', 'breakdown', 'hf')]}",
+    print(f"saved {path}: {[k for k in results if k.split('_')[0] in ('throughput', 'latency', 'breakdown', 'hf')]}",
           flush=True)
 
 
@@ -391,10 +420,12 @@ def report(r: dict) -> None:
         lat = r["latency"]
         print(f"latency b=1 {lat['decode_ms_per_token']:.2f} ms/token, floor {lat['floor_ms']:.2f} ms "
               f"({lat['ratio_to_floor']:.2f}x); prefill {lat['prefill_ms']:.1f} ms")
-    if "breakdown" in r:
-        b = r["breakdown"]
-        print(f"decode step b={b['batch']}: {b['step_ms']:.2f} ms; GPU forward {b['gpu_forward_ms']:.2f} ms; "
-              f"CPU {b['cpu_ms']:.2f} ms = {b['cpu_share_pct']:.1f}% (schedule {b['schedule_ms']:.2f}, "
+    for b in (r[k] for k in r if k.startswith("breakdown_")):
+        mode = "async" if b["async_scheduling"] else "sync"
+        print(f"decode step b={b['batch']} ({mode}): {b['step_ms']:.2f} ms; GPU forward {b['gpu_forward_ms']:.2f} ms, "
+              f"LM head + sampler {b['gpu_lm_head_sampler_ms']:.2f} ms; GPU idle waiting for the CPU "
+              f"{b['device_idle_ms']:.2f} ms = {b['cpu_share_pct']:.1f}% of the step; host work "
+              f"{b['host_work_ms']:.2f} ms = {b['host_work_pct']:.1f}% (schedule {b['schedule_ms']:.2f}, "
               f"update/output {b['update_output_ms']:.2f}, input prep {b['input_prep_ms']:.2f})")
 
 

@@ -7,8 +7,9 @@ Two kernels:
 - decode (one query token per request): one program per (request, kv head,
   context partition) handles all query heads of the GQA group, so each K/V tile
   is read once for the whole group. Long contexts are split into partitions
-  ("flash-decoding") so a single request still spreads over the whole GPU; the
-  last partition of a (request, kv head) to finish merges the partial softmax
+  ("flash-decoding") so a single request still spreads over the whole GPU: the
+  grid's partition count comes from the batch and max_seq_len, each request splits
+  its own length into that many whole tiles. The last partition of a (request, kv head) to finish merges the partial softmax
   states (an atomic counter tells it), so a step is one launch, not split + reduce.
   A request whose context fits one partition writes its output directly.
 - prefill / chunked prefill (ragged query lengths): one program per
@@ -80,7 +81,7 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    scale_log2, partition_size, num_parts, num_q_heads, num_kv_heads,
+    scale_log2, num_parts, num_q_heads, num_kv_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
@@ -91,6 +92,9 @@ def _decode_kernel(
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
+    # Each request spreads its own context over the grid's num_parts partitions (whole tiles):
+    # a short context in a graph captured for max_model_len still fans out over the GPU.
+    partition_size = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_parts), TILE), 1) * TILE
     n_active = tl.maximum(tl.cdiv(seq_len, partition_size), 1)  # partition 0 runs even when empty
     if part >= n_active:
         return  # the graph's grid covers max_model_len; this request's context ends earlier
@@ -246,21 +250,22 @@ def _check_head(head_size: int) -> None:
 
 
 # Decode launch parameters; the GPU bench sweeps them (bench/bench_attention.py).
-DECODE_CFG = {"tile": 64, "num_warps": 4, "num_stages": 2, "min_partition": 256,
-              "target_programs": 1024}
+DECODE_CFG = {"tile": 64, "num_warps": 4, "num_stages": 2, "min_partition": 64,
+              "target_programs": 1024, "max_parts": 32}
 
 
-def decode_partitions(num_reqs: int, num_kv_heads: int, max_seq_len: int,
-                      tile: int, min_partition: int, target_programs: int) -> tuple[int, int]:
-    """(partition_size, num_parts): split long contexts until about target_programs run.
+def decode_partitions(num_reqs: int, num_kv_heads: int, max_seq_len: int, min_partition: int,
+                      target_programs: int, max_parts: int) -> int:
+    """The grid's partitions per (request, KV head): split long contexts until about
+    target_programs run, partitions of at least min_partition tokens of max_seq_len, and at
+    most max_parts (the last partition merges them all, one program: too many make it the tail).
+    Each request then sizes its partitions from its own length, in the kernel.
 
     Depends only on host integers, so a captured CUDA graph keeps a valid launch as
     long as max_seq_len is the bound it was captured with.
     """
     base = num_reqs * num_kv_heads
-    parts = max(1, min(triton.cdiv(target_programs, base), triton.cdiv(max_seq_len, min_partition)))
-    size = triton.cdiv(triton.cdiv(max_seq_len, parts), tile) * tile
-    return size, triton.cdiv(max_seq_len, size)
+    return max(1, min(triton.cdiv(target_programs, base), triton.cdiv(max_seq_len, min_partition), max_parts))
 
 
 _COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
@@ -294,8 +299,8 @@ def paged_decode(
     group = num_heads // num_kv_heads
     out = torch.empty_like(query) if out is None else out
     tile = max(16, min(cfg["tile"], triton.next_power_of_2(max(max_seq_len, 1))))
-    size, parts = decode_partitions(num_reqs, num_kv_heads, max(max_seq_len, 1), tile,
-                                    cfg["min_partition"], cfg["target_programs"])
+    parts = decode_partitions(num_reqs, num_kv_heads, max(max_seq_len, 1), cfg["min_partition"],
+                              cfg["target_programs"], cfg["max_parts"])
     split = parts > 1
     if split:
         part_m = torch.empty((num_reqs, num_heads, parts), dtype=torch.float32, device=query.device)
@@ -309,7 +314,7 @@ def paged_decode(
     merge_group = triton.next_power_of_2(group)
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
-        scale * _LOG2E, size, parts, num_heads, num_kv_heads,
+        scale * _LOG2E, parts, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD=head,

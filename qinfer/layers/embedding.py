@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qinfer import ops
 from qinfer.distributed.communication import tp_all_reduce, tp_gather_to_driver
 from qinfer.distributed.parallel_state import tp_rank, tp_size
 from qinfer.layers.linear import narrow_read
@@ -49,5 +50,5 @@ class LMHead(VocabEmbedding):
     """
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        logits = tp_gather_to_driver(F.linear(hidden, self.weight), dim=-1)
+        logits = tp_gather_to_driver(ops.linear(hidden, self.weight), dim=-1)
         return None if logits is None else logits[:, :self.num_embeddings]

@@ -13,8 +13,9 @@ any torch.Tensor) and indexes out only the part its parameter holds.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from qinfer import ops
 
 from qinfer.distributed.communication import tp_all_reduce
 from qinfer.distributed.parallel_state import tp_rank as current_tp_rank
@@ -57,7 +58,7 @@ class LinearBase(nn.Module):
         return narrow_read(loaded_weight, self.tp_dim, self.tp_rank * shard, shard)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 def _tp_size_of(tp: dict) -> int:
@@ -127,7 +128,7 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The bias is added once, after the reduction, not once per rank.
-        y = F.linear(x, self.weight)
+        y = ops.linear(x, self.weight)
         if self.tp_size > 1:
             tp_all_reduce(y)
         return y + self.bias if self.bias is not None else y

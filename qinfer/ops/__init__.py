@@ -6,6 +6,8 @@ also the test oracle for the others. `implementations()` reports which one
 each op uses on a given device.
 
 Op signatures (every implementation keeps them):
+  linear(x [T, K], weight [N, K], bias [N] | None) -> [T, N]   (F.linear; compiled: a GEMV for
+      one row, where it beats cuBLAS (compiled.gemv_applies), cuBLAS otherwise)
   rms_norm(x [T, H], weight [H], eps) -> [T, H]
   fused_add_rms_norm(x [T, H], residual [T, H], weight, eps) -> (normed, x + residual)
       may overwrite x and residual in place; callers use only the returned tensors
@@ -41,6 +43,10 @@ def _load_gpu_implementations() -> None:
 
 
 _load_gpu_implementations()
+
+
+def linear(x, weight, bias=None):
+    return dispatch("linear", x)(x, weight, bias)
 
 
 def rms_norm(x, weight, eps):

@@ -7,11 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from qinfer.ops.registry import register
 
 _CUDA = ("cuda",)
 _PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """One row of 16-bit floats (a batch-1 decode step), contiguous, 16-byte vectors: there the GEMV
+    of csrc/gemv.cu beats cuBLAS on the H200 (Llama-3.1-8B batch-1 forward 4.22 vs 4.50 ms,
+    bench/NOTES.md); from two rows on, cuBLAS."""
+    return (x.dim() == 2 and x.shape[0] == 1 and x.dtype in (torch.bfloat16, torch.float16)
+            and weight.dtype == x.dtype and x.shape[1] % 8 == 0 and x.is_contiguous() and weight.is_contiguous()
+            and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
 def library_path() -> Path | None:
@@ -55,6 +65,13 @@ def _register() -> None:
     @register("reshape_and_cache", "cuda", _CUDA)
     def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):
         ops.reshape_and_cache(key, value, k_cache, v_cache, slot_mapping)
+
+    if hasattr(ops, "gemv"):  # not in a _C.so built before it existed: cuBLAS serves every linear
+        @register("linear", "cuda", _CUDA)
+        def linear(x, weight, bias=None):
+            if gemv_applies(x, weight):
+                return ops.gemv(x, weight, bias)
+            return F.linear(x, weight, bias)
 
     if not hasattr(ops, "rotary_and_cache"):  # a _C.so built before the op existed: Triton serves it
         return

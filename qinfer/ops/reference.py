@@ -12,6 +12,11 @@ from qinfer.ops.registry import register
 _DEVICES = ("cpu", "cuda")
 
 
+@register("linear", "torch", _DEVICES)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
+
+
 @register("rms_norm", "torch", _DEVICES)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()

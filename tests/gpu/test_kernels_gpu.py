@@ -40,7 +40,8 @@ def test_decode_ragged_long(pa, dtype, block_size, head):
 @pytest.mark.parametrize("num_reqs", [1, 256])
 def test_decode_split_counts(pa, num_reqs):
     # One request must fan out over the context; a full batch needs no split.
-    size, parts = pa.decode_partitions(num_reqs, 8, 16384, 64, 256, pa.DECODE_CFG["target_programs"])
+    cfg = pa.DECODE_CFG
+    parts = pa.decode_partitions(num_reqs, 8, 16384, cfg["min_partition"], cfg["target_programs"], cfg["max_parts"])
     assert (parts > 1) == (num_reqs == 1)
     q, kc, vc, bt, seq, qsl = make_batch([1] * num_reqs, [1000] * num_reqs, 32, 8, 128, 16,
                                          torch.bfloat16, device="cuda")
@@ -207,3 +208,30 @@ def test_rotary_and_cache(impl, dtype, block_size):
     (rx, rkc, rvc), (x, kc, vc) = results
     assert rel_err(x, rx) < 1e-2 and rel_err(kc, rkc) < 1e-2
     assert torch.equal(vc, rvc) and torch.equal(x[:, 5120:], qkv[:, 5120:])   # V copied, untouched
+
+
+# ---- the batch-1 GEMV (csrc/gemv.cu) against a float32 product ---------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, k", [(1001, 1032), (4096, 4096)])
+def test_gemv(dtype, n, k):
+    # K = 1032: the unrolled loop and its remainder both run.
+    _get("cuda")
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    w, bias = torch.randn(n, k, device="cuda", dtype=dtype), torch.randn(n, device="cuda", dtype=dtype)
+    out = torch.ops.qinfer.gemv(x, w, bias)
+    assert out.dtype == dtype and out.shape == (1, n)
+    assert rel_err(out, (x.float() @ w.float().T + bias.float()).to(dtype)) < 1e-2
+    assert rel_err(torch.ops.qinfer.gemv(x, w, None), (x.float() @ w.float().T).to(dtype)) < 1e-2
+
+
+def test_linear_dispatch_uses_gemv_for_one_row_only():
+    from qinfer.ops import compiled
+    fns = _get("cuda")
+    w = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    row, rows = (torch.randn(m, 256, device="cuda", dtype=torch.bfloat16) for m in (1, 2))
+    assert compiled.gemv_applies(row, w) and not compiled.gemv_applies(rows, w)
+    assert not compiled.gemv_applies(torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)[:, ::2], w)
+    assert not compiled.gemv_applies(row.float(), w.float())
+    for x in (row, rows):
+        assert rel_err(fns["linear"](x, w), torch.nn.functional.linear(x, w)) < 1e-2

@@ -58,8 +58,7 @@ def test_decode_split_k_matches_reference(pa):
     # Force many partitions: min_partition 16 and a high program target.
     q, kc, vc, bt, seq_lens, qsl = make_batch([1] * 3, [100, 3, 64], 8, 2, 16, 16, torch.float32)
     cfg = {"tile": 16, "min_partition": 16, "target_programs": 64}
-    size, parts = pa.decode_partitions(3, 2, int(seq_lens.max()), 16, 16, 64)
-    assert parts > 1
+    assert pa.decode_partitions(3, 2, int(seq_lens.max()), 16, 64, 32) > 1
     ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25)
     out = pa.paged_decode(q, kc, vc, bt, seq_lens, int(seq_lens.max()), 0.25, cfg=cfg)
     assert rel_err(out, ref) < 1e-5
@@ -67,13 +66,13 @@ def test_decode_split_k_matches_reference(pa):
 
 @needs_interpret
 def test_decode_merge_in_last_partition(pa):
-    # Ragged contexts under one static bound: one partition (direct store), a few, and more
-    # partitions than one merge chunk holds (head 128, group 4: 16 a chunk) -> several chunks.
+    # Ragged contexts under one static bound of 32 partitions, each request sized by its own
+    # length: 300 -> 19 partitions of 16, more than one merge chunk holds (head 128, group 4:
+    # 16 a chunk) -> several chunks; 40 -> 3; 5 and 0 -> one partition (direct store).
     ctx = [300, 5, 40, 0]
     q, kc, vc, bt, seq_lens, qsl = make_batch([1] * 4, ctx, 8, 2, 128, 16, torch.float32, seed=5)
-    cfg = {"tile": 16, "min_partition": 16, "target_programs": 512}
-    size, parts = pa.decode_partitions(4, 2, 512, 16, 16, 512)
-    assert size == 16 and parts == 32
+    cfg = {"tile": 16, "min_partition": 16, "target_programs": 512, "max_parts": 32}
+    assert pa.decode_partitions(4, 2, 512, 16, 512, 32) == 32
     ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.1)
     first = pa.paged_decode(q, kc, vc, bt, seq_lens, 512, 0.1, cfg=cfg)
     assert rel_err(first, ref) < 1e-5
