@@ -313,6 +313,16 @@ def run_breakdown(timer: StepTimer, args, n: int, async_scheduling: bool) -> dic
                 **{f"{k}_ms": v for k, v in part_ms.items()})
 
 
+def run_breakdowns(llm, args, results: dict) -> None:
+    """Every --breakdown-batches size in every --breakdown-modes mode, saved as each ends. The
+    timer's wrappers hold the engine: it is dropped with this frame, before the HF part."""
+    timer = StepTimer(llm.engine)
+    for n in [int(b) for b in args.breakdown_batches.split(",")]:
+        for mode in args.breakdown_modes.split(","):
+            results[f"breakdown_{mode}_b{n}"] = run_breakdown(timer, args, n, async_scheduling=mode == "async")
+            save(results, args.out)
+
+
 def run_hf(model_dir: Path, args) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -352,8 +362,8 @@ def parse_args():
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--async-scheduling", action="store_true",
-                   help="EngineConfig.async_scheduling (compare throughput/latency with and without)")
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="EngineConfig.async_scheduling (default: the engine's, on for one GPU)")
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     return p.parse_args()
 
@@ -380,11 +390,7 @@ def main() -> None:
                 results[name] = fn(llm, args, ceilings, cfg)
                 save(results, args.out)                    # each part kept if a later one fails
         if "breakdown" in parts:
-            timer = StepTimer(llm.engine)
-            for n in [int(b) for b in args.breakdown_batches.split(",")]:
-                for mode in args.breakdown_modes.split(","):
-                    results[f"breakdown_{mode}_b{n}"] = run_breakdown(timer, args, n, async_scheduling=mode == "async")
-                    save(results, args.out)
+            run_breakdowns(llm, args, results)
         del llm
         gc.collect()
         torch.cuda.empty_cache()

@@ -59,8 +59,9 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
                        ("block-size", int), ("max-model-len", int), ("dtype", str), ("attention-backend", str)]:
         p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
-    p.add_argument("--async-scheduling", dest="async_scheduling", action="store_true", default=None,
-                   help="overlap scheduling and output processing with the GPU (EngineConfig.async_scheduling)")
+    p.add_argument("--async-scheduling", dest="async_scheduling", action=argparse.BooleanOptionalAction,
+                   default=None, help="overlap scheduling and output processing with the GPU "
+                   "(EngineConfig.async_scheduling; default: on for one GPU)")
 
 
 _ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "block_size", "max_model_len",

@@ -102,9 +102,11 @@ class BlockManager:
         return max(0, self.num_blocks_for(num_computed_tokens + num_new_tokens) - num_held)
 
     def can_allocate(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[int] = ()) -> bool:
+        return self._fits(self.num_new_blocks(request, num_new_tokens, len(computed_blocks)), computed_blocks)
+
+    def _fits(self, num_needed: int, computed_blocks: Sequence[int]) -> bool:
         # Prefix hits with no reference are in the free queue: taking them shrinks it too.
-        num_reclaimed = sum(1 for b in computed_blocks if self.ref_counts[b] == 0)
-        num_needed = self.num_new_blocks(request, num_new_tokens, len(computed_blocks))
+        num_reclaimed = sum(1 for b in computed_blocks if self.ref_counts[b] == 0) if computed_blocks else 0
         return num_needed + num_reclaimed <= self.num_free_blocks
 
     def allocate(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[int] = ()) -> list[int]:
@@ -112,9 +114,9 @@ class BlockManager:
 
         Call can_allocate first: this either completes or raises before touching anything.
         """
-        if not self.can_allocate(request, num_new_tokens, computed_blocks):
-            raise RuntimeError(f"out of KV blocks for request {request.request_id}")
         num_needed = self.num_new_blocks(request, num_new_tokens, len(computed_blocks))
+        if not self._fits(num_needed, computed_blocks):
+            raise RuntimeError(f"out of KV blocks for request {request.request_id}")
         for block_id in computed_blocks:
             self._take(block_id)
         new_block_ids = list(computed_blocks) + [self._pop_free_block() for _ in range(num_needed)]

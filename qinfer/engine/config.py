@@ -26,4 +26,5 @@ class EngineConfig:
     # scheduling, stop checks and detokenization overlap the device; step() then returns the outputs
     # of the previous step. Same tokens as False for greedy and seeded requests. Only with
     # tensor_parallel_size 1 (with more ranks the engine runs synchronously and logs a warning).
-    async_scheduling: bool = False
+    # None: on for one CUDA GPU (there the host work would otherwise idle the GPU), off elsewhere.
+    async_scheduling: Optional[bool] = None

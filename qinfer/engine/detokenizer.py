@@ -7,7 +7,8 @@ emits nothing until the character completes. Byte-level BPE tokenizers (GPT-2,
 Llama 3, Qwen2) need no window: a token is a run of bytes, so an incremental
 UTF-8 decoder, which holds an incomplete character back by itself, gives the
 decoder's text (the window's text, for valid UTF-8) at about half the cost per
-token, the window's two decodes being most of it.
+token, the window's two decodes being most of it. Most tokens are whole UTF-8
+characters: with no character pending, such a token's text is a table lookup.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class _TokenTable:
     a list of those tokens into text, as the tokenizer's decoder would. The window runs it twice per
     generated token, so it calls the Rust decoder directly (the transformers wrappers cost ~3x the
     call). For byte-level BPE (GPT-2, Llama 3, Qwen2) a token is its bytes, and decoding is joining
-    them and decoding UTF-8 with U+FFFD for bad bytes, as the ByteLevel decoder does."""
+    them and decoding UTF-8 with U+FFFD for bad bytes, as the ByteLevel decoder does; `texts` holds
+    each token's text when no character is pending, the detokenizer's fast path."""
 
     def __init__(self, tokenizer):
         special_ids = set(tokenizer.all_special_ids)
@@ -38,6 +40,9 @@ class _TokenTable:
         else:
             self.decode = decoder.decode if decoder is not None else tokenizer.convert_tokens_to_string
         self.tokens: list = [None if i in special_ids else t for i, t in enumerate(tokens)]
+        self.size = len(self.tokens)
+        # Byte-level: each token's text after whole characters (None: it ends in an incomplete one).
+        self.texts: list[Optional[str]] = [_text_alone(t) for t in self.tokens] if self.is_byte_level else []
 
     def to_tokens(self, token_ids: list[int]) -> list:
         """Tokens of the ids that are text (special ids and ids past the vocabulary dropped)."""
@@ -79,6 +84,15 @@ def _decode_bytes(tokens: list[bytes]) -> str:
     return b"".join(tokens).decode("utf-8", "replace")
 
 
+def _text_alone(token: Optional[bytes]) -> Optional[str]:
+    """What an incremental UTF-8 decoder with nothing pending makes of the token's bytes (bad bytes
+    as U+FFFD), if that leaves nothing pending; None if the token ends in an incomplete character."""
+    if token is None:
+        return None
+    text, num_decoded = codecs.utf_8_decode(token, "replace", False)
+    return text if num_decoded == len(token) else None
+
+
 _TABLES: "weakref.WeakKeyDictionary[object, _TokenTable]" = weakref.WeakKeyDictionary()
 
 
@@ -93,8 +107,10 @@ class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_token_ids: list[int], stop: list[str] = (),
                  include_stop_str_in_output: bool = False):
         self.table = token_table(tokenizer)
-        # Byte-level: decodes token bytes as they come; else the window below (tokens + offsets).
-        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace") if self.table.is_byte_level else None
+        # Byte-level: decodes token bytes as they come (`pending`: the first bytes of a character
+        # not complete yet); else the window below (tokens + offsets).
+        self.byte_level = self.table.is_byte_level
+        self.pending = b""
         self.tokens = self.table.to_tokens(prompt_token_ids[-(_NUM_CONTEXT_TOKENS + 1):])
         self.prefix_offset = max(len(self.tokens) - _NUM_CONTEXT_TOKENS, 0)
         self.read_offset = len(self.tokens)
@@ -102,34 +118,52 @@ class IncrementalDetokenizer:
         self.include_stop_str_in_output = include_stop_str_in_output
         # Streamed text stops this far short of the end: it could be the start of a stop string.
         self.num_held_back_chars = max(map(len, self.stop), default=1) - 1
-        # The text lives in two parts so a step touches only the short one: `unsent` (decoded, not yet
-        # taken: the held-back tail plus this step's text) and the chunks taken before. A growing
-        # `str +=` would copy the whole output on every token.
+        # Decoded, not taken yet: the held-back tail plus this step's text. The text taken before is
+        # the caller's (the engine keeps it in the request's output).
         self.unsent = ""
-        self.sent_chunks: list[str] = []
-
-    @property
-    def output_text(self) -> str:
-        return "".join(self.sent_chunks) + self.unsent
 
     def update(self, new_token_ids: list[int], num_output_tokens: int = 0, min_tokens: int = 0) -> Optional[str]:
         """Decode new tokens; returns the stop string that matched, if any (text then ends before it)."""
         num_old_chars = len(self.unsent)
-        table = self.table.tokens
-        for token_id in new_token_ids:
-            token = table[token_id] if 0 <= token_id < len(table) else None
-            if token is None:   # special ids and ids past the vocabulary are not text
-                continue
-            if self.utf8 is not None:
-                new_text = self.utf8.decode(token)
-            else:
-                self.tokens.append(token)
-                new_text = self._decode_window()
-            if new_text:
-                self.unsent += new_text
+        self.unsent += self.decode(new_token_ids)
         if not self.stop or num_output_tokens < min_tokens:
             return None
         return self._find_stop(num_old_chars)
+
+    def decode(self, new_token_ids: list[int]) -> str:
+        """The text the new tokens complete; special ids and ids past the vocabulary are not text.
+
+        Called alone (the engine's path when there are no stop strings), it is update() and
+        take_new_text() in one: nothing to search, nothing held back.
+        """
+        if not self.byte_level:
+            return self._decode_tokens(new_token_ids)
+        table = self.table   # byte-level, inline: it runs per request per step
+        new_text = ""
+        for token_id in new_token_ids:
+            if not 0 <= token_id < table.size:
+                continue
+            text = table.texts[token_id]
+            if text is not None and not self.pending:
+                new_text += text   # no character pending before it or after it: no decoder needed
+            elif table.tokens[token_id] is not None:
+                # As an incremental UTF-8 decoder: bad bytes become U+FFFD, an incomplete character waits.
+                data = self.pending + table.tokens[token_id]
+                text, num_decoded = codecs.utf_8_decode(data, "replace", False)
+                self.pending = data[num_decoded:]
+                new_text += text
+        return new_text
+
+    def _decode_tokens(self, token_ids: list[int]) -> str:
+        """decode() for tokenizers that are not byte-level: through the window."""
+        tokens, size = self.table.tokens, self.table.size
+        new_text = ""
+        for token_id in token_ids:
+            token = tokens[token_id] if 0 <= token_id < size else None
+            if token is not None:
+                self.tokens.append(token)
+                new_text += self._decode_window()
+        return new_text
 
     def _decode_window(self) -> str:
         tokens, prefix_offset, read_offset = self.tokens, self.prefix_offset, self.read_offset
@@ -163,8 +197,4 @@ class IncrementalDetokenizer:
         else:
             end = max(0, len(self.unsent) - self.num_held_back_chars)
             new_text, self.unsent = self.unsent[:end], self.unsent[end:]
-        if new_text:
-            self.sent_chunks.append(new_text)
-            if len(self.sent_chunks) >= 64:   # bounded list; joining every 64 chunks amortizes the copy
-                self.sent_chunks = ["".join(self.sent_chunks)]
         return new_text

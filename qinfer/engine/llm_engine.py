@@ -57,7 +57,10 @@ class LLMEngine:
         self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
         self._num_steps = self._num_scheduled_tokens = 0
         self._step_time_s = self._executor_time_s = 0.0
-        self.async_scheduling = config.async_scheduling and config.tensor_parallel_size == 1
+        wants_async = config.async_scheduling
+        if wants_async is None:
+            wants_async = config.device.startswith("cuda")
+        self.async_scheduling = wants_async and config.tensor_parallel_size == 1
         if config.async_scheduling and not self.async_scheduling:
             log.warning("async_scheduling needs tensor_parallel_size 1: the engine steps synchronously")
         self._in_flight: Optional[tuple[SchedulerOutput, AsyncModelRunnerOutput]] = None

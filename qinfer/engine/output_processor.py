@@ -5,7 +5,7 @@ import dataclasses
 from typing import Optional
 
 from qinfer.engine.outputs import CompletionOutput, RequestOutput
-from qinfer.engine.request import RequestDelta
+from qinfer.engine.request import Request, RequestDeltas
 
 
 @dataclasses.dataclass
@@ -42,44 +42,63 @@ class OutputProcessor:
         parent = self.parents.get(request_id)
         return parent.child_ids if parent is not None else []
 
-    def process(self, deltas: list[RequestDelta]) -> list[RequestOutput]:
-        touched: dict[str, ParentRequest] = {}
-        child_to_completion = self.child_to_completion
-        for delta in deltas:
-            request = delta.request
+    def process(self, deltas: RequestDeltas) -> list[RequestOutput]:
+        """One RequestOutput per request the deltas touched, in the order of their first delta."""
+        outputs: list = []
+        # Requests with n > 1: emitted once all of this step's deltas are in; here their place in outputs.
+        pending: dict[str, int] = {}
+        parents, child_to_completion = self.parents, self.child_to_completion
+        for request, new_token_ids, new_text, new_logprobs in deltas:
             parent, completion = child_to_completion[request.request_id]
-            _apply(completion, delta)
-            if request.num_cached_tokens > parent.num_cached_tokens:
-                parent.num_cached_tokens = request.num_cached_tokens
-            if completion.finish_reason is not None:
-                del child_to_completion[request.request_id]
-            touched[parent.request_id] = parent
-        return [self._emit(parent) for parent in touched.values()]
+            if len(parent.completions) > 1:
+                _apply(completion, request, new_token_ids, new_text, new_logprobs)
+                if request.num_cached_tokens > parent.num_cached_tokens:
+                    parent.num_cached_tokens = request.num_cached_tokens
+                if completion.finish_reason is not None:
+                    del child_to_completion[request.request_id]
+                if parent.request_id not in pending:
+                    pending[parent.request_id] = len(outputs)
+                    outputs.append(parent)
+                continue
+            # n == 1, the common case, inlined (it runs per request per step): the delta completes the
+            # request's output, built from the delta (only the cumulative fields are kept between steps).
+            completion.token_ids.extend(new_token_ids)
+            completion.text = text = completion.text + new_text
+            if completion.logprobs is not None:
+                completion.logprobs.extend(new_logprobs)
+            finish_reason = request.finish_reason
+            if finish_reason is not None:
+                del child_to_completion[request.request_id], parents[parent.request_id]
+            snapshot = CompletionOutput(0, completion.token_ids, text, finish_reason, request.stop_reason,
+                                        completion.logprobs, new_token_ids, new_text)
+            outputs.append(RequestOutput(parent.request_id, parent.prompt_token_ids, [snapshot],
+                                         finish_reason is not None, request.num_cached_tokens, parent.prompt))
+        for index in pending.values():
+            outputs[index] = self._emit(outputs[index])
+        return outputs
 
     def _emit(self, parent: ParentRequest) -> RequestOutput:
-        completions = parent.completions
-        # n == 1 is the common case: skip the generator of `parent.finished`.
-        finished = completions[0].finish_reason is not None if len(completions) == 1 else parent.finished
+        """The output of a request with n > 1 completions."""
+        finished = parent.finished
         if finished:
             del self.parents[parent.request_id]
-        outputs = [_snapshot(c) for c in completions]
-        if len(completions) > 1:
-            for completion in completions:   # a sibling without a delta next step must show none
-                completion.new_token_ids, completion.new_text = [], ""
+        outputs = [_snapshot(c) for c in parent.completions]
+        for completion in parent.completions:   # a sibling without a delta next step must show none
+            completion.new_token_ids, completion.new_text = [], ""
         return RequestOutput(parent.request_id, parent.prompt_token_ids, outputs, finished,
                              parent.num_cached_tokens, parent.prompt)
 
 
-def _apply(completion: CompletionOutput, delta: RequestDelta) -> None:
-    request = delta.request
-    completion.token_ids.extend(delta.new_token_ids)
-    completion.text += delta.new_text
-    completion.new_token_ids = delta.new_token_ids
-    completion.new_text = delta.new_text
+def _apply(completion: CompletionOutput, request: Request, new_token_ids: list[int], new_text: str,
+           new_logprobs) -> None:
+    completion.token_ids.extend(new_token_ids)
+    completion.text += new_text
+    completion.new_token_ids = new_token_ids
+    completion.new_text = new_text
     completion.finish_reason = request.finish_reason
     completion.stop_reason = request.stop_reason
     if completion.logprobs is not None:
-        completion.logprobs.extend(delta.new_logprobs)
+        completion.logprobs.extend(new_logprobs)
 
 
 def _snapshot(completion: CompletionOutput) -> CompletionOutput:

@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 from qinfer.engine.block_manager import BlockManager
 from qinfer.engine.config import EngineConfig
-from qinfer.engine.request import Request, RequestDelta, RequestStatus
+from qinfer.engine.request import Request, RequestDeltas, RequestStatus
 from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.executor.runner_output import ModelRunnerOutput
 
@@ -41,6 +41,7 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
+        request.max_num_tokens = min(request.max_num_tokens, self.max_model_len)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -63,26 +64,24 @@ class Scheduler:
             # Handed over only with a step the runner executes.
             so.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
             so.preempted_req_ids, self.preempted_req_ids = self.preempted_req_ids, set()
-            self._advance(so)
         return so
 
-    def _advance(self, so: SchedulerOutput) -> None:
-        """Count the scheduled tokens as computed; one that reaches the end samples a placeholder."""
-        requests = self.requests
-        for request_id, num_new_tokens in so.num_scheduled_tokens.items():
-            request = requests[request_id]
-            request.num_computed_tokens += num_new_tokens
-            if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
-                request.num_output_placeholders += 1
+    @staticmethod
+    def _advance(request: Request, num_new_tokens: int) -> None:
+        """Count a scheduled step's tokens as computed; a step that reaches the end samples a placeholder."""
+        request.num_computed_tokens += num_new_tokens
+        if request.num_computed_tokens == len(request.all_token_ids) + request.num_output_placeholders:
+            request.num_output_placeholders += 1
 
     def _schedule_running(self, so: SchedulerOutput, budget: int) -> int:
-        block_manager = self.block_manager
+        block_manager, running = self.block_manager, self.running
         block_size, max_num_tokens = block_manager.block_size, block_manager.num_blocks * block_manager.block_size
+        cached_requests, num_scheduled_tokens = so.cached_requests, so.num_scheduled_tokens
         i = 0
-        while i < len(self.running) and budget > 0:
-            request = self.running[i]
+        while i < len(running) and budget > 0:
+            request = running[i]
             num_tokens = len(request.all_token_ids) + request.num_output_placeholders
-            if request.num_output_placeholders and self._reaches_length(request, num_tokens):
+            if request.num_output_placeholders and num_tokens >= request.max_num_tokens:
                 i += 1   # the tokens in flight finish it: a step more would be thrown away
                 continue
             if num_tokens > max_num_tokens:
@@ -90,27 +89,25 @@ class Scheduler:
                 self._finish_between_steps(request, RequestStatus.FINISHED_LENGTH)
                 continue
             num_computed = request.num_computed_tokens
-            num_new_tokens = min(num_tokens - num_computed, budget)
+            num_new_tokens = num_tokens - num_computed if num_tokens - num_computed < budget else budget
             end = num_computed + num_new_tokens
             if end <= len(request.block_ids) * block_size:
-                # The common decode step: the held blocks have room, nothing to allocate.
-                new_block_ids = _NO_BLOCKS
-                if end // block_size > request.num_hashed_blocks:   # this step fills a block
-                    block_manager.cache_full_blocks(request, end)
+                new_block_ids = _NO_BLOCKS   # the common decode step: the held blocks have room
             else:
                 if not self._make_room(request, num_new_tokens):
                     break   # the request itself was preempted: nothing newer is left
                 new_block_ids = block_manager.allocate(request, num_new_tokens)
+            if end // block_size > request.num_hashed_blocks:   # this step fills a block
                 block_manager.cache_full_blocks(request, end)
-            so.cached_requests.append(CachedRequestData(request.request_id, new_block_ids, num_computed))
-            so.num_scheduled_tokens[request.request_id] = num_new_tokens
+            cached_requests.append(CachedRequestData(request.request_id, new_block_ids, num_computed))
+            num_scheduled_tokens[request.request_id] = num_new_tokens
+            # _advance, inlined (it runs per request per step).
+            request.num_computed_tokens = end
+            if end == num_tokens:
+                request.num_output_placeholders += 1
             budget -= num_new_tokens
             i += 1
         return budget
-
-    def _reaches_length(self, request: Request, num_tokens: int) -> bool:
-        return (num_tokens - request.num_prompt_tokens >= request.sampling_params.max_tokens
-                or num_tokens >= self.max_model_len)
 
     def _make_room(self, request: Request, num_new_tokens: int) -> bool:
         """Preempt the newest running requests until `request` fits; False if it was preempted itself."""
@@ -142,6 +139,7 @@ class Scheduler:
             self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens, so.step_id)
             so.new_requests.append(_new_request_data(request))
             so.num_scheduled_tokens[request.request_id] = num_new_tokens
+            self._advance(request, num_new_tokens)
             budget -= num_new_tokens
 
     def _admit(self, request: Request, computed_blocks: list[int], num_computed_tokens: int,
@@ -157,57 +155,68 @@ class Scheduler:
         self.running.append(request)
 
     # -- update ----------------------------------------------------------------------------
-    def update_from_output(self, so: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[RequestDelta]:
-        """Apply the ids sampled by the step `so` (counted as computed when it was scheduled)."""
-        deltas = [RequestDelta(r, [], _new_text(r), []) for r in self.finished_between_steps]
+    def update_from_output(self, so: SchedulerOutput, runner_output: ModelRunnerOutput) -> RequestDeltas:
+        """Apply the ids sampled by the step `so` (counted as computed when it was scheduled).
+
+        The loop runs per request per step, so its common path (append, no stop, decode) is inline.
+        """
+        deltas = RequestDeltas()
+        for request in self.finished_between_steps:
+            deltas.append(request, [], _new_text(request), [])
         self.finished_between_steps = []
+        # RequestDeltas.append, inlined.
+        add_request, add_token_ids = deltas.requests.append, deltas.new_token_ids.append
+        add_text, add_logprobs = deltas.new_texts.append, deltas.new_logprobs.append
         requests, step_id = self.requests, so.step_id
-        for request_id, sampled, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
-                                                 runner_output.logprobs or itertools.repeat(None)):
+        for request_id, token_ids, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
+                                                   runner_output.logprobs or itertools.repeat(None)):
             request = requests.get(request_id)
             # None: it finished since `so` was planned (async scheduling); admitted later: a new
             # request took the id of one that finished so. Either way the token is not its.
-            if sampled and request is not None and request.admitted_step_id <= step_id:
-                request.num_output_placeholders -= len(sampled)
-                deltas.append(self._append_tokens(request, sampled, logprobs))
+            if not token_ids or request is None or request.admitted_step_id > step_id:
+                continue
+            request.num_output_placeholders -= len(token_ids)
+            request.all_token_ids.extend(token_ids)
+            if logprobs is not None:
+                request.logprobs.append(logprobs)
+            status = None
+            if token_ids[-1] in request.stopping_ids or len(request.all_token_ids) >= request.max_num_tokens:
+                status = self._check_stop(request, token_ids[-1])   # it may stop: the exact reason
+            new_text = ""
+            detokenizer = request.detokenizer
+            if detokenizer is not None:
+                # A matched EOS / stop id is not text.
+                text_ids = token_ids[:-1] if status == _STOPPED else token_ids
+                if detokenizer.stop:
+                    status, new_text = self._detokenize_with_stops(request, detokenizer, text_ids, status)
+                else:
+                    new_text = detokenizer.decode(text_ids)
+            if status is not None:
+                self._finish(request, status)
+            add_request(request)
+            add_token_ids(token_ids)
+            add_text(new_text)
+            add_logprobs([logprobs] if logprobs is not None else _NO_LOGPROBS)
         return deltas
 
-    def _append_tokens(self, request: Request, token_ids: list[int], logprobs) -> RequestDelta:
-        request.all_token_ids.extend(token_ids)
-        if logprobs is not None:
-            request.logprobs.append(logprobs)
-        status = self._check_stop(request, token_ids[-1])
-        new_text = ""
-        detokenizer = request.detokenizer
-        if detokenizer is not None:
-            status = self._detokenize(request, detokenizer, token_ids, status)
-            new_text = detokenizer.take_new_text(finished=status is not None)
-        if status is not None:
-            self._finish(request, status)
-        return RequestDelta(request, token_ids, new_text, [logprobs] if logprobs is not None else _NO_LOGPROBS)
-
-    def _detokenize(self, request: Request, detokenizer, token_ids: list[int],
-                    status: Optional[RequestStatus]) -> Optional[RequestStatus]:
-        """Extend the text; a stop string in it stops the request (the text then ends before it)."""
-        # A matched EOS / stop id is not text.
-        text_ids = token_ids[:-1] if status == RequestStatus.FINISHED_STOPPED else token_ids
+    def _detokenize_with_stops(self, request: Request, detokenizer, text_ids: list[int],
+                               status: Optional[RequestStatus]) -> tuple[Optional[RequestStatus], str]:
+        """Extend the text; a stop string in it stops the request (the text then ends before it).
+        Returns the status and the text that can be streamed now."""
         stop_str = detokenizer.update(text_ids, request.num_output_tokens, request.sampling_params.min_tokens)
-        if stop_str is None:
-            return status
-        request.stop_reason = stop_str
-        return RequestStatus.FINISHED_STOPPED
+        if stop_str is not None:
+            request.stop_reason = stop_str
+            status = RequestStatus.FINISHED_STOPPED
+        return status, detokenizer.take_new_text(finished=status is not None)
 
     def _check_stop(self, request: Request, token_id: int) -> Optional[RequestStatus]:
-        params = request.sampling_params
         num_tokens = len(request.all_token_ids)
-        num_output_tokens = num_tokens - request.num_prompt_tokens
-        if num_output_tokens >= params.min_tokens:
-            if token_id in request.eos_token_ids and not params.ignore_eos:
-                return RequestStatus.FINISHED_STOPPED
-            if token_id in params.stop_token_ids:
-                request.stop_reason = token_id
-                return RequestStatus.FINISHED_STOPPED
-        if self._reaches_length(request, num_tokens):
+        if (token_id in request.stopping_ids
+                and num_tokens - request.num_prompt_tokens >= request.sampling_params.min_tokens):
+            if token_id not in request.eos_token_ids or request.sampling_params.ignore_eos:
+                request.stop_reason = token_id   # a stop id is reported, EOS is not
+            return RequestStatus.FINISHED_STOPPED
+        if num_tokens >= request.max_num_tokens:
             return RequestStatus.FINISHED_LENGTH
         return None
 
@@ -226,6 +235,9 @@ class Scheduler:
         del self.requests[request.request_id]
 
 
+# Compared per request per step: a module constant, as a member lookup on the enum class runs
+# Python code (Python 3.11).
+_STOPPED = RequestStatus.FINISHED_STOPPED
 # Shared empty sequences, read-only, so the per-request-per-step path allocates less
 # (fewer objects, fewer garbage collections): deltas without logprobs, steps without new blocks.
 _NO_LOGPROBS: tuple = ()

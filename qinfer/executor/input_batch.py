@@ -61,6 +61,9 @@ class _Staging:
     def __init__(self, device: torch.device):
         self.device, self.pin = device, device.type == "cuda"
         self.buffers: dict[str, torch.Tensor] = {}
+        # name -> the last staged view of its buffer, as a tensor and as numpy: a step of the same
+        # shape (every decode step of a batch) reuses them instead of slicing the buffer again.
+        self.views: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         self.copies_done = torch.cuda.Event() if self.pin else None
 
     def wait_reusable(self) -> None:
@@ -72,14 +75,22 @@ class _Staging:
             self.copies_done.record()
 
     def to_device(self, name: str, values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        view = self.views.get(name)
+        if view is None or view[1].shape != values.shape or view[0].dtype != dtype:
+            view = self._new_view(name, values, dtype)
+        staged, staged_numpy = view
+        staged_numpy[...] = values
+        return staged.to(self.device, non_blocking=True)
+
+    def _new_view(self, name: str, values: np.ndarray, dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
         flat_len = values.size
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < flat_len or buffer.dtype != dtype:
             buffer = torch.empty(max(flat_len, 64), dtype=dtype, pin_memory=self.pin)
             self.buffers[name] = buffer
         staged = buffer[:flat_len].view(values.shape)
-        staged.numpy()[...] = values
-        return staged.to(self.device, non_blocking=True)
+        view = self.views[name] = (staged, staged.numpy())
+        return view
 
 
 class InputBatch:
@@ -96,6 +107,9 @@ class InputBatch:
         self.block_table = np.zeros((max_num_seqs, max_num_blocks), dtype=np.int32)
         self.num_blocks = np.zeros(max_num_seqs, dtype=np.int64)
         self.sampling_values = np.zeros((max_num_seqs, len(_SAMPLING_FIELDS)), dtype=np.float32)
+        # Each field's value that changes nothing (temperature has none: NaN differs from every value).
+        self.neutral_values = np.array([_NEUTRAL.get(name, np.nan) for name in _SAMPLING_FIELDS], dtype=np.float32)
+        self.neutral_values[_SAMPLING_FIELDS.index("top_k")] = vocab_size
         self.min_tokens = np.zeros(max_num_seqs, dtype=np.int64)
         self.num_logprobs = np.full(max_num_seqs, -1, dtype=np.int64)  # -1: logprobs not asked
         self.is_seeded = np.zeros(max_num_seqs, dtype=bool)
@@ -149,7 +163,7 @@ class InputBatch:
         self.serials[row] = next(self._serial_counter)
 
     def _set_sampling(self, row: int, req_id: str, params: SamplingParams) -> None:
-        top_k = params.top_k if params.top_k > 0 else self.vocab_size
+        top_k = params.top_k if 0 < params.top_k < self.vocab_size else self.vocab_size   # vocab_size: off
         self.sampling_values[row] = [params.temperature, params.top_p, top_k, params.min_p,
                                      params.repetition_penalty, params.presence_penalty,
                                      params.frequency_penalty]
@@ -212,7 +226,7 @@ class InputBatch:
                       token_ids: list[int]) -> None:
         """Fill in ids counted by reserve_sampled, by request (rows move when others leave); ids of
         requests that left the batch since are dropped."""
-        rows = np.fromiter((self.row_of.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        rows = np.fromiter(map(self.row_of.get, req_ids, itertools.repeat(-1)), dtype=np.int64, count=len(req_ids))
         is_live = rows >= 0
         is_live[is_live] = self.serials[rows[is_live]] == serials[is_live]
         self.token_ids[rows[is_live], positions[is_live]] = np.asarray(token_ids, dtype=np.int64)[is_live]
@@ -224,7 +238,7 @@ class InputBatch:
         self.staging = self._stagings[self.staging is self._stagings[0]]   # the other set
         self.staging.wait_reusable()
         req_ids = list(so.num_scheduled_tokens)
-        rows = np.fromiter((self.row_of[r] for r in req_ids), dtype=np.int64, count=len(req_ids))
+        rows = np.fromiter(map(self.row_of.__getitem__, req_ids), dtype=np.int64, count=len(req_ids))
         num_scheduled = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
         seq_lens = self.num_computed_tokens[rows] + num_scheduled
         if (seq_lens > self.num_tokens[rows]).any():
@@ -259,7 +273,7 @@ class InputBatch:
             input_ids.copy_(in_flight.token_ids)   # steady decoding: every input is an id in flight
             return
         index_of = {r: i for i, r in enumerate(in_flight.req_ids)}
-        src = np.fromiter((index_of.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        src = np.fromiter(map(index_of.get, req_ids, itertools.repeat(-1)), dtype=np.int64, count=len(req_ids))
         is_fed = src >= 0
         is_fed[is_fed] = self.serials[rows[is_fed]] == in_flight.serials[src[is_fed]]
         if not is_fed.any():
@@ -270,6 +284,8 @@ class InputBatch:
 
     def _token_positions(self, rows, num_scheduled, query_ends):
         """Position [T] and batch row [T] of every token of the flat batch."""
+        if query_ends[-1] == len(rows):   # one token per request (each has >= 1): a decode-only step
+            return self.num_computed_tokens[rows], rows
         token_req = np.repeat(np.arange(len(rows)), num_scheduled)
         offsets = np.arange(query_ends[-1]) - np.repeat(query_ends - num_scheduled, num_scheduled)
         return self.num_computed_tokens[rows][token_req] + offsets, rows[token_req]
@@ -293,21 +309,23 @@ class InputBatch:
     def sampling_metadata(self, rows: np.ndarray, in_flight: Optional[InFlightIds] = None) -> SamplingMetadata:
         """Sampler inputs for batch rows `rows` (the requests that sample this step), in that order."""
         values = self.sampling_values[rows]  # [S, fields]
-        column = {name: values[:, i] for i, name in enumerate(_SAMPLING_FIELDS)}
+        temperature = values[:, 0]
+        # Per field: does any request set it off its neutral value? (One test for all the fields.)
+        is_used = dict(zip(_SAMPLING_FIELDS, (values != self.neutral_values).any(axis=0).tolist()))
         device_values = self.staging.to_device("sampling_values", values, torch.float32)
         per_field = dict(zip(_SAMPLING_FIELDS, device_values.unbind(1)))
         md = SamplingMetadata(temperature=per_field["temperature"],
-                              all_greedy=bool((column["temperature"] == 0).all()),
-                              all_random=bool((column["temperature"] > 0).all()),
+                              all_greedy=bool((temperature == 0).all()),
+                              all_random=bool((temperature > 0).all()),
                               banned_token_ids=self._banned_token_ids(rows),
                               generators=self._row_generators(rows),
                               max_num_logprobs=self._max_num_logprobs(rows))
-        if (column["top_k"] < self.vocab_size).any():
+        if is_used["top_k"]:
             md.top_k = per_field["top_k"].long()
         for name in ("top_p", "min_p"):
-            if (column[name] != _NEUTRAL[name]).any():
+            if is_used[name]:
                 setattr(md, name, per_field[name])
-        if any((column[name] != _NEUTRAL[name]).any() for name in _SAMPLING_FIELDS[4:]):
+        if any(is_used[name] for name in _SAMPLING_FIELDS[4:]):
             if in_flight is not None:
                 in_flight.wait_host()   # penalties count the output ids, read on the host
             self._add_penalty_inputs(md, rows, per_field)
@@ -343,6 +361,8 @@ class InputBatch:
 
     def _row_generators(self, rows: np.ndarray) -> dict[int, torch.Generator]:
         """sampling index -> generator, for seeded requests that sample at random (greedy draws nothing)."""
+        if not self.generators:   # no seeded request in the batch
+            return {}
         is_random_seeded = self.is_seeded[rows] & (self.sampling_values[rows, 0] != 0)
         return {int(i): self.generators[self.req_ids[rows[i]]] for i in np.nonzero(is_random_seeded)[0]}
 

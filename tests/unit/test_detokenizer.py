@@ -33,9 +33,8 @@ def stream(tokenizer, prompt, output_ids, **kwargs):
 @pytest.mark.parametrize("text", TEXTS)
 def test_streamed_text_equals_decode_of_all_output_ids(tokenizer, text):
     output_ids = tokenizer(text, add_special_tokens=False).input_ids
-    detokenizer, deltas, _ = stream(tokenizer, "Once upon a time", output_ids)
-    expected = tokenizer.decode(output_ids, skip_special_tokens=True)
-    assert detokenizer.output_text == expected == "".join(deltas)
+    _, deltas, _ = stream(tokenizer, "Once upon a time", output_ids)
+    assert "".join(deltas) == tokenizer.decode(output_ids, skip_special_tokens=True)
 
 
 def test_incomplete_utf8_is_held_until_the_character_completes(tokenizer):
@@ -47,25 +46,24 @@ def test_incomplete_utf8_is_held_until_the_character_completes(tokenizer):
 
 def test_special_tokens_are_not_text(tokenizer):
     output_ids = tokenizer("Hello", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    detokenizer, _, _ = stream(tokenizer, "A", output_ids)
-    assert detokenizer.output_text == "Hello"
+    _, deltas, _ = stream(tokenizer, "A", output_ids)
+    assert "".join(deltas) == "Hello"
 
 
 @pytest.mark.parametrize("include", [False, True])
 def test_stop_string_across_token_boundaries_is_cut(tokenizer, include):
     text = "The river remembers the quiet harbour. The night train"
     output_ids = tokenizer(text, add_special_tokens=False).input_ids
-    detokenizer, deltas, stop = stream(tokenizer, "Start", output_ids, stop=["quiet har", "zzz"],
-                                       include_stop_str_in_output=include)
-    expected = "The river remembers the " + ("quiet har" if include else "")
+    _, deltas, stop = stream(tokenizer, "Start", output_ids, stop=["quiet har", "zzz"],
+                             include_stop_str_in_output=include)
     assert stop == "quiet har"
-    assert detokenizer.output_text == expected == "".join(deltas)
+    assert "".join(deltas) == "The river remembers the " + ("quiet har" if include else "")
 
 
 def test_earliest_of_several_stop_strings_wins(tokenizer):
     output_ids = tokenizer("a warm cup of tea", add_special_tokens=False).input_ids
-    detokenizer, _, stop = stream(tokenizer, "x", output_ids, stop=["of tea", "cup"])
-    assert stop == "cup" and detokenizer.output_text == "a warm "
+    _, deltas, stop = stream(tokenizer, "x", output_ids, stop=["of tea", "cup"])
+    assert stop == "cup" and "".join(deltas) == "a warm "
 
 
 def test_streamed_deltas_never_show_a_stop_string_prefix_that_is_later_cut(tokenizer):
@@ -101,19 +99,37 @@ def test_random_ids_stream_the_decoders_text(tokenizer):
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     for _ in range(200):
         output_ids = [rng.randrange(3, len(tokenizer)) for _ in range(rng.randrange(1, 30))]
-        detokenizer, deltas, _ = stream(tokenizer, "A", output_ids)
+        _, deltas, _ = stream(tokenizer, "A", output_ids)
         expected = tokenizer.backend_tokenizer.decoder.decode([tokens[i] for i in output_ids])
-        assert detokenizer.output_text == "".join(deltas)
-        assert expected in (detokenizer.output_text, detokenizer.output_text + "\ufffd")
+        assert expected in ("".join(deltas), "".join(deltas) + "\ufffd")
+
+
+@pytest.mark.parametrize("byte_level", [True, False])
+def test_decode_streams_as_update_and_take(tokenizer, byte_level):
+    """decode(), the engine's path without stop strings, gives the deltas of update() + take_new_text():
+    random ids, so bad UTF-8, special ids and ids past the vocabulary included."""
+    import random
+
+    rng = random.Random(2)
+    prompt_ids = tokenizer("A").input_ids
+    for _ in range(100):
+        output_ids = [rng.randrange(len(tokenizer) + 2) for _ in range(rng.randrange(1, 30))]
+        by_decode, by_update = (IncrementalDetokenizer(tokenizer, prompt_ids) for _ in range(2))
+        by_decode.byte_level = by_update.byte_level = byte_level
+        deltas = []
+        for token_id in output_ids:
+            by_update.update([token_id])
+            deltas.append(by_update.take_new_text(finished=False))
+        assert [by_decode.decode([token_id]) for token_id in output_ids] == deltas
 
 
 @pytest.mark.parametrize("stop", [[], ["zzz"]])
 def test_long_stream_equals_decode(tokenizer, stop):
-    """Hundreds of tokens: the streamed chunks are compacted along the way, the text stays whole."""
+    """Hundreds of tokens: the streamed deltas add up to the decode of all of them."""
     output_ids = tokenizer(" ".join(TEXTS * 4), add_special_tokens=False).input_ids
     assert len(output_ids) > 200
-    detokenizer, deltas, _ = stream(tokenizer, "Once upon a time", output_ids, stop=stop)
-    assert detokenizer.output_text == tokenizer.decode(output_ids, skip_special_tokens=True) == "".join(deltas)
+    _, deltas, _ = stream(tokenizer, "Once upon a time", output_ids, stop=stop)
+    assert "".join(deltas) == tokenizer.decode(output_ids, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -121,9 +137,9 @@ def test_window_decoding_for_other_tokenizers_streams_the_same_text(tokenizer, t
     """The token-window path (tokenizers that are not byte-level) on the same texts."""
     output_ids = tokenizer(text, add_special_tokens=False).input_ids
     detokenizer = IncrementalDetokenizer(tokenizer, tokenizer("Once upon a time").input_ids)
-    detokenizer.utf8 = None   # as for a tokenizer without a ByteLevel decoder
+    detokenizer.byte_level = False   # as for a tokenizer without a ByteLevel decoder
     deltas = []
     for i, token_id in enumerate(output_ids):
         detokenizer.update([token_id])
         deltas.append(detokenizer.take_new_text(i == len(output_ids) - 1))
-    assert detokenizer.output_text == tokenizer.decode(output_ids, skip_special_tokens=True) == "".join(deltas)
+    assert "".join(deltas) == tokenizer.decode(output_ids, skip_special_tokens=True)

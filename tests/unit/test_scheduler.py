@@ -47,12 +47,12 @@ def test_long_prompt_is_chunked_by_the_token_budget():
     scheduler = make_scheduler(max_num_batched_tokens=8)
     scheduler.add_request(make_request("a", 20, max_tokens=2))
     so, deltas = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 8} and deltas == []
+    assert so.num_scheduled_tokens == {"a": 8} and len(deltas) == 0
     assert len(so.new_requests[0].block_ids) == 2            # blocks for the scheduled chunk only
     so, _ = step(scheduler)
     assert so.num_scheduled_tokens == {"a": 8} and so.cached_requests[0].num_computed_tokens == 8
     so, deltas = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 4} and deltas[0].new_token_ids == [NEXT_TOKEN]
+    assert so.num_scheduled_tokens == {"a": 4} and deltas.new_token_ids == [[NEXT_TOKEN]]
     so, _ = step(scheduler)
     assert so.num_scheduled_tokens == {"a": 1}
 
@@ -136,9 +136,9 @@ def test_max_tokens_and_max_model_len_finish_with_length():
     scheduler.add_request(make_request("long", 4, max_tokens=50))
     finished = {}
     for _ in range(5):
-        for delta in step(scheduler)[1]:
-            if delta.request.is_finished:
-                finished[delta.request.request_id] = (delta.request.finish_reason, delta.request.num_tokens)
+        for request in step(scheduler)[1].requests:
+            if request.is_finished:
+                finished[request.request_id] = (request.finish_reason, request.num_tokens)
     assert finished == {"short": ("length", 4), "long": ("length", 6)}
 
 
@@ -149,10 +149,10 @@ def test_eos_stops_only_after_min_tokens_and_stop_ids_report_the_id():
     step(scheduler, token_id=0)
     assert scheduler.requests["eos"].num_output_tokens == 1   # EOS before min_tokens: kept going
     _, deltas = step(scheduler, token_id=0)
-    eos = [d.request for d in deltas if d.request.request_id == "eos"][0]
+    eos = [r for r in deltas.requests if r.request_id == "eos"][0]
     assert eos.finish_reason == "stop" and eos.stop_reason is None
     _, deltas = step(scheduler, token_id=5)
-    assert deltas[0].request.finish_reason == "stop" and deltas[0].request.stop_reason == 5
+    assert deltas.requests[0].finish_reason == "stop" and deltas.requests[0].stop_reason == 5
 
 
 def test_abort_frees_blocks_and_is_reported_next_update():
@@ -164,7 +164,7 @@ def test_abort_frees_blocks_and_is_reported_next_update():
     assert scheduler.block_manager.num_free_blocks == 8
     so = scheduler.schedule()
     deltas = scheduler.update_from_output(so, fake_runner_output(scheduler, so))
-    assert sorted(d.request.finish_reason for d in deltas) == ["abort", "abort"]
+    assert sorted(r.finish_reason for r in deltas.requests) == ["abort", "abort"]
     assert not scheduler.has_unfinished_requests()
 
 
@@ -193,7 +193,7 @@ def test_a_request_outgrowing_the_whole_kv_cache_finishes_with_length():
     scheduler.add_request(make_request("a", 6, max_tokens=50))
     finished = []
     for _ in range(10):
-        finished += [d.request for d in step(scheduler)[1] if d.request.is_finished]
+        finished += [r for r in step(scheduler)[1].requests if r.is_finished]
     assert [(r.finish_reason, r.num_tokens) for r in finished] == [("length", 9)]
     assert scheduler.block_manager.num_free_blocks == 2
 
