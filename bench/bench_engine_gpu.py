@@ -239,9 +239,9 @@ class StepTimer:
         schedule, run_model, run_step = engine.scheduler.schedule, self.runner._run_model, self.runner._run_step
 
         def remember(*a, **kw):
-            so = schedule(*a, **kw)
-            self.last_batch = (len(so.num_scheduled_tokens), so.total_num_scheduled_tokens)
-            return so
+            scheduler_output = schedule(*a, **kw)
+            self.last_batch = (len(scheduler_output.num_scheduled_tokens), scheduler_output.total_num_scheduled_tokens)
+            return scheduler_output
 
         def marked_forward(inputs):
             self._mark("launch")

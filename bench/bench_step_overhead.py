@@ -149,7 +149,7 @@ class EmulatedDevice:
         self.timers.ns["device_wait"] += time.perf_counter_ns() - start
 
     def attach(self, executor) -> None:
-        from qinfer.engine.sampler import SamplerOutput
+        from qinfer.executor.sampler import SamplerOutput
 
         runner = executor.runner
         forward, execute, execute_async = runner._forward, executor.execute_model, executor.execute_model_async
@@ -158,13 +158,13 @@ class EmulatedDevice:
             self.launch()
             return forward(inputs)
 
-        def execute_model(so):
-            output = execute(so)
+        def execute_model(scheduler_output):
+            output = execute(scheduler_output)
             self.wait(self.free_at)
             return output
 
-        def execute_model_async(so):
-            output = execute_async(so)
+        def execute_model_async(scheduler_output):
+            output = execute_async(scheduler_output)
             get, ready_at = output.get, self.free_at
             output.get = lambda: (self.wait(ready_at), get())[1]
             return output

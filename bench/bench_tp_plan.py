@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.executor.multiproc_executor import _compact, _expanded
 from qinfer.sampling_params import SamplingParams
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from qinfer.config import Settings, get_settings
+from qinfer.config import configure_logging, get_settings, settings_from_args
+from qinfer.worker.options import add_worker_options, worker_configs
 
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 
@@ -27,17 +25,10 @@ def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], 
     return register
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    """QINFER_* settings, overridden by the flags given on the command line."""
-    overrides = {field: getattr(args, field) for field in Settings.model_fields
-                 if getattr(args, field, None) is not None}
-    return get_settings().model_copy(update=overrides)
-
-
 def _client(args):
     from qinfer.client import Client
 
-    return Client(settings=settings_from(args))
+    return Client(settings=settings_from_args(args))
 
 
 def _print_json(obj) -> None:
@@ -45,51 +36,11 @@ def _print_json(obj) -> None:
 
 
 # --- worker ---------------------------------------------------------------------------
-def _worker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model directory")
-    p.add_argument("--served-model-name", dest="served_model_name", help="queue name (default: dir base name)")
-    p.add_argument("--name", dest="worker_name", help="worker / consumer name (default: host-pid)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N")
-    p.add_argument("--lease-seconds", dest="lease_seconds", type=float)
-    p.add_argument("--max-attempts", dest="max_attempts", type=int)
-    p.add_argument("--drain-grace-s", dest="drain_grace_s", type=float)
-    p.add_argument("--metrics-port", dest="metrics_port", type=int)
-    p.add_argument("--tp", "--tensor-parallel-size", dest="tensor_parallel_size", type=int,
-                   help="tensor-parallel ranks: one process per GPU (cuda:0..N-1), or gloo ranks on the CPU")
-    for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
-                       ("block-size", int), ("max-model-len", int), ("dtype", str), ("attention-backend", str)]:
-        p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
-    p.add_argument("--async-scheduling", dest="async_scheduling", action=argparse.BooleanOptionalAction,
-                   default=None, help="overlap scheduling and output processing with the GPU "
-                   "(EngineConfig.async_scheduling; default: on for one GPU)")
-
-
-_ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "block_size", "max_model_len",
-                 "tensor_parallel_size", "dtype", "attention_backend", "async_scheduling")
-
-
-@command("worker", "serve one model from the queue (one per GPU)", _worker_args)
+@command("worker", "serve one model from the queue (one per GPU)", add_worker_options)
 def cmd_worker(args) -> int:
-    import redis
+    from qinfer.worker.run import run_worker
 
-    from qinfer import metrics
-    from qinfer.engine.llm_engine import LLMEngine
-    from qinfer.queue.consumer import Consumer
-    from qinfer.queue.keys import Keys
-    from qinfer.queue.writer import ResultWriter
-    from qinfer.worker.health import Heartbeat
-    from qinfer.worker.loop import Worker
-
-    settings = settings_from(args)
-    url = _require_url(settings)
-    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    model_name = settings.served_model_name or Path(args.model).resolve().name
-    engine_kwargs = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k) is not None}
-    engine = LLMEngine.from_kwargs(args.model, device=settings.device, **engine_kwargs)
-    r, keys = redis.Redis.from_url(url), Keys(settings.key_prefix)
-    metrics.serve(settings.metrics_port)
-    Worker(engine, Consumer(r, keys, model_name, name, settings), ResultWriter(r, keys, name, settings),
-           Heartbeat(r, keys, name, model_name, settings.heartbeat_ttl_s), settings, model_name).run()
+    run_worker(*worker_configs(args))
     return 0
 
 
@@ -111,12 +62,6 @@ def cmd_callbacks_worker(args) -> int:
     return 0
 
 
-def _require_url(settings: Settings) -> str:
-    if not settings.redis_url:
-        sys.exit("no Redis URL: pass --redis URL or set QINFER_REDIS_URL (or use `qinfer up`)")
-    return settings.redis_url
-
-
 # --- up -------------------------------------------------------------------------------
 def _up_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory (default: make the tiny demo model)")
@@ -129,9 +74,10 @@ def cmd_up(args) -> int:
     import signal
 
     from qinfer.embedded_redis import EmbeddedRedis
-    from qinfer.fleet import Fleet
+    from qinfer.fleet import Fleet, fleet_webhook_secret
+    from qinfer.testing.demo_model import make_demo_model
 
-    settings = settings_from(args)
+    settings = settings_from_args(args)
     embedded = None if settings.redis_url else EmbeddedRedis().start()
     url = settings.redis_url or embedded.url
     model = args.model or str(make_demo_model())
@@ -157,16 +103,6 @@ def cmd_up(args) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
-def fleet_webhook_secret(settings: Settings) -> tuple[str, bool]:
-    """The secret the fleet's callbacks worker signs with: QINFER_WEBHOOK_SECRET, or a fresh
-    one (then True: only this run knows it, so it must be shown to the receivers)."""
-    from qinfer.callbacks import generate_secret
-
-    if settings.webhook_secret:
-        return settings.webhook_secret, False
-    return generate_secret(), True
-
-
 def _print_up_banner(url: str, model_name: str, num_workers: int) -> None:
     print(f"QINFER_REDIS_URL={url}", flush=True)
     print(f"fleet up: {num_workers} worker(s) serving {model_name!r}. In another shell:\n"
@@ -183,17 +119,6 @@ def _print_callbacks_banner(fleet, generated_secret: Optional[str]) -> None:
         print(f"QINFER_WEBHOOK_SECRET={generated_secret}", flush=True)
     print("callbacks worker up: webhooks (submit --callback-url) are signed with QINFER_WEBHOOK_SECRET; "
           "receivers verify with qinfer.callbacks.verify", flush=True)
-
-
-def make_demo_model() -> Path:
-    """The tiny demo model (random weights, local tokenizer), made once per machine."""
-    from qinfer.testing.tiny_model import make_tiny_model
-
-    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qinfer" / "tiny-llama"
-    if not (path / "config.json").exists():
-        make_tiny_model(path, "llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
-                        intermediate_size=128)
-    return path
 
 
 # --- producer-side commands ---------------------------------------------------------------
@@ -308,8 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=(args.log_level or get_settings().log_level).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level or get_settings().log_level)
     return args.func(args) or 0
 
 

@@ -5,6 +5,8 @@ Command-line flags override these per process.
 """
 from __future__ import annotations
 
+import logging
+import sys
 from functools import lru_cache
 from typing import Annotated, Optional
 
@@ -68,3 +70,16 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def settings_from_args(args) -> Settings:
+    """QINFER_* settings, overridden by the command-line flags given (argparse dests named
+    like the fields; flags left out are None and change nothing)."""
+    overrides = {field: getattr(args, field) for field in Settings.model_fields
+                 if getattr(args, field, None) is not None}
+    return get_settings().model_copy(update=overrides)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,7 +13,8 @@ from tqdm import tqdm
 from qinfer.client import Client
 from qinfer.config import Settings, get_settings
 from qinfer.embedded_redis import EmbeddedRedis
-from qinfer.fleet import Fleet
+from qinfer.fleet import Fleet, fleet_webhook_secret
+from qinfer.testing.demo_model import make_demo_model
 
 PROMPTS = ["The quick brown fox", "A small robot", "My old teacher", "The river", "Every engine",
            "The tired scheduler", "Our garden", "The red kettle", "A curious cat", "The night train"]
@@ -33,8 +34,6 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=24)
     args = ap.parse_args(argv)
-    from qinfer.cli import fleet_webhook_secret, make_demo_model
-
     model_dir = make_demo_model()
     secret, _ = fleet_webhook_secret(get_settings())
     with EmbeddedRedis() as server:

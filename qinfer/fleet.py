@@ -16,7 +16,9 @@ from typing import Optional
 
 import redis
 
+from qinfer.config import Settings
 from qinfer.queue.keys import Keys
+from qinfer.signing import generate_secret
 from qinfer.worker.health import list_workers
 
 log = logging.getLogger(__name__)
@@ -120,3 +122,10 @@ def _terminate(processes: list[subprocess.Popen], timeout: float) -> list[int]:
             codes.append(p.wait())
     return codes
 
+
+def fleet_webhook_secret(settings: Settings) -> tuple[str, bool]:
+    """The secret the fleet's callbacks worker signs with: QINFER_WEBHOOK_SECRET, or a fresh
+    one (then True: only this run knows it, so it must be shown to the receivers)."""
+    if settings.webhook_secret:
+        return settings.webhook_secret, False
+    return generate_secret(), True

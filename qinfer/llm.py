@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 from typing import Optional, Sequence, Union
 
-from qinfer.engine.config import EngineConfig
+from qinfer.contracts.engine_config import EngineConfig
 from qinfer.engine.llm_engine import LLMEngine
 from qinfer.engine.outputs import RequestOutput
 from qinfer.errors import InvalidRequestError

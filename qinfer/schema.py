@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qinfer.callbacks.signing import SECRET_PREFIX, parse_secrets
+from qinfer.signing import SECRET_PREFIX, parse_secrets
 from qinfer.sampling_params import SamplingParams
 
 

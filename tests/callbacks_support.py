@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import redis
 
-from qinfer.callbacks.outbox import enqueue_delivery
+from qinfer.queue.writer import enqueue_callback
 from qinfer.queue.keys import Keys
 from qinfer.queue.records import output_json
 from qinfer.schema import Completion, Usage
@@ -108,7 +109,7 @@ def write_finished_job(client: redis.Redis, keys: Keys, job_id: str, callback_ur
         "request": json.dumps(request), "status": "succeeded", "model": "tiny", "output": output,
         "queued_at": now - 2, "started_at": now - 1, "finished_at": now, "attempts": 1})
     if callback_url:
-        enqueue_delivery(pipe, keys, job_id)
+        enqueue_callback(pipe, keys, job_id)
     pipe.execute()
 
 
@@ -146,3 +147,11 @@ class CallbacksWorker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def receiver():
+    """HTTP receiver on loopback that records requests and answers per path (Receiver above)."""
+    r = Receiver()
+    yield r
+    r.close()

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures_models", "tests.fixtures_redis"]
+pytest_plugins = ["tests.fixtures_models", "tests.fixtures_redis", "tests.callbacks_support"]

@@ -1,10 +1,10 @@
 """Container entry point of a GPU worker: `python workers/gpu_worker.py --model DIR [...]`.
 
-Flags and QINFER_* variables as for `qinfer worker`; the logic lives in qinfer/.
+Flags and QINFER_* variables as for `qinfer worker`; the logic lives in qinfer/worker/.
 """
 import sys
 
-from qinfer.cli import main
+from qinfer.worker.__main__ import main
 
 if __name__ == "__main__":
-    sys.exit(main(["worker", *sys.argv[1:]]))
+    sys.exit(main())

@@ -2,8 +2,8 @@
 
 Receivers need only `verify`:  payload = qinfer.callbacks.verify(secret, headers, body)
 """
-from qinfer.callbacks.signing import WebhookVerificationError, generate_secret, sign, verify
-from qinfer.callbacks.ssrf import CallbackURLRefused, check_callback_url
+from qinfer.signing import WebhookVerificationError, generate_secret, sign, verify
+from qinfer.ssrf import CallbackURLRefused, check_callback_url
 
 __all__ = ["verify", "sign", "generate_secret", "WebhookVerificationError",
            "check_callback_url", "CallbackURLRefused"]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from qinfer.callbacks.ssrf import Allowlist, CallbackURLRefused, Destination, resolve_destination
+from qinfer.ssrf import Allowlist, CallbackURLRefused, Destination, resolve_destination
 
 DELIVERED, GONE, REFUSED, RETRY = "delivered", "gone", "refused", "retry"
 USER_AGENT = "qinfer-callbacks/1"

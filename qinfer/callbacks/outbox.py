@@ -1,6 +1,6 @@
-"""Transactional outbox: the GPU worker records "deliver this callback" in the same
-MULTI/EXEC as the job's result, and a relay in the callbacks worker turns outbox
-entries into Celery tasks.
+"""Transactional outbox, Celery side: the GPU worker records "deliver this callback" in the
+same MULTI/EXEC as the job's result (qinfer.queue.writer.enqueue_callback), and the relay
+here turns outbox entries into Celery tasks.
 
 Why: a GPU worker never waits on a receiver or on Celery, and no result can be
 written without its delivery being queued (nor the reverse). The relay acks an
@@ -36,13 +36,6 @@ for _, job_id in ipairs(due) do
 end
 return #due
 """
-
-
-def enqueue_delivery(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> None:
-    """Queue a callback delivery for `job_id` on the worker's terminal MULTI/EXEC (commands only)."""
-    pipe.hset(keys.job(job_id), mapping={
-        "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
-    pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
 
 
 def schedule_retry(pipe: redis.client.Pipeline, keys: Keys, job_id: str, due_at: float) -> None:

@@ -15,7 +15,7 @@ from qinfer.queue.records import result_from_hash
 
 
 @dataclass(frozen=True)
-class Delivery:
+class WebhookDelivery:
     job_id: str
     url: str
     webhook_id: str            # stable per job and event: the receiver's dedup key
@@ -23,7 +23,7 @@ class Delivery:
     job_secret: Optional[str]  # the job's own signing secret, if it gave one
 
 
-def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[Delivery]:
+def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[WebhookDelivery]:
     """The delivery for a job hash, or None when the job asked for no callback."""
     request = _request(fields)
     url = request.get("callback_url")
@@ -34,7 +34,7 @@ def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[Delivery]
     message = {"type": event, "timestamp": result.timings.finished_at,
                "data": result.model_dump(mode="json")}
     body = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
-    return Delivery(job_id, url, f"msg_{job_id}_{event}", body, request.get("callback_secret"))
+    return WebhookDelivery(job_id, url, f"msg_{job_id}_{event}", body, request.get("callback_secret"))
 
 
 def _request(fields: Mapping[str, str]) -> dict:

@@ -20,9 +20,9 @@ from qinfer import metrics
 from qinfer.callbacks.app import app
 from qinfer.callbacks.delivery import DELIVERED, REFUSED, RETRY, AttemptResult, post_webhook
 from qinfer.callbacks.outbox import schedule_retry
-from qinfer.callbacks.payload import Delivery, build_delivery
-from qinfer.callbacks.signing import parse_secrets, sign
-from qinfer.callbacks.ssrf import Allowlist
+from qinfer.callbacks.payload import WebhookDelivery, build_delivery
+from qinfer.signing import parse_secrets, sign
+from qinfer.ssrf import Allowlist
 from qinfer.config import Settings
 from qinfer.queue.keys import Keys
 
@@ -78,7 +78,7 @@ def attempt_delivery(rt: Runtime, job_id: str) -> str:
     return _record(rt, delivery, fields, result)
 
 
-def _post(rt: Runtime, delivery: Delivery) -> AttemptResult:
+def _post(rt: Runtime, delivery: WebhookDelivery) -> AttemptResult:
     secrets = rt.secrets + ((delivery.job_secret,) if delivery.job_secret else ())
     try:
         headers = sign(secrets, delivery.webhook_id, delivery.body)
@@ -87,7 +87,7 @@ def _post(rt: Runtime, delivery: Delivery) -> AttemptResult:
     return post_webhook(delivery.url, headers, delivery.body, rt.timeout_s, rt.allow)
 
 
-def _record(rt: Runtime, delivery: Delivery, fields: dict, result: AttemptResult) -> str:
+def _record(rt: Runtime, delivery: WebhookDelivery, fields: dict, result: AttemptResult) -> str:
     attempts = int(fields.get("callback_attempts") or 0) + 1
     state = {"callback_attempts": attempts, "callback_last_status": result.status or "",
              "callback_last_error": result.error}
@@ -127,7 +127,7 @@ def _observe_latency(fields: dict) -> None:
         metrics.callback_delivery_latency.observe(max(0.0, time.time() - float(enqueued_at)))
 
 
-def _dead_letter_entry(delivery: Delivery, attempts: int, result: AttemptResult, reason: str) -> str:
+def _dead_letter_entry(delivery: WebhookDelivery, attempts: int, result: AttemptResult, reason: str) -> str:
     return json.dumps({"job_id": delivery.job_id, "url": delivery.url, "webhook_id": delivery.webhook_id,
                        "reason": reason, "attempts": attempts, "last_status": result.status,
                        "error": result.error, "failed_at": time.time()})

@@ -46,6 +46,14 @@ class BlockManager:
     def num_blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def fits(self, num_tokens: int) -> bool:
+        """Whether a sequence of num_tokens fits the whole cache (with every block free)."""
+        return self.num_blocks_for(num_tokens) <= self.num_blocks
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
     # -- prefix cache ------------------------------------------------------------------
     def get_computed_blocks(self, request: Request) -> list[int]:
         """Blocks holding a cached prefix of the request; at least its last token stays uncomputed."""

@@ -7,15 +7,15 @@ import random
 import time
 from typing import Callable, Iterable, Optional, Union
 
-from qinfer.engine.config import EngineConfig
+from qinfer.contracts.engine_config import EngineConfig
 from qinfer.engine.detokenizer import IncrementalDetokenizer
 from qinfer.engine.output_processor import OutputProcessor
 from qinfer.engine.outputs import RequestOutput
 from qinfer.engine.request import Request
-from qinfer.engine.scheduler import Scheduler
-from qinfer.engine.scheduler_output import SchedulerOutput
+from qinfer.engine.scheduler import Scheduler, SchedulerStats
+from qinfer.contracts.scheduler_output import SchedulerOutput
 from qinfer.errors import InvalidRequestError
-from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
+from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
 from qinfer.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,7 @@ _MAX_SEED = 2**63
 
 
 @dataclasses.dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float            # share of KV blocks referenced by requests
-    num_preemptions: int
-    prefix_cache_queries: int        # tokens looked up in the prefix cache
-    prefix_cache_hits: int           # of those, tokens found
+class EngineStats(SchedulerStats):
     num_steps: int
     num_scheduled_tokens: int        # prompt + recomputed + decode tokens run through the model
     step_time_s: float               # wall time of step() calls
@@ -108,11 +102,9 @@ class LLMEngine:
         if num_prompt_tokens + 1 > self.max_model_len:
             raise InvalidRequestError(f"the prompt has {num_prompt_tokens} tokens; with one generated token "
                                       f"that exceeds the model's max_model_len of {self.max_model_len}")
-        block_manager = self.scheduler.block_manager
-        if block_manager.num_blocks_for(num_prompt_tokens + 1) > block_manager.num_blocks:
-            capacity = block_manager.num_blocks * block_manager.block_size
+        if not self.scheduler.fits(num_prompt_tokens + 1):
             raise InvalidRequestError(f"the prompt has {num_prompt_tokens} tokens; the KV cache holds "
-                                      f"{capacity} tokens in all")
+                                      f"{self.scheduler.kv_capacity_tokens} tokens in all")
 
     def _check_new_ids(self, ids: list[str]) -> None:
         for request_id in ids:
@@ -146,29 +138,29 @@ class LLMEngine:
         while the device runs this one; the deltas are those of that previous batch.
         """
         start = time.perf_counter()
-        so = self.scheduler.schedule()
-        self._num_scheduled_tokens += so.total_num_scheduled_tokens
+        scheduler_output = self.scheduler.schedule()
+        self._num_scheduled_tokens += scheduler_output.total_num_scheduled_tokens
         if self.async_scheduling:
-            done_so, runner_output = self._launch_and_take_previous(so)
+            done_so, runner_output = self._launch_and_take_previous(scheduler_output)
         else:
-            done_so, runner_output = so, self._execute(so)
+            done_so, runner_output = scheduler_output, self._execute(scheduler_output)
         outputs = self.output_processor.process(self.scheduler.update_from_output(done_so, runner_output))
         self._num_steps += 1
         self._step_time_s += time.perf_counter() - start
         return outputs
 
-    def _launch_and_take_previous(self, so: SchedulerOutput) -> tuple[SchedulerOutput, ModelRunnerOutput]:
+    def _launch_and_take_previous(self, scheduler_output: SchedulerOutput) -> tuple[SchedulerOutput, ModelRunnerOutput]:
         """Launch `so`; return the step launched by the previous call, with its ids (waited for)."""
         previous, self._in_flight = self._in_flight, None   # a failing step leaves nothing in flight
-        if not so.is_empty:
-            self._in_flight = so, self._timed(self.executor.execute_model_async, so)
+        if not scheduler_output.is_empty:
+            self._in_flight = scheduler_output, self._timed(self.executor.execute_model_async, scheduler_output)
         if previous is None:
             return SchedulerOutput(), ModelRunnerOutput()
         previous_so, previous_output = previous
         return previous_so, self._timed(previous_output.get)
 
-    def _execute(self, so: SchedulerOutput) -> ModelRunnerOutput:
-        return self._timed(self.executor.execute_model, so) if not so.is_empty else ModelRunnerOutput()
+    def _execute(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        return self._timed(self.executor.execute_model, scheduler_output) if not scheduler_output.is_empty else ModelRunnerOutput()
 
     def _timed(self, call: Callable, *args):
         """A call into the executor (a step, a launch, or the wait for a launched step's ids), timed."""
@@ -185,11 +177,7 @@ class LLMEngine:
 
     def num_admissible(self) -> int:
         """New requests the engine can take now without queueing: free sequence slots and KV blocks."""
-        scheduler = self.scheduler
-        block_manager = scheduler.block_manager
-        num_free_slots = scheduler.max_num_seqs - len(scheduler.running) - len(scheduler.waiting)
-        num_waiting_blocks = sum(block_manager.num_blocks_for(r.num_tokens) for r in scheduler.waiting)
-        return max(0, min(num_free_slots, block_manager.num_free_blocks - num_waiting_blocks))
+        return self.scheduler.num_admissible()
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
@@ -198,15 +186,8 @@ class LLMEngine:
 
     @property
     def stats(self) -> EngineStats:
-        scheduler = self.scheduler
-        block_manager = scheduler.block_manager
         return EngineStats(
-            num_running=len(scheduler.running),
-            num_waiting=len(scheduler.waiting),
-            kv_cache_usage=block_manager.usage,
-            num_preemptions=scheduler.num_preemptions,
-            prefix_cache_queries=block_manager.num_prefix_queries,
-            prefix_cache_hits=block_manager.num_prefix_hits,
+            **dataclasses.asdict(self.scheduler.make_stats()),
             num_steps=self._num_steps,
             num_scheduled_tokens=self._num_scheduled_tokens,
             step_time_s=self._step_time_s,

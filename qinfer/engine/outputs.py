@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from qinfer.executor.runner_output import TokenLogprobs
+from qinfer.contracts.runner_output import TokenLogprobs
 
 
 @dataclass(slots=True)   # built once per request per step: slots make that cheaper

@@ -9,7 +9,7 @@ from qinfer.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from qinfer.engine.detokenizer import IncrementalDetokenizer
-    from qinfer.executor.runner_output import TokenLogprobs
+    from qinfer.contracts.runner_output import TokenLogprobs
 
 
 class RequestStatus(enum.IntEnum):

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.runner_output import ModelRunnerOutput
+from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.engine.block_manager import BlockManager
-from qinfer.engine.config import EngineConfig
 from qinfer.engine.request import Request, RequestDeltas, RequestStatus
-from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
-from qinfer.executor.runner_output import ModelRunnerOutput
+
+
+@dataclass
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float            # share of KV blocks referenced by requests
+    num_preemptions: int
+    prefix_cache_queries: int        # tokens looked up in the prefix cache
+    prefix_cache_hits: int           # of those, tokens found
 
 
 class Scheduler:
@@ -54,17 +65,43 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests) or bool(self.finished_between_steps)
 
+    def fits(self, num_tokens: int) -> bool:
+        """Whether a request of num_tokens can ever run: it fits the whole KV cache."""
+        return self.block_manager.fits(num_tokens)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.block_manager.capacity_tokens
+
+    def num_admissible(self) -> int:
+        """New requests the scheduler can take now without queueing: free sequence slots and KV blocks."""
+        block_manager = self.block_manager
+        num_free_slots = self.max_num_seqs - len(self.running) - len(self.waiting)
+        num_waiting_blocks = sum(block_manager.num_blocks_for(r.num_tokens) for r in self.waiting)
+        return max(0, min(num_free_slots, block_manager.num_free_blocks - num_waiting_blocks))
+
+    def make_stats(self) -> SchedulerStats:
+        block_manager = self.block_manager
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            kv_cache_usage=block_manager.usage,
+            num_preemptions=self.num_preemptions,
+            prefix_cache_queries=block_manager.num_prefix_queries,
+            prefix_cache_hits=block_manager.num_prefix_hits,
+        )
+
     # -- schedule --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        so = SchedulerOutput(step_id=next(self._step_ids))
-        budget = self._schedule_running(so, self.max_num_batched_tokens)
+        scheduler_output = SchedulerOutput(step_id=next(self._step_ids))
+        budget = self._schedule_running(scheduler_output, self.max_num_batched_tokens)
         if not self.preempted_req_ids:
-            self._schedule_waiting(so, budget)
-        if not so.is_empty:
+            self._schedule_waiting(scheduler_output, budget)
+        if not scheduler_output.is_empty:
             # Handed over only with a step the runner executes.
-            so.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
-            so.preempted_req_ids, self.preempted_req_ids = self.preempted_req_ids, set()
-        return so
+            scheduler_output.finished_req_ids, self.finished_req_ids = self.finished_req_ids, set()
+            scheduler_output.preempted_req_ids, self.preempted_req_ids = self.preempted_req_ids, set()
+        return scheduler_output
 
     @staticmethod
     def _advance(request: Request, num_new_tokens: int) -> None:
@@ -73,10 +110,10 @@ class Scheduler:
         if request.num_computed_tokens == len(request.all_token_ids) + request.num_output_placeholders:
             request.num_output_placeholders += 1
 
-    def _schedule_running(self, so: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, scheduler_output: SchedulerOutput, budget: int) -> int:
         block_manager, running = self.block_manager, self.running
         block_size, max_num_tokens = block_manager.block_size, block_manager.num_blocks * block_manager.block_size
-        cached_requests, num_scheduled_tokens = so.cached_requests, so.num_scheduled_tokens
+        cached_requests, num_scheduled_tokens = scheduler_output.cached_requests, scheduler_output.num_scheduled_tokens
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
@@ -127,7 +164,7 @@ class Scheduler:
         self.preempted_req_ids.add(request.request_id)
         self.num_preemptions += 1
 
-    def _schedule_waiting(self, so: SchedulerOutput, budget: int) -> None:
+    def _schedule_waiting(self, scheduler_output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             computed_blocks = self.block_manager.get_computed_blocks(request)
@@ -136,9 +173,9 @@ class Scheduler:
             if not self.block_manager.can_allocate(request, num_new_tokens, computed_blocks):
                 break
             self.waiting.popleft()
-            self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens, so.step_id)
-            so.new_requests.append(_new_request_data(request))
-            so.num_scheduled_tokens[request.request_id] = num_new_tokens
+            self._admit(request, computed_blocks, num_computed_tokens, num_new_tokens, scheduler_output.step_id)
+            scheduler_output.new_requests.append(_new_request_data(request))
+            scheduler_output.num_scheduled_tokens[request.request_id] = num_new_tokens
             self._advance(request, num_new_tokens)
             budget -= num_new_tokens
 
@@ -155,7 +192,7 @@ class Scheduler:
         self.running.append(request)
 
     # -- update ----------------------------------------------------------------------------
-    def update_from_output(self, so: SchedulerOutput, runner_output: ModelRunnerOutput) -> RequestDeltas:
+    def update_from_output(self, scheduler_output: SchedulerOutput, runner_output: ModelRunnerOutput) -> RequestDeltas:
         """Apply the ids sampled by the step `so` (counted as computed when it was scheduled).
 
         The loop runs per request per step, so its common path (append, no stop, decode) is inline.
@@ -167,7 +204,7 @@ class Scheduler:
         # RequestDeltas.append, inlined.
         add_request, add_token_ids = deltas.requests.append, deltas.new_token_ids.append
         add_text, add_logprobs = deltas.new_texts.append, deltas.new_logprobs.append
-        requests, step_id = self.requests, so.step_id
+        requests, step_id = self.requests, scheduler_output.step_id
         for request_id, token_ids, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
                                                    runner_output.logprobs or itertools.repeat(None)):
             request = requests.get(request_id)

@@ -16,11 +16,11 @@ from typing import Optional
 from transformers import AutoConfig
 
 from qinfer.distributed.validation import validate_tensor_parallel
-from qinfer.engine.config import EngineConfig
-from qinfer.engine.scheduler_output import SchedulerOutput
+from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.scheduler_output import SchedulerOutput
 from qinfer.executor.model_runner import ModelRunner
 from qinfer.executor.multiproc_executor import FollowerRanks
-from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
+from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
 
 
 class Executor:
@@ -55,16 +55,16 @@ class Executor:
         self.runner.init_kv_cache(num_blocks)
         self._follower_replies()   # every rank has its cache (and graphs) before the first step
 
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         if self.followers is None:
-            return self.runner.execute_model(so)
-        self.followers.step(so, self._unsent_sampled_ids)
+            return self.runner.execute_model(scheduler_output)
+        self.followers.step(scheduler_output, self._unsent_sampled_ids)
         self._unsent_sampled_ids = []   # if this step fails on the driver, the followers must notice
-        output = self.runner.execute_model(so)
+        output = self.runner.execute_model(scheduler_output)
         self._unsent_sampled_ids = [ids[0] for ids in output.sampled_token_ids if ids]
         return output
 
-    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         """execute_model, returning before the sampled ids reach the host (async scheduling).
 
         One rank only: followers get the driver's ids on the host with the next plan, which
@@ -73,7 +73,7 @@ class Executor:
         if self.followers is not None:
             raise RuntimeError("async scheduling runs with tensor_parallel_size 1 only "
                                "(the engine steps synchronously with more ranks)")
-        return self.runner.execute_model_async(so)
+        return self.runner.execute_model_async(scheduler_output)
 
     def close(self) -> None:
         if self.followers is not None:

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from qinfer.engine.sampler import SamplingMetadata
-from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.contracts.sampling_metadata import SamplingMetadata
+from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.layers.attention.backend import AttentionMetadata
 from qinfer.sampling_params import SamplingParams
 
@@ -133,17 +133,17 @@ class InputBatch:
 
     # ---- incremental updates -------------------------------------------------------------
 
-    def update(self, so: SchedulerOutput) -> None:
-        for req_id in so.finished_req_ids:
+    def update(self, scheduler_output: SchedulerOutput) -> None:
+        for req_id in scheduler_output.finished_req_ids:
             self.generators.pop(req_id, None)
             self.remove(req_id)
-        for req_id in so.preempted_req_ids:
+        for req_id in scheduler_output.preempted_req_ids:
             self.remove(req_id)
-        if so.finished_req_ids or so.preempted_req_ids:   # else no row was freed: nothing to move
+        if scheduler_output.finished_req_ids or scheduler_output.preempted_req_ids:   # else no row was freed: nothing to move
             self.condense()
-        for new in so.new_requests:
+        for new in scheduler_output.new_requests:
             self.add(new)
-        self.update_cached_many(so.cached_requests)
+        self.update_cached_many(scheduler_output.cached_requests)
 
     def add(self, new: NewRequestData) -> None:
         if new.req_id in self.row_of:  # a resumed request replaces any stale row
@@ -233,13 +233,13 @@ class InputBatch:
 
     # ---- step inputs ---------------------------------------------------------------------
 
-    def prepare(self, so: SchedulerOutput, in_flight: Optional[InFlightIds] = None) -> StepInputs:
+    def prepare(self, scheduler_output: SchedulerOutput, in_flight: Optional[InFlightIds] = None) -> StepInputs:
         """The flat inputs of the step; in_flight: ids of the previous step that are inputs of this one."""
         self.staging = self._stagings[self.staging is self._stagings[0]]   # the other set
         self.staging.wait_reusable()
-        req_ids = list(so.num_scheduled_tokens)
+        req_ids = list(scheduler_output.num_scheduled_tokens)
         rows = np.fromiter(map(self.row_of.__getitem__, req_ids), dtype=np.int64, count=len(req_ids))
-        num_scheduled = np.fromiter(so.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
+        num_scheduled = np.fromiter(scheduler_output.num_scheduled_tokens.values(), dtype=np.int64, count=len(req_ids))
         seq_lens = self.num_computed_tokens[rows] + num_scheduled
         if (seq_lens > self.num_tokens[rows]).any():
             raise ValueError("scheduled past the tokens the runner knows for a request")

@@ -20,12 +20,12 @@ import torch
 from transformers import AutoConfig, GenerationConfig
 
 from qinfer.distributed.parallel_state import rank_device, set_tp_group
-from qinfer.engine.config import EngineConfig
-from qinfer.engine.sampler import Sampler, SamplerOutput
-from qinfer.engine.scheduler_output import SchedulerOutput
+from qinfer.contracts.engine_config import EngineConfig
+from qinfer.executor.sampler import Sampler, SamplerOutput
+from qinfer.contracts.scheduler_output import SchedulerOutput
 from qinfer.executor.cuda_graphs import DecodeCudaGraphs
 from qinfer.executor.input_batch import InFlightIds, InputBatch, StepInputs
-from qinfer.executor.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, TokenLogprobs
+from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, TokenLogprobs
 from qinfer.executor.weight_loader import load_weights
 from qinfer.layers.attention import get_attention_backend, is_attention_backend_importable
 from qinfer.layers.attention.backend import AttentionMetadata
@@ -189,9 +189,9 @@ class ModelRunner:
     # ---- one step --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """The step on the driver (rank 0, or the only rank): forward, sample, return the ids."""
-        inputs, sampler_output = self._run_step(so)
+        inputs, sampler_output = self._run_step(scheduler_output)
         if inputs is None:
             return ModelRunnerOutput()
         sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
@@ -199,14 +199,14 @@ class ModelRunner:
         return self._runner_output(inputs, sampled, self._host_logprobs(inputs, sampler_output))
 
     @torch.inference_mode()
-    def execute_model_async(self, so: SchedulerOutput) -> AsyncModelRunnerOutput:
+    def execute_model_async(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
         """The step on the only rank, returning before its ids reach the host.
 
         Call get() on a step's output before launching the step after the next one: the ids
         of one step at most are in flight.
         """
         in_flight, self.in_flight = self.in_flight, None
-        inputs, sampler_output = self._run_step(so, in_flight)
+        inputs, sampler_output = self._run_step(scheduler_output, in_flight)
         if sampler_output is None:   # nothing sampled: an empty plan, or prefill chunks only
             output = self._runner_output(inputs, [], []) if inputs else ModelRunnerOutput()
             return AsyncModelRunnerOutput(lambda: output)
@@ -232,21 +232,21 @@ class ModelRunner:
 
         return resolve
 
-    def _run_step(self, so: SchedulerOutput, in_flight: Optional[InFlightIds] = None
+    def _run_step(self, scheduler_output: SchedulerOutput, in_flight: Optional[InFlightIds] = None
                   ) -> tuple[Optional[StepInputs], Optional[SamplerOutput]]:
         """Apply the plan, run the forward and the sampler: (None, None) for an empty plan, no
         SamplerOutput when nothing samples."""
-        self.input_batch.update(so)
-        if so.is_empty:
+        self.input_batch.update(scheduler_output)
+        if scheduler_output.is_empty:
             return None, None
-        inputs = self.input_batch.prepare(so, in_flight)
+        inputs = self.input_batch.prepare(scheduler_output, in_flight)
         logits = self._forward(inputs)
         if logits is None:
             return inputs, None
         return inputs, self.sampler(logits, self.input_batch.sampling_metadata(inputs.sampling_rows, in_flight))
 
     @torch.inference_mode()
-    def execute_model_follower(self, so: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
+    def execute_model_follower(self, scheduler_output: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
         """The step on a TP rank > 0: the same forward (its collectives), no sampling.
 
         driver_sampled_ids: what the driver sampled in the previous step, in its row order; they
@@ -257,10 +257,10 @@ class ModelRunner:
                                f"{len(driver_sampled_ids)} ids, this rank expected {len(self.follower_sampling_rows)}")
         self.input_batch.append_sampled(self.follower_sampling_rows, driver_sampled_ids)
         self.follower_sampling_rows = np.empty(0, dtype=np.int64)
-        self.input_batch.update(so)
-        if so.is_empty:
+        self.input_batch.update(scheduler_output)
+        if scheduler_output.is_empty:
             return
-        inputs = self.input_batch.prepare(so)
+        inputs = self.input_batch.prepare(scheduler_output)
         self._forward(inputs)
         self.follower_sampling_rows = inputs.sampling_rows
 

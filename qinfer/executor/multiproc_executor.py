@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 from qinfer.distributed.parallel_state import create_store, destroy_tp_group, disable_multicast, init_tp_group
-from qinfer.engine.config import EngineConfig
-from qinfer.engine.scheduler_output import CachedRequestData, SchedulerOutput
+from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.scheduler_output import CachedRequestData, SchedulerOutput
 
 log = logging.getLogger(__name__)
 RANK_DIED_EXIT_CODE = 17
@@ -74,9 +74,9 @@ class FollowerRanks:
         """Have every follower run runner.<method>(*args) and answer (read with replies())."""
         self._send((method, args))
 
-    def step(self, so: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
+    def step(self, scheduler_output: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
         """Have every follower run the step; no answer (the driver has the sampled ids)."""
-        self._send((_STEP, (_compact(so), driver_sampled_ids)))
+        self._send((_STEP, (_compact(scheduler_output), driver_sampled_ids)))
 
     def _send(self, message: Any) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)   # once for every follower
@@ -142,8 +142,8 @@ def _follower_main(config: EngineConfig, rank: int, world_size: int, store_port:
     while (message := pickle.loads(pipe.recv_bytes())) is not None:
         method, args = message
         if method == _STEP:
-            so, driver_sampled_ids = args
-            runner.execute_model_follower(_expanded(so), driver_sampled_ids)
+            scheduler_output, driver_sampled_ids = args
+            runner.execute_model_follower(_expanded(scheduler_output), driver_sampled_ids)
         else:
             pipe.send(getattr(runner, method)(*args))
     destroy_tp_group()
@@ -154,13 +154,13 @@ def _follower_main(config: EngineConfig, rank: int, world_size: int, store_port:
 _cached_request_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(CachedRequestData)))
 
 
-def _compact(so: SchedulerOutput) -> SchedulerOutput:
-    return dataclasses.replace(so, cached_requests=[_cached_request_fields(c) for c in so.cached_requests])
+def _compact(scheduler_output: SchedulerOutput) -> SchedulerOutput:
+    return dataclasses.replace(scheduler_output, cached_requests=[_cached_request_fields(c) for c in scheduler_output.cached_requests])
 
 
-def _expanded(so: SchedulerOutput) -> SchedulerOutput:
-    so.cached_requests = [CachedRequestData(*fields) for fields in so.cached_requests]
-    return so
+def _expanded(scheduler_output: SchedulerOutput) -> SchedulerOutput:
+    scheduler_output.cached_requests = [CachedRequestData(*fields) for fields in scheduler_output.cached_requests]
+    return scheduler_output
 
 
 def _exit_with_driver() -> None:

@@ -37,7 +37,7 @@ def _load_gpu_implementations() -> None:
 
     compiled.load()
     try:
-        from qinfer.kernels import ops_triton  # noqa: F401  (registers on import)
+        from qinfer.ops import triton_ops  # noqa: F401  (registers on import)
     except ImportError:  # no triton: the torch reference serves
         pass
 

@@ -6,6 +6,7 @@ go idle and are reclaimed by any worker once idle past the lease.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -34,6 +35,7 @@ class Delivery:
     queued_at: float = 0.0
     last_error: str = ""                  # why an earlier attempt failed
     cancel_requested: bool = False
+    has_callback: bool = False            # the request names a callback_url (decided at start)
 
     @property
     def job_id(self) -> Optional[str]:
@@ -109,6 +111,8 @@ class Consumer:
                         [self.name, f"{time.time():.6f}"], client=pipe)
         for d, reply in zip(with_job, pipe.execute() if with_job else []):
             _fill(d, reply)
+        for d in deliveries:
+            d.has_callback = _asks_for_callback(d)
         return deliveries
 
     def renew(self, held: list[Delivery]) -> list[Delivery]:
@@ -158,6 +162,14 @@ def stream_depth(r: redis.Redis, streams: list[str]) -> tuple[int, int]:
     lengths = [x for x in replies[0::2] if isinstance(x, int)]
     pending = [x["pending"] for x in replies[1::2] if isinstance(x, dict)]
     return sum(lengths), sum(pending)
+
+
+def _asks_for_callback(d: Delivery) -> bool:
+    try:
+        request = json.loads(d.request_json or d.payload or "{}")
+    except ValueError:
+        return False       # a malformed request never had a usable callback_url
+    return isinstance(request, dict) and bool(request.get("callback_url"))
 
 
 def _fill(d: Delivery, reply: list) -> None:

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any, Union
 
-from qinfer.callbacks.ssrf import Allowlist, check_callback_url
+from qinfer.ssrf import Allowlist, check_callback_url
 from qinfer.config import Settings
 from qinfer.errors import IdempotencyConflictError, InvalidRequestError, QueueFullError
 from qinfer.queue.keys import CONSUMER_GROUP, Keys

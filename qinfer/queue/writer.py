@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Optional
 
 import redis
@@ -32,20 +31,17 @@ class Final:
     delivery: Delivery
     status: str
     fields: dict = field(default_factory=dict)   # job hash fields: output, error, timings, ...
-    has_callback: bool = False
     dead_letter_reason: Optional[str] = None     # set: also append to the dead-letter stream
     model: Optional[str] = None                  # the dead-letter stream's model
 
 
-@lru_cache(maxsize=1)
-def _enqueue_delivery():
-    """The callbacks outbox writer, if the callbacks package provides it."""
-    try:
-        from qinfer.callbacks.outbox import enqueue_delivery
-    except ImportError:
-        log.warning("qinfer.callbacks.outbox is missing: webhook callbacks are not enqueued")
-        return None
-    return enqueue_delivery
+def enqueue_callback(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> None:
+    """Record "deliver this job's webhook" in the callbacks outbox, on the caller's MULTI/EXEC:
+    no result is written without its delivery queued, nor the reverse (the relay in the
+    callbacks worker turns outbox entries into Celery tasks)."""
+    pipe.hset(keys.job(job_id), mapping={
+        "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
+    pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
 
 
 class ResultWriter:
@@ -65,13 +61,14 @@ class ResultWriter:
             return []
         return self._transaction(deltas, finals)
 
-    def ack(self, deliveries: list[Delivery], callbacks: list[str] = ()) -> None:
-        """Remove entries whose job is already terminal (e.g. cancelled while queued)."""
+    def ack_skipped(self, deliveries: list[Delivery]) -> None:
+        """Remove entries whose job is already terminal (cancelled while queued, or finished by
+        another worker); a job cancelled while queued still gets its webhook."""
         pipe = self.redis.pipeline(transaction=True)
         for d in deliveries:
             self._ack(pipe, d)
-        for job_id in callbacks:
-            self._callback(pipe, job_id)
+            if d.status == "cancelled" and d.has_callback:
+                enqueue_callback(pipe, self.keys, d.job_id)
         pipe.execute()
 
     def _transaction(self, deltas, finals) -> list[bool]:
@@ -106,8 +103,8 @@ class ResultWriter:
             self._ack(pipe, f.delivery)
             return True
         self._terminal(pipe, f, tokens, model)
-        if f.has_callback:
-            self._callback(pipe, f.delivery.job_id)
+        if f.delivery.has_callback:
+            enqueue_callback(pipe, self.keys, f.delivery.job_id)
         return True
 
     def _terminal(self, pipe, f: Final, tokens: Optional[str], model: Optional[str]) -> None:
@@ -136,7 +133,3 @@ class ResultWriter:
         pipe.xack(d.stream, CONSUMER_GROUP, d.entry_id)
         pipe.xdel(d.stream, d.entry_id)      # acked entries are history: keep the stream = backlog
 
-    def _callback(self, pipe, job_id: str) -> None:
-        enqueue = _enqueue_delivery()
-        if enqueue is not None:
-            enqueue(pipe, self.keys, job_id)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from qinfer.errors import InvalidRequestError
 from qinfer.queue.consumer import Delivery
 from qinfer.schema import Completion, JobRequest, Usage
+from qinfer.worker.engine_protocol import Engine
 
 
 class JobRejected(Exception):
@@ -57,13 +58,6 @@ def parse_request(d: Delivery, served_model: str) -> JobRequest:
     return req
 
 
-def has_callback(d: Delivery) -> bool:
-    try:
-        return bool(json.loads(d.request_json or d.payload or "{}").get("callback_url"))
-    except (ValueError, AttributeError):
-        return False
-
-
 def _summary(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'request'}: {err['msg']}" for err in e.errors())
 
@@ -72,7 +66,7 @@ def queue_deadline(req: JobRequest, queued_at: float, configured_s: float) -> fl
     return queued_at + min(configured_s, req.queue_timeout_s or configured_s)
 
 
-def add_to_engine(engine, req: JobRequest, request_id: str) -> None:
+def add_to_engine(engine: Engine, req: JobRequest, request_id: str) -> None:
     """engine.add_request for a job; bad prompts and templates become JobRejected."""
     try:
         token_ids = render_chat(engine, req) if req.messages is not None else req.prompt_token_ids
@@ -81,7 +75,7 @@ def add_to_engine(engine, req: JobRequest, request_id: str) -> None:
         raise JobRejected("invalid_request", str(e)) from None
 
 
-def render_chat(engine, req: JobRequest) -> list[int]:
+def render_chat(engine: Engine, req: JobRequest) -> list[int]:
     messages = [m.model_dump() for m in req.messages]
     try:
         return engine.apply_chat_template(messages)

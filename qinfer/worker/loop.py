@@ -24,6 +24,7 @@ from qinfer.queue.consumer import Consumer, Delivery
 from qinfer.queue.records import delta_fields, error_json, output_json
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.worker import jobs
+from qinfer.worker.engine_protocol import Engine
 from qinfer.worker.health import Heartbeat
 from qinfer.worker.jobs import InFlight, JobRejected
 
@@ -32,7 +33,7 @@ _RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entr
 
 
 class Worker:
-    def __init__(self, engine, consumer: Consumer, writer: ResultWriter, heartbeat: Heartbeat,
+    def __init__(self, engine: Engine, consumer: Consumer, writer: ResultWriter, heartbeat: Heartbeat,
                  settings: Settings, model_name: str):
         self.engine, self.consumer, self.writer, self.heartbeat = engine, consumer, writer, heartbeat
         self.settings, self.model_name = settings, model_name
@@ -145,29 +146,27 @@ class Worker:
         self._accept(self.consumer.pull(self.engine.num_admissible()))
 
     def _accept(self, deliveries: list[Delivery], alone: bool = False) -> None:
-        finals, skipped, callbacks = [], [], []
+        finals, skipped = [], []
         for d in deliveries:
             if d.attempts > 1 and not alone and d.attempts <= self.settings.max_attempts:
                 self.backlog.append(d)     # a retry: run it alone
                 continue
-            final = self._try_start(d, skipped, callbacks)
+            if d.status is not None and d.status not in ("queued", "running"):
+                skipped.append(d)          # cancelled while queued, or finished by another worker
+                continue
+            final = self._try_start(d)
             if final is not None:
-                finals.append(final)
+                finals.append((final, None))
             elif alone and jobs.engine_request_id(d) in self.in_flight:
                 self.isolated = jobs.engine_request_id(d)
         if skipped:
-            self.writer.ack(skipped, callbacks)
+            self.writer.ack_skipped(skipped)
         self._write([], finals)
 
-    def _try_start(self, d: Delivery, skipped: list, callbacks: list) -> Optional[Final]:
+    def _try_start(self, d: Delivery) -> Optional[Final]:
         """Start d in the engine; or the Final that ends it without running."""
         if d.job_id is None:
             return self._fail(d, "malformed_payload", "stream entry has no job id", dead_letter=True)
-        if d.status is not None and d.status not in ("queued", "running"):
-            skipped.append(d)      # cancelled while queued, or finished by another worker
-            if d.status == "cancelled" and jobs.has_callback(d):
-                callbacks.append(d.job_id)
-            return None
         if d.attempts > self.settings.max_attempts:
             return self._dead_letter(d)
         try:
@@ -188,10 +187,9 @@ class Worker:
         queued_at = d.queued_at or now
         if now > jobs.queue_deadline(req, queued_at, self.settings.queue_timeout_s):
             return Final(d, "expired", {"error": error_json(
-                "queue_timeout", f"waited {now - queued_at:.1f}s in the queue, past its queue timeout")},
-                has_callback=bool(req.callback_url))
+                "queue_timeout", f"waited {now - queued_at:.1f}s in the queue, past its queue timeout")})
         if d.cancel_requested:
-            return Final(d, "cancelled", has_callback=bool(req.callback_url))
+            return Final(d, "cancelled")
         request_id = jobs.engine_request_id(d)
         jobs.add_to_engine(self.engine, req, request_id)
         run_timeout = min(self.settings.run_timeout_s, req.run_timeout_s or self.settings.run_timeout_s)
@@ -201,7 +199,6 @@ class Worker:
 
     def _fail(self, d: Delivery, code: str, message: str, dead_letter: bool = False) -> Final:
         return Final(d, "failed", {"error": error_json(code, message)},
-                     has_callback=jobs.has_callback(d),
                      dead_letter_reason=message if dead_letter else None, model=self.model_name)
 
     def _dead_letter(self, d: Delivery) -> Final:
@@ -247,7 +244,7 @@ class Worker:
         if out.finished:
             final = self._final(job, out)
             if final is not None:
-                finals.append(final)
+                finals.append((final, job))
             else:
                 self._forget(job)
 
@@ -269,7 +266,7 @@ class Worker:
             fields["first_token_at"] = f"{job.first_token_at:.6f}"
         if job.delivery.request_json is None:       # a raw payload: keep the request next to its result
             fields["request"] = job.request.model_dump_json()
-        return Final(job.delivery, status, fields, has_callback=bool(job.request.callback_url))
+        return Final(job.delivery, status, fields)
 
     def _observe_tokens(self, job: InFlight, usage) -> None:
         metrics.prompt_tokens.labels(**self._labels).inc(usage.prompt_tokens)
@@ -288,12 +285,10 @@ class Worker:
         return done
 
     # --- writes and bookkeeping ---
-    def _write(self, deltas: list, finals: list[Final]) -> None:
-        written = self.writer.flush(deltas, finals)
-        # one pass over the in-flight jobs, not one per final (256 x 256 on a full batch's last step)
-        by_delivery = {id(j.delivery): j for j in self.in_flight.values()} if finals else {}
-        for final, ok in zip(finals, written):
-            job = by_delivery.get(id(final.delivery))
+    def _write(self, deltas: list, finals: list[tuple[Final, Optional[InFlight]]]) -> None:
+        """Write deltas and terminals; each final travels with its in-flight job (None: never ran)."""
+        written = self.writer.flush(deltas, [final for final, _ in finals])
+        for (final, job), ok in zip(finals, written):
             self._observe(final, job, ok)
             if job is not None:
                 self._forget(job)

@@ -117,7 +117,7 @@ IMPLS = ["triton", "cuda"]
 
 def _get(impl: str) -> dict:
     """op name -> the `impl` implementation registered for CUDA tensors."""
-    from qinfer.kernels import ops_triton  # noqa: F401  (registers the Triton twins)
+    from qinfer.ops import triton_ops  # noqa: F401  (registers the Triton twins)
     from qinfer.ops import compiled, registry
 
     if impl == "cuda" and not compiled.load():

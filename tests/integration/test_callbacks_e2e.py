@@ -9,15 +9,9 @@ from qinfer.callbacks import WebhookVerificationError, generate_secret, verify
 from qinfer.client import Client
 from qinfer.config import Settings
 from qinfer.schema import JobStatus
-from tests.callbacks_support import SECRET, CallbacksWorker, Receiver
+from tests.callbacks_support import SECRET, CallbacksWorker
 from tests.fixtures_redis import wait_until
 
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_finished_job_reaches_the_receiver(redis_url, tiny_llama_dir, start_workers, receiver, tmp_path):

@@ -8,8 +8,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from qinfer.callbacks import generate_secret, verify
-from qinfer.callbacks.outbox import RELAY_GROUP, OutboxRelay, enqueue_delivery, schedule_retry
-from qinfer.callbacks.ssrf import Allowlist
+from qinfer.callbacks.outbox import RELAY_GROUP, OutboxRelay, schedule_retry
+from qinfer.queue.writer import enqueue_callback
+from qinfer.ssrf import Allowlist
 from qinfer.callbacks.tasks import Runtime, attempt_delivery
 from qinfer.queue.keys import Keys
 from tests.callbacks_support import SECRET, write_finished_job
@@ -30,7 +31,7 @@ def _relay(client, published: list, claim_idle_s: float = 60.0) -> OutboxRelay:
 
 def test_enqueue_only_queues_commands_on_the_transaction(client):
     pipe = client.pipeline(transaction=True)
-    enqueue_delivery(pipe, KEYS, "j1")
+    enqueue_callback(pipe, KEYS, "j1")
     assert client.xlen(KEYS.callback_outbox()) == 0     # nothing before EXEC
     pipe.execute()
     assert client.hget(KEYS.job("j1"), "callback") == "pending"

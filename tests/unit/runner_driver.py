@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qinfer.engine.config import EngineConfig
-from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.executor.model_runner import ModelRunner
 from qinfer.sampling_params import SamplingParams
 
@@ -88,9 +88,9 @@ class RunnerDriver:
                 req.is_new = False
             else:
                 cached.append(CachedRequestData(req_id, new_blocks, req.num_computed))
-        so = SchedulerOutput(new, cached, dict(plan), self.finished, self.preempted)
+        scheduler_output = SchedulerOutput(new, cached, dict(plan), self.finished, self.preempted)
         self.finished, self.preempted = set(), set()
-        out = self.runner.execute_model(so)
+        out = self.runner.execute_model(scheduler_output)
         self._record(plan, out)
         return out
 

@@ -2,12 +2,7 @@
 import pytest
 
 from qinfer.engine.block_manager import BlockManager
-from qinfer.engine.request import Request
-from qinfer.sampling_params import SamplingParams
-
-
-def make_request(token_ids, request_id="r"):
-    return Request(request_id, list(token_ids), SamplingParams())
+from tests.factories import make_request
 
 
 def computed(manager, request, num_tokens):
@@ -19,7 +14,7 @@ def computed(manager, request, num_tokens):
 
 def test_allocate_rounds_up_to_blocks_and_free_returns_them():
     manager = BlockManager(num_blocks=8, block_size=4)
-    request = make_request(range(9))
+    request = make_request(prompt=range(9))
     assert manager.allocate(request, 9) == [0, 1, 2]
     assert manager.num_free_blocks == 5
     manager.free(request)
@@ -28,7 +23,7 @@ def test_allocate_rounds_up_to_blocks_and_free_returns_them():
 
 def test_can_allocate_is_false_and_allocate_touches_nothing_when_short():
     manager = BlockManager(num_blocks=2, block_size=4)
-    request = make_request(range(12))
+    request = make_request(prompt=range(12))
     assert not manager.can_allocate(request, 12)
     with pytest.raises(RuntimeError):
         manager.allocate(request, 12)
@@ -37,7 +32,7 @@ def test_can_allocate_is_false_and_allocate_touches_nothing_when_short():
 
 def test_growing_request_gets_a_block_only_when_one_fills():
     manager = BlockManager(num_blocks=4, block_size=4)
-    request = make_request(range(3))
+    request = make_request(prompt=range(3))
     computed(manager, request, 3)
     assert manager.allocate(request, 1) == []         # 4th token fits block 0
     request.num_computed_tokens = 4
@@ -46,11 +41,11 @@ def test_growing_request_gets_a_block_only_when_one_fills():
 
 def test_prefix_hits_share_blocks_and_never_cover_the_last_token():
     manager = BlockManager(num_blocks=8, block_size=4)
-    first = make_request(range(8), "a")
+    first = make_request("a", prompt=range(8))
     computed(manager, first, 8)
-    same = make_request(range(8), "b")
+    same = make_request("b", prompt=range(8))
     assert manager.get_computed_blocks(same) == first.block_ids[:1]   # last token left to compute
-    longer = make_request(list(range(8)) + [99], "c")
+    longer = make_request("c", prompt=list(range(8)) + [99])
     hits = manager.get_computed_blocks(longer)
     assert hits == first.block_ids
     manager.allocate(longer, 1, hits)
@@ -61,30 +56,30 @@ def test_prefix_hits_share_blocks_and_never_cover_the_last_token():
 
 def test_hash_chains_on_the_parent_so_same_block_after_other_prefix_misses():
     manager = BlockManager(num_blocks=8, block_size=2)
-    computed(manager, make_request([1, 2, 3, 4, 5], "a"), 4)
-    assert manager.get_computed_blocks(make_request([9, 9, 3, 4, 5], "b")) == []
+    computed(manager, make_request("a", prompt=[1, 2, 3, 4, 5]), 4)
+    assert manager.get_computed_blocks(make_request("b", prompt=[9, 9, 3, 4, 5])) == []
 
 
 def test_freed_cached_blocks_are_reused_then_evicted_least_recent_first():
     manager = BlockManager(num_blocks=4, block_size=2)
-    old = make_request([1, 2, 3, 4, 0], "old")
+    old = make_request("old", prompt=[1, 2, 3, 4, 0])
     computed(manager, old, 4)
     old_block_ids = list(old.block_ids)
     manager.free(old)
     assert manager.num_free_blocks == 4                 # cached but unreferenced: still free
-    hits = manager.get_computed_blocks(make_request([1, 2, 3, 4, 0], "again"))
+    hits = manager.get_computed_blocks(make_request("again", prompt=[1, 2, 3, 4, 0]))
     assert len(hits) == 2
-    filler = make_request(range(10, 16), "filler")
+    filler = make_request("filler", prompt=range(10, 16))
     manager.allocate(filler, 6)                         # 3 of 4 blocks: evicts old's tail block only
-    assert manager.get_computed_blocks(make_request([1, 2, 3, 4, 0], "late")) == old_block_ids[:1]
+    assert manager.get_computed_blocks(make_request("late", prompt=[1, 2, 3, 4, 0])) == old_block_ids[:1]
 
 
 def test_can_allocate_counts_unreferenced_hits_as_taken_from_the_free_list():
     manager = BlockManager(num_blocks=3, block_size=2)
-    old = make_request([1, 2, 3, 4, 5], "old")
+    old = make_request("old", prompt=[1, 2, 3, 4, 5])
     computed(manager, old, 4)
     manager.free(old)
-    request = make_request([1, 2, 3, 4, 5, 6, 7], "new")
+    request = make_request("new", prompt=[1, 2, 3, 4, 5, 6, 7])
     hits = manager.get_computed_blocks(request)
     assert len(hits) == 2
     assert manager.can_allocate(request, 2, hits)       # 2 hits + 1 new block = 3 blocks
@@ -93,5 +88,5 @@ def test_can_allocate_counts_unreferenced_hits_as_taken_from_the_free_list():
 
 def test_prefix_caching_off_gives_no_hits():
     manager = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
-    computed(manager, make_request(range(6), "a"), 6)
-    assert manager.get_computed_blocks(make_request(range(6), "b")) == []
+    computed(manager, make_request("a", prompt=range(6)), 6)
+    assert manager.get_computed_blocks(make_request("b", prompt=range(6))) == []

@@ -8,8 +8,7 @@ import pytest
 
 from qinfer.callbacks import CallbackURLRefused, check_callback_url
 from qinfer.callbacks.delivery import DELIVERED, GONE, REFUSED, RETRY, parse_retry_after, post_webhook
-from qinfer.callbacks.ssrf import Allowlist, resolve_destination
-from tests.callbacks_support import Receiver
+from qinfer.ssrf import Allowlist, resolve_destination
 
 NOBODY = Allowlist()
 LOOPBACK = Allowlist.parse("127.0.0.1")
@@ -83,12 +82,6 @@ def test_check_defaults_to_the_configured_allowlist(monkeypatch):
     finally:
         get_settings.cache_clear()
 
-
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
 
 
 def test_allowlisted_loopback_is_delivered(receiver):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from qinfer.engine.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
+from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.executor.input_batch import InputBatch
 from qinfer.sampling_params import SamplingParams
 
@@ -21,11 +21,11 @@ def make_batch() -> InputBatch:
 
 def test_flat_inputs_of_a_mixed_step():
     batch = make_batch()
-    so = SchedulerOutput(new_requests=[new_request("a", [10, 11, 12, 13, 14, 15], [7, 2], num_computed=4),
+    scheduler_output = SchedulerOutput(new_requests=[new_request("a", [10, 11, 12, 13, 14, 15], [7, 2], num_computed=4),
                                        new_request("b", [20, 21, 22], [5])],
                          num_scheduled_tokens={"b": 2, "a": 2})  # b: first chunk; a: the rest (prefix hit)
-    batch.update(so)
-    inputs = batch.prepare(so)
+    batch.update(scheduler_output)
+    inputs = batch.prepare(scheduler_output)
     assert inputs.req_ids == ["b", "a"]
     assert inputs.input_ids.tolist() == [20, 21, 14, 15]
     assert inputs.positions.tolist() == [0, 1, 4, 5]
@@ -44,11 +44,11 @@ def test_rows_condense_and_keep_their_data_across_steps():
                                  num_scheduled_tokens={"a": 2, "b": 2, "c": 2}))
     batch.append_sampled(batch.prepare(SchedulerOutput(num_scheduled_tokens={"a": 2, "b": 2, "c": 2}))
                          .sampling_rows, [50, 51, 52])
-    so = SchedulerOutput(cached_requests=[CachedRequestData("c", [9], 2)], num_scheduled_tokens={"c": 1},
+    scheduler_output = SchedulerOutput(cached_requests=[CachedRequestData("c", [9], 2)], num_scheduled_tokens={"c": 1},
                          finished_req_ids={"a"}, preempted_req_ids={"b"})
-    batch.update(so)
+    batch.update(scheduler_output)
     assert batch.num_reqs == 1 and batch.row_of == {"c": 0}
-    inputs = batch.prepare(so)
+    inputs = batch.prepare(scheduler_output)
     assert inputs.input_ids.tolist() == [52] and inputs.positions.tolist() == [2]
     assert inputs.attn_metadata.slot_mapping.tolist() == [2 * BLOCK_SIZE + 2]
     assert batch.block_table[0, :2].tolist() == [2, 9]

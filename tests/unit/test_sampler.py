@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qinfer.engine.sampler import (Sampler, SamplingMetadata, apply_min_p, apply_penalties,
-                                   apply_top_k_top_p)
+from qinfer.contracts.sampling_metadata import SamplingMetadata
+from qinfer.executor.sampler import Sampler, apply_min_p, apply_penalties, apply_top_k_top_p
 from qinfer.sampling_params import SamplingParams
 from tests.unit.runner_driver import RunnerDriver, make_runner
 

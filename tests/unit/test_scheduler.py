@@ -1,39 +1,6 @@
 """Scheduler (vLLM v1 style) on tiny block counts, with a fake runner: no model."""
-from qinfer.engine.config import EngineConfig
-from qinfer.engine.request import Request, RequestStatus
-from qinfer.engine.scheduler import Scheduler
-from qinfer.executor.runner_output import ModelRunnerOutput
-from qinfer.sampling_params import SamplingParams
-
-NEXT_TOKEN = 7
-
-
-def make_scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=64,
-                   enable_prefix_caching=True, max_model_len=128):
-    config = EngineConfig(model="unused", max_num_seqs=max_num_seqs, block_size=block_size,
-                          max_num_batched_tokens=max_num_batched_tokens,
-                          enable_prefix_caching=enable_prefix_caching)
-    return Scheduler(config, num_blocks, max_model_len)
-
-
-def make_request(request_id, num_prompt_tokens=None, prompt=None, **params):
-    prompt = prompt if prompt is not None else [hash((request_id, i)) % 1000 for i in range(num_prompt_tokens)]
-    params.setdefault("ignore_eos", True)
-    return Request(request_id, list(prompt), SamplingParams(**params), eos_token_ids=frozenset({0}))
-
-
-def fake_runner_output(scheduler, so, token_id=NEXT_TOKEN):
-    """Sample one token for each request whose scheduled tokens reach its end (like the runner):
-    the scheduler counts such a token as a placeholder until the update."""
-    req_ids = list(so.num_scheduled_tokens)
-    sampled = [[token_id] if scheduler.requests[req_id].num_output_placeholders else [] for req_id in req_ids]
-    return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled, logprobs=[None] * len(req_ids))
-
-
-def step(scheduler, token_id=NEXT_TOKEN):
-    so = scheduler.schedule()
-    return so, scheduler.update_from_output(so, fake_runner_output(scheduler, so, token_id))
-
+from qinfer.engine.request import RequestStatus
+from tests.factories import NEXT_TOKEN, fake_runner_output, make_request, make_scheduler, step
 
 def run_to_completion(scheduler, max_steps=1000):
     for _ in range(max_steps):
@@ -46,15 +13,15 @@ def run_to_completion(scheduler, max_steps=1000):
 def test_long_prompt_is_chunked_by_the_token_budget():
     scheduler = make_scheduler(max_num_batched_tokens=8)
     scheduler.add_request(make_request("a", 20, max_tokens=2))
-    so, deltas = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 8} and len(deltas) == 0
-    assert len(so.new_requests[0].block_ids) == 2            # blocks for the scheduled chunk only
-    so, _ = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 8} and so.cached_requests[0].num_computed_tokens == 8
-    so, deltas = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 4} and deltas.new_token_ids == [[NEXT_TOKEN]]
-    so, _ = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 1}
+    scheduler_output, deltas = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"a": 8} and len(deltas) == 0
+    assert len(scheduler_output.new_requests[0].block_ids) == 2            # blocks for the scheduled chunk only
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"a": 8} and scheduler_output.cached_requests[0].num_computed_tokens == 8
+    scheduler_output, deltas = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"a": 4} and deltas.new_token_ids == [[NEXT_TOKEN]]
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"a": 1}
 
 
 def test_running_requests_take_the_budget_before_waiting_ones():
@@ -62,20 +29,20 @@ def test_running_requests_take_the_budget_before_waiting_ones():
     scheduler.add_request(make_request("a", 6))
     step(scheduler)
     scheduler.add_request(make_request("b", 30))
-    so, _ = step(scheduler)
-    assert so.num_scheduled_tokens == {"a": 1, "b": 9}
-    assert [r.req_id for r in so.new_requests] == ["b"] and [r.req_id for r in so.cached_requests] == ["a"]
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"a": 1, "b": 9}
+    assert [r.req_id for r in scheduler_output.new_requests] == ["b"] and [r.req_id for r in scheduler_output.cached_requests] == ["a"]
 
 
 def test_waiting_requests_are_admitted_fcfs_up_to_max_num_seqs():
     scheduler = make_scheduler(max_num_seqs=2)
     for name in "abc":
         scheduler.add_request(make_request(name, 3, max_tokens=2))
-    so, _ = step(scheduler)
-    assert list(so.num_scheduled_tokens) == ["a", "b"]
+    scheduler_output, _ = step(scheduler)
+    assert list(scheduler_output.num_scheduled_tokens) == ["a", "b"]
     step(scheduler)                                           # a and b reach max_tokens=2
-    so, _ = step(scheduler)
-    assert so.finished_req_ids == {"a", "b"} and list(so.num_scheduled_tokens) == ["c"]
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.finished_req_ids == {"a", "b"} and list(scheduler_output.num_scheduled_tokens) == ["c"]
 
 
 def test_out_of_blocks_preempts_the_newest_and_recomputes_it_with_its_output():
@@ -83,8 +50,8 @@ def test_out_of_blocks_preempts_the_newest_and_recomputes_it_with_its_output():
     scheduler.add_request(make_request("old", 8, max_tokens=6))
     scheduler.add_request(make_request("new", 8, max_tokens=6))
     step(scheduler)                                           # 2 blocks each: all 4 blocks used
-    so, _ = step(scheduler)                                   # old needs a 3rd block -> new is preempted
-    assert so.num_scheduled_tokens == {"old": 1} and so.preempted_req_ids == {"new"}
+    scheduler_output, _ = step(scheduler)                                   # old needs a 3rd block -> new is preempted
+    assert scheduler_output.num_scheduled_tokens == {"old": 1} and scheduler_output.preempted_req_ids == {"new"}
     assert scheduler.num_preemptions == 1
     new = scheduler.waiting[0]
     assert new.request_id == "new" and new.num_computed_tokens == 0 and new.num_output_tokens == 1
@@ -98,10 +65,10 @@ def test_resumed_request_comes_back_in_full_with_its_output_tokens():
     scheduler.add_request(make_request("old", 8, max_tokens=5))
     scheduler.add_request(make_request("new", 8, max_tokens=5))
     for _ in range(8):
-        so, _ = step(scheduler)
-        resumed = [r for r in so.new_requests if r.req_id == "new" and r.output_token_ids]
+        scheduler_output, _ = step(scheduler)
+        resumed = [r for r in scheduler_output.new_requests if r.req_id == "new" and r.output_token_ids]
         if resumed:
-            assert so.num_scheduled_tokens["new"] == 8 + len(resumed[0].output_token_ids)
+            assert scheduler_output.num_scheduled_tokens["new"] == 8 + len(resumed[0].output_token_ids)
             return
     raise AssertionError("the preempted request never resumed")
 
@@ -110,8 +77,8 @@ def test_a_request_alone_never_half_allocates_and_preempts_itself_when_it_cannot
     scheduler = make_scheduler(num_blocks=3, block_size=4, max_num_batched_tokens=4)
     scheduler.add_request(make_request("a", 8, max_tokens=8))
     scheduler.add_request(make_request("b", 8, max_tokens=8))
-    so, _ = step(scheduler)
-    assert list(so.num_scheduled_tokens) == ["a"]            # b does not fit: not admitted at all
+    scheduler_output, _ = step(scheduler)
+    assert list(scheduler_output.num_scheduled_tokens) == ["a"]            # b does not fit: not admitted at all
     assert scheduler.waiting[0].block_ids == []
     run_to_completion(scheduler)
     assert scheduler.block_manager.num_free_blocks == 3
@@ -124,9 +91,9 @@ def test_prefix_hits_skip_computed_blocks_but_keep_the_last_token():
     run_to_completion(scheduler)
     scheduler.add_request(make_request("b", prompt=shared + [2, 3], max_tokens=1))
     scheduler.add_request(make_request("c", prompt=shared, max_tokens=1))
-    so, _ = step(scheduler)
-    assert so.num_scheduled_tokens == {"b": 2, "c": 4}
-    assert {r.req_id: r.num_computed_tokens for r in so.new_requests} == {"b": 12, "c": 8}
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"b": 2, "c": 4}
+    assert {r.req_id: r.num_computed_tokens for r in scheduler_output.new_requests} == {"b": 12, "c": 8}
     assert scheduler.block_manager.num_prefix_hits == 20
 
 
@@ -162,8 +129,8 @@ def test_abort_frees_blocks_and_is_reported_next_update():
     step(scheduler)
     scheduler.abort_requests(["a", "queued", "unknown"])
     assert scheduler.block_manager.num_free_blocks == 8
-    so = scheduler.schedule()
-    deltas = scheduler.update_from_output(so, fake_runner_output(scheduler, so))
+    scheduler_output = scheduler.schedule()
+    deltas = scheduler.update_from_output(scheduler_output, fake_runner_output(scheduler, scheduler_output))
     assert sorted(r.finish_reason for r in deltas.requests) == ["abort", "abort"]
     assert not scheduler.has_unfinished_requests()
 
@@ -182,8 +149,8 @@ def test_requests_admitted_in_the_same_step_share_the_blocks_one_of_them_fills()
     prompt = list(range(100, 110))
     scheduler.add_request(make_request("first", prompt=prompt))
     scheduler.add_request(make_request("sibling", prompt=prompt))
-    so, _ = step(scheduler)
-    assert so.num_scheduled_tokens == {"first": 10, "sibling": 2}
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.num_scheduled_tokens == {"first": 10, "sibling": 2}
     first, sibling = (scheduler.requests[r] for r in ("first", "sibling"))
     assert sibling.block_ids[:2] == first.block_ids[:2] and sibling.num_cached_tokens == 8
 
@@ -203,12 +170,12 @@ def test_blocks_filled_by_decode_steps_join_the_prefix_cache():
     scheduler = make_scheduler(block_size=4)
     scheduler.add_request(make_request("a", 3, max_tokens=6))
     step(scheduler)                                   # prefill 3 tokens; samples the 4th
-    so, _ = step(scheduler)                           # decode: computes token 4, the first block is full
-    assert not so.cached_requests[0].new_block_ids and scheduler.requests["a"].num_hashed_blocks == 1
+    scheduler_output, _ = step(scheduler)                           # decode: computes token 4, the first block is full
+    assert not scheduler_output.cached_requests[0].new_block_ids and scheduler.requests["a"].num_hashed_blocks == 1
     tokens_of_a = list(scheduler.requests["a"].all_token_ids)
     run_to_completion(scheduler)
     # 3 prompt + 5 computed outputs (the last sampled token is never computed) = 8 tokens: two full blocks.
     prompt_b = tokens_of_a + [NEXT_TOKEN] * 4 + [1]
     scheduler.add_request(make_request("b", prompt=prompt_b, max_tokens=1))
-    so, _ = step(scheduler)
-    assert so.new_requests[0].num_computed_tokens == 8
+    scheduler_output, _ = step(scheduler)
+    assert scheduler_output.new_requests[0].num_computed_tokens == 8

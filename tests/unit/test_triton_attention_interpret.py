@@ -143,47 +143,47 @@ def test_backend_matches_reference_backend(query_lens):
 
 
 @pytest.fixture(scope="module")
-def ops_triton():
-    from qinfer.kernels import ops_triton
-    return ops_triton
+def triton_ops():
+    from qinfer.ops import triton_ops
+    return triton_ops
 
 
 @needs_interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_norm_ops_match_reference(ops_triton, dtype):
+def test_norm_ops_match_reference(triton_ops, dtype):
     from qinfer.ops import reference
     x, res, w = torch.randn(5, 48).to(dtype), torch.randn(5, 48).to(dtype), torch.randn(48).to(dtype)
-    assert torch.allclose(ops_triton.rms_norm(x, w, 1e-5).float(), reference.rms_norm(x, w, 1e-5).float(),
+    assert torch.allclose(triton_ops.rms_norm(x, w, 1e-5).float(), reference.rms_norm(x, w, 1e-5).float(),
                           atol=2e-2, rtol=2e-2)
     ref_out, ref_sum = reference.fused_add_rms_norm(x, res, w, 1e-5)
-    out, summed = ops_triton.fused_add_rms_norm(x.clone(), res.clone(), w, 1e-5)
+    out, summed = triton_ops.fused_add_rms_norm(x.clone(), res.clone(), w, 1e-5)
     # the interpreter's bf16 rounding may differ by one ulp from torch's
     assert torch.allclose(summed.float(), ref_sum.float(), atol=2e-2, rtol=1e-2)
     assert torch.allclose(out.float(), ref_out.float(), atol=2e-2, rtol=2e-2)
 
 
 @needs_interpret
-def test_silu_and_mul_matches_reference(ops_triton):
+def test_silu_and_mul_matches_reference(triton_ops):
     from qinfer.ops import reference
     x = torch.randn(3, 2 * 40)
-    assert torch.allclose(ops_triton.silu_and_mul(x), reference.silu_and_mul(x), atol=1e-6)
+    assert torch.allclose(triton_ops.silu_and_mul(x), reference.silu_and_mul(x), atol=1e-6)
 
 
 @needs_interpret
 @pytest.mark.parametrize("is_neox", [True, False])
-def test_rotary_matches_reference(ops_triton, is_neox):
+def test_rotary_matches_reference(triton_ops, is_neox):
     from qinfer.ops import reference
     head, positions = 16, torch.tensor([0, 7, 3, 30])
     angles = torch.outer(torch.arange(32.0), torch.rand(head // 2))
     cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
     q, k = torch.randn(4, 3 * head), torch.randn(4, 1 * head)
     rq, rk = reference.rotary_embedding(positions, q.clone(), k.clone(), head, cache, is_neox)
-    tq, tk = ops_triton.rotary_embedding(positions, q.clone(), k.clone(), head, cache, is_neox)
+    tq, tk = triton_ops.rotary_embedding(positions, q.clone(), k.clone(), head, cache, is_neox)
     assert torch.allclose(tq, rq, atol=1e-6) and torch.allclose(tk, rk, atol=1e-6)
 
 
 @needs_interpret
-def test_reshape_and_cache_matches_reference(ops_triton):
+def test_reshape_and_cache_matches_reference(triton_ops):
     from qinfer.ops import reference
     qkv = torch.randn(5, 3, 2, 16)          # fused projection rows: key/value are strided views
     key, value = qkv[:, 1], qkv[:, 2]
@@ -191,14 +191,14 @@ def test_reshape_and_cache_matches_reference(ops_triton):
     caches = [torch.randn(2, 16, 2, 16) for _ in range(2)]
     mine = [c.clone() for c in caches]
     reference.reshape_and_cache(key, value, *caches, slots)
-    ops_triton.reshape_and_cache(key, value, *mine, slots)
+    triton_ops.reshape_and_cache(key, value, *mine, slots)
     assert torch.equal(caches[0], mine[0]) and torch.equal(caches[1], mine[1])
 
 
 @needs_interpret
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("is_neox", [True, False])
-def test_rotary_and_cache_matches_reference(ops_triton, dtype, is_neox):
+def test_rotary_and_cache_matches_reference(triton_ops, dtype, is_neox):
     # Strided q/k/v views of a fused qkv projection, as the attention layer passes them.
     from qinfer.ops import reference
     head, positions = 16, torch.tensor([0, 7, 3, 30, 12])
@@ -208,7 +208,7 @@ def test_rotary_and_cache_matches_reference(ops_triton, dtype, is_neox):
     slots = torch.tensor([3, -1, 17, 0, 31])
     caches = [torch.randn(2, 16, 2, head).to(dtype) for _ in range(2)]
     outs = {}
-    for name, fn in (("ref", reference.rotary_and_cache), ("triton", ops_triton.rotary_and_cache)):
+    for name, fn in (("ref", reference.rotary_and_cache), ("triton", triton_ops.rotary_and_cache)):
         x, kc, vc = qkv.clone(), caches[0].clone(), caches[1].clone()
         q, k, v = x.split([4 * head, 2 * head, 2 * head], dim=-1)
         fn(positions, q, k, v, kc, vc, slots, head, cache, is_neox)
