@@ -2,9 +2,12 @@
 
 forward(input_ids [T], positions [T]) -> hidden [T, H] over a flat batch;
 compute_logits(hidden [N, H]) -> [N, V] only for the positions that sample.
-Qwen2 reuses every module here, changing only the attention biases.
+Qwen2 reuses every module here, changing only the attention biases; the mixtures of experts
+(Mixtral, Qwen3-MoE) swap the decoder layers' MLP through `make_layer`.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -56,10 +59,11 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config, qkv_bias: bool, o_bias: bool, mlp: nn.Module | None = None):
+        """mlp: the feed-forward block (default: the dense LlamaMLP)."""
         super().__init__()
         self.self_attn = LlamaAttention(config, qkv_bias, o_bias)
-        self.mlp = LlamaMLP(config)
+        self.mlp = LlamaMLP(config) if mlp is None else mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -75,11 +79,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config, make_layer: Callable[[int], nn.Module]):
+        """make_layer(layer_idx) -> one decoder layer."""
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, qkv_bias, o_bias)
-                                    for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(make_layer(i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, *self.attention_biases(config))
+        self.model = LlamaModel(config, self.make_layer)
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -109,6 +113,9 @@ class LlamaForCausalLM(nn.Module):
         """(qkv_proj has bias, o_proj has bias)."""
         bias = getattr(config, "attention_bias", False)
         return bias, bias
+
+    def make_layer(self, layer_idx: int) -> nn.Module:
+        return LlamaDecoderLayer(self.config, *self.attention_biases(self.config))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

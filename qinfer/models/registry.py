@@ -8,6 +8,7 @@ from torch import nn
 # architecture -> "module:Class", imported on first use
 _MODELS = {
     "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
+    "MixtralForCausalLM": "qinfer.models.mixtral:MixtralForCausalLM",
     "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
 }
 

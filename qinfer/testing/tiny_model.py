@@ -1,6 +1,6 @@
-"""Tiny random Llama / Qwen2 model directories for tests and benches.
+"""Tiny random Llama / Qwen2 / Mixtral / Qwen3-MoE model directories for tests and benches.
 
-    python -m qinfer.testing.tiny_model OUT_DIR --arch llama|qwen2 [--num-layers 2 ...]
+    python -m qinfer.testing.tiny_model OUT_DIR --arch llama|qwen2|mixtral|qwen3_moe [--num-layers 2 ...]
 
 Writes config.json, *.safetensors (optionally sharded with an index json) and a
 byte-level BPE tokenizer trained here on a built-in English corpus, so nothing
@@ -68,8 +68,9 @@ def train_tokenizer(vocab_size: int):
 def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden_size=64,
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None, intermediate_size=128,
                  tie_word_embeddings=False, rope_scaling=None, max_position_embeddings=256,
-                 rope_theta=10000.0):
-    from transformers import LlamaConfig, Qwen2Config
+                 rope_theta=10000.0, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                 norm_topk_prob=True):
+    from transformers import LlamaConfig, MixtralConfig, Qwen2Config, Qwen3MoeConfig
 
     rope = {"rope_type": "default", "rope_theta": rope_theta}
     if rope_scaling == "llama3":
@@ -86,7 +87,16 @@ def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden
         if head_dim not in (None, hidden_size // num_heads):
             raise ValueError("qwen2 derives head_dim from hidden_size / num_heads")
         return Qwen2Config(use_sliding_window=False, **common)
-    raise ValueError(f"unknown arch {arch!r}: use 'llama' or 'qwen2'")
+    # Mixtral's experts are intermediate_size wide; Qwen3-MoE's moe_intermediate_size (its
+    # intermediate_size is for dense layers, none here).
+    if arch == "mixtral":
+        return MixtralConfig(head_dim=head_dim, num_local_experts=num_experts,
+                             num_experts_per_tok=num_experts_per_tok, **common)
+    if arch == "qwen3_moe":
+        return Qwen3MoeConfig(head_dim=head_dim or hidden_size // num_heads, num_experts=num_experts,
+                              num_experts_per_tok=num_experts_per_tok, norm_topk_prob=norm_topk_prob,
+                              moe_intermediate_size=moe_intermediate_size, **common)
+    raise ValueError(f"unknown arch {arch!r}: use 'llama', 'qwen2', 'mixtral' or 'qwen3_moe'")
 
 
 def randomize_(model, seed: int) -> None:
@@ -113,7 +123,9 @@ def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed
     """Build a tiny random model directory at out_dir; returns its path.
 
     sizes: hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
-    tie_word_embeddings, rope_scaling ("llama3" or None), max_position_embeddings, rope_theta.
+    tie_word_embeddings, rope_scaling ("llama3" or None), max_position_embeddings, rope_theta;
+    mixtures of experts: num_experts, num_experts_per_tok, moe_intermediate_size (qwen3_moe),
+    norm_topk_prob (qwen3_moe).
     The model's vocab size is the trained tokenizer's (at most vocab_size).
     """
     import torch
@@ -134,10 +146,11 @@ def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed
 def _parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir")
-    p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    p.add_argument("--arch", choices=["llama", "qwen2", "mixtral", "qwen3_moe"], default="llama")
     for flag, default in [("hidden-size", 64), ("num-layers", 2), ("num-heads", 4), ("num-kv-heads", 2),
                           ("head-dim", None), ("intermediate-size", 128), ("vocab-size", 512),
-                          ("max-position-embeddings", 256), ("seed", 0), ("shards", 1)]:
+                          ("max-position-embeddings", 256), ("seed", 0), ("shards", 1),
+                          ("num-experts", 4), ("num-experts-per-tok", 2), ("moe-intermediate-size", 32)]:
         p.add_argument(f"--{flag}", type=int, default=default)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--tie-word-embeddings", action="store_true")
