@@ -9,6 +9,7 @@ from torch import nn
 _MODELS = {
     "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
     "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
+    "Qwen3ForCausalLM": "qinfer.models.qwen3:Qwen3ForCausalLM",
 }
 
 
