@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from qinfer.layers.moe import SparseMoeBlock
-from qinfer.models.llama import LlamaDecoderLayer, LlamaForCausalLM
+from qinfer.models.llama import LlamaForCausalLM
 
 
 class MixtralForCausalLM(LlamaForCausalLM):
@@ -17,8 +17,6 @@ class MixtralForCausalLM(LlamaForCausalLM):
     # checkpoint expert projection -> (parameter of experts, shard id)
     expert_params_mapping = {"w1": ("w13_weight", 0), "w3": ("w13_weight", 1), "w2": ("w2_weight", None)}
 
-    def make_layer(self, layer_idx: int) -> nn.Module:
-        c = self.config
-        moe = SparseMoeBlock(c.hidden_size, c.num_local_experts, c.num_experts_per_tok, c.intermediate_size,
-                             renormalize=True)
-        return LlamaDecoderLayer(c, False, False, mlp=moe)
+    def make_mlp(self, config, layer_idx: int) -> nn.Module:
+        return SparseMoeBlock(config.hidden_size, config.num_local_experts, config.num_experts_per_tok,
+                              config.intermediate_size, renormalize=True)
