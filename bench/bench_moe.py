@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -214,13 +215,14 @@ def run_engine(name: str, args, ceilings: dict) -> dict:
         llm = dense.make_llm(model_dir, args)
     result = dict(engine_start_s=time.perf_counter() - start, ops=ops.implementations("cuda"),
                   kv_blocks=llm.engine.executor.runner.kv_cache.shape[2])
-    flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
-    result["throughput"] = dense.run_throughput(llm, args, ceilings, cfg, flops=flops, vocab=cfg["vocab_size"])
-    print(name, json.dumps(result["throughput"]), flush=True)
+    # Latency first: it is short, and its figure survives a throughput run cut off by a time limit.
     result["latency"] = dense.run_latency(llm, args, ceilings, cfg, floor_bytes=decode_floor_bytes(cfg),
                                           vocab=cfg["vocab_size"])
     result["latency"]["floor_bytes"] = decode_floor_bytes(cfg)
-    print(name, json.dumps(result["latency"]), flush=True)
+    print(name, json.dumps(result), flush=True)
+    flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
+    result["throughput"] = dense.run_throughput(llm, args, ceilings, cfg, flops=flops, vocab=cfg["vocab_size"])
+    print(name, json.dumps(result["throughput"]), flush=True)
     del llm
     gc.collect()
     torch.cuda.empty_cache()
@@ -283,7 +285,10 @@ def main() -> None:
     if "engine" in parts:
         results["engine"] = {}
         for name in names:
-            results["engine"][name] = run_engine(name, args, results["ceilings"])
+            try:
+                results["engine"][name] = run_engine(name, args, results["ceilings"])
+            except Exception:                                # the next model still runs
+                traceback.print_exc()
             save(results, args.out)
     save(results, args.out)
     report(results)

@@ -78,14 +78,17 @@ def _moe_gemm_kernel(a_ptr, b_ptr, c_ptr, weights_ptr, sorted_ids_ptr, expert_id
 
 def gemm_config(rows_per_expert: float) -> dict:
     """Tile sizes for the mean number of slots an expert gets: short row blocks (and long K steps)
-    while the weights' bytes dominate (decode), large square tiles once the FLOPs do."""
+    while the weights' bytes dominate (decode), large square tiles once the FLOPs do. GROUP_M 8
+    everywhere: an expert with several row blocks reads each weight tile from DRAM once, the other
+    blocks find it in L2 (GROUP_M 1 read Mixtral's experts twice at 256 tokens: 42% of copy
+    bandwidth). Measured on the H200 by bench/bench_moe.py --sweep (bench/NOTES.md)."""
     if rows_per_expert <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
     if rows_per_expert <= 64:
-        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=4)
-    if rows_per_expert <= 256:
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
+    if rows_per_expert < 256:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4)
 
 
 def _moe_gemm(a, b, c, weights, aligned, num_slots, slots_per_a_row, gated, cfg):
