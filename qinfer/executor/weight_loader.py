@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -80,7 +81,7 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     params = dict(model.named_parameters(remove_duplicate=False))
     packed = getattr(model, "packed_modules_mapping", {})
     experts = getattr(model, "expert_params_mapping", {})
-    loaded_ids: set[int] = set()
+    num_loads: Counter[int] = Counter()     # parameter id -> checkpoint tensors loaded into it
     with torch.no_grad():
         for name, tensor_slice in iter_checkpoint(model_dir):
             if name.endswith(_SKIPPED_SUFFIXES):
@@ -91,7 +92,9 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
             param = params[param_name]
             loader = getattr(param, "weight_loader", default_weight_loader)
             loader(param, CheckpointTensor(tensor_slice, param.dtype), *args)
-            loaded_ids.add(id(param))
-    missing = sorted(name for name, param in params.items() if id(param) not in loaded_ids)
+            num_loads[id(param)] += 1
+    # A stacked parameter (the experts of a layer) says how many checkpoint tensors fill it.
+    missing = sorted(name for name, param in params.items()
+                     if num_loads[id(param)] < getattr(param, "num_checkpoint_tensors", 1))
     if missing:
         raise KeyError(f"parameters missing from checkpoint {model_dir}: {missing}")

@@ -109,3 +109,17 @@ def test_ranks_hold_their_slice_of_every_expert(make_model_dir, read_numel, arch
         assert torch.equal(torch.cat([m.experts.w2_weight[e] for m in ranks], dim=1), ckpt[prefix + down + ".weight"])
     for m in ranks:                                   # the router is replicated
         assert torch.equal(m.gate.weight, ckpt[f"model.layers.0.{block}.gate.weight"])
+
+
+def test_a_checkpoint_missing_one_expert_tensor_is_refused(make_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    model_dir = make_model_dir("mixtral", num_layers=1, hidden_size=HIDDEN, num_heads=NUM_HEADS, num_kv_heads=2,
+                               intermediate_size=64, num_experts=4)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    ckpt = load_file(model_dir / "model.safetensors")
+    del ckpt["model.layers.0.block_sparse_moe.experts.3.w3.weight"]
+    save_file(ckpt, broken / "model.safetensors")
+    with pytest.raises(KeyError, match="experts.w13_weight"):
+        weight_loader.load_weights(load_rank(model_dir, 0, 1), broken)

@@ -36,6 +36,9 @@ class FusedMoE(nn.Module):
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size))
         self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.intermediate_size))
         self.w13_weight.weight_loader = self.w2_weight.weight_loader = self.weight_loader
+        # Checkpoint tensors per parameter (gate and up of each expert; down of each), so a
+        # checkpoint missing one expert's tensor fails to load instead of leaving garbage.
+        self.w13_weight.num_checkpoint_tensors, self.w2_weight.num_checkpoint_tensors = 2 * num_experts, num_experts
 
     def weight_loader(self, param: nn.Parameter, loaded_weight, expert_id: int, shard_id=None) -> None:
         size = self.intermediate_size
