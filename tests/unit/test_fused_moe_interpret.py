@@ -1,11 +1,7 @@
 """The Triton fused-MoE kernel on the CPU under TRITON_INTERPRET=1, tiny shapes, against the torch
-reference (float32). Like test_triton_attention_interpret.py, the one test that runs in the main
-process re-runs this file in a child pytest with the variable set before triton is imported."""
+reference (float32); the one test that runs in the main process re-runs this file in a child
+pytest with the variable set (tests/triton_interpreter.py)."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,23 +9,16 @@ import torch
 from qinfer.ops.moe_reference import fused_experts
 from qinfer.testing.moe_batch import random_experts, random_routing
 from qinfer.testing.paged_batch import rel_err
+from tests.triton_interpreter import in_parent_only, needs_interpret, rerun_under_interpreter
 
 pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-needs_interpret = pytest.mark.skipif(not INTERPRET, reason="runs in the child process")
 TINY = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1)
 
 
-@pytest.mark.skipif(INTERPRET, reason="already under the interpreter")
+@in_parent_only
 def test_kernel_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
-         os.path.abspath(__file__)],
-        env=env, capture_output=True, text=True, timeout=300,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
+    rerun_under_interpreter(__file__)
 
 
 # (tokens, top_k, experts, experts used, hidden, intermediate): one token; empty experts; K not a
