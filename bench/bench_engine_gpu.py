@@ -72,15 +72,16 @@ def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def save_tokenizer(out: Path) -> None:
-    """Word-level tokenizer "t0".."t{V-1}": every id decodes (random weights emit any id)."""
+def save_tokenizer(out: Path, vocab: int = VOCAB, special_ids: tuple[int, int, int] = (128000, 128001, 128002)) -> None:
+    """Word-level tokenizer "t0".."t{V-1}": every id decodes (random weights emit any id);
+    special_ids: bos, eos, pad."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    tok = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab)}, unk_token="t0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t128000", eos_token="t128001",
-                            pad_token="t128002").save_pretrained(out)
+    bos, eos, pad = (f"t{i}" for i in special_ids)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad).save_pretrained(out)
 
 
 def make_model_dir(shape: str, out: Path, shard_bytes: int = 4 << 30) -> Path:
@@ -154,9 +155,9 @@ def weight_bytes(cfg: dict) -> int:
 
 # ---- the engine parts ----------------------------------------------------------------------
 
-def random_prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
+def random_prompts(n: int, length: int, seed: int = 0, vocab: int = VOCAB) -> list[list[int]]:
     rng = random.Random(seed)
-    return [[rng.randrange(1000, VOCAB - 1000) for _ in range(length)] for _ in range(n)]
+    return [[rng.randrange(1000, vocab - 1000) for _ in range(length)] for _ in range(n)]
 
 
 def make_llm(model_dir: Path, args):
@@ -176,9 +177,10 @@ def params(max_tokens: int):
     return SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
 
 
-def run_throughput(llm, args, ceilings: dict, cfg: dict) -> dict:
-    llm.generate(random_prompts(8, args.input_len, seed=1), params(8), use_tqdm=False)  # warm-up
-    prompts = random_prompts(args.num_requests, args.input_len)
+def run_throughput(llm, args, ceilings: dict, cfg: dict, flops: float | None = None, vocab: int = VOCAB) -> dict:
+    """flops: the workload's matmul FLOPs (default: workload_flops of this dense shape)."""
+    llm.generate(random_prompts(8, args.input_len, seed=1, vocab=vocab), params(8), use_tqdm=False)  # warm-up
+    prompts = random_prompts(args.num_requests, args.input_len, vocab=vocab)
     before = llm.engine.stats
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -187,7 +189,8 @@ def run_throughput(llm, args, ceilings: dict, cfg: dict) -> dict:
     after = llm.engine.stats
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     assert out_tokens == args.num_requests * args.output_len, "ignore_eos must give every token"
-    flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
+    if flops is None:
+        flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
     roof_s = flops / ceilings["matmul_flops"]
     return dict(num_requests=args.num_requests, elapsed_s=elapsed, output_tok_s=out_tokens / elapsed,
                 total_tok_s=(out_tokens + args.num_requests * args.input_len) / elapsed,
@@ -198,20 +201,20 @@ def run_throughput(llm, args, ceilings: dict, cfg: dict) -> dict:
                 - (after.executor_time_s - before.executor_time_s))
 
 
-def run_latency(llm, args, ceilings: dict, cfg: dict) -> dict:
+def run_latency(llm, args, ceilings: dict, cfg: dict, floor_bytes: int | None = None, vocab: int = VOCAB) -> dict:
     """Batch 1: time of each engine step; the first is prefill + first token."""
     engine = llm.engine
-    engine.add_request("warm", None, params(16), prompt_token_ids=random_prompts(1, args.input_len, 2)[0])
+    engine.add_request("warm", None, params(16), prompt_token_ids=random_prompts(1, args.input_len, 2, vocab)[0])
     while engine.has_unfinished_requests():
         engine.step()
     engine.add_request("lat", None, params(args.output_len),
-                       prompt_token_ids=random_prompts(1, args.input_len, 3)[0])
+                       prompt_token_ids=random_prompts(1, args.input_len, 3, vocab)[0])
     stamps = [time.perf_counter()]
     while engine.has_unfinished_requests():
         engine.step()
         stamps.append(time.perf_counter())
     decode_ms = 1e3 * (stamps[-1] - stamps[1]) / (len(stamps) - 2)
-    floor_ms = 1e3 * weight_bytes(cfg) / ceilings["copy_bytes_s"]
+    floor_ms = 1e3 * (floor_bytes or weight_bytes(cfg)) / ceilings["copy_bytes_s"]
     return dict(prefill_ms=1e3 * (stamps[1] - stamps[0]), decode_ms_per_token=decode_ms,
                 floor_ms=floor_ms, ratio_to_floor=decode_ms / floor_ms, steps=len(stamps) - 1)
 

@@ -12,6 +12,9 @@ def validate_tensor_parallel(hf_config, tp_size: int, device: str) -> None:
         return
     _check_heads(hf_config, tp_size)
     _check_divides(hf_config.intermediate_size, tp_size, "intermediate_size (MLP width)")
+    moe_width = getattr(hf_config, "moe_intermediate_size", None)   # Qwen3-MoE's experts (Mixtral's: the above)
+    if moe_width:
+        _check_divides(moe_width, tp_size, "moe_intermediate_size (expert MLP width)")
     _check_devices(device, tp_size)
 
 

@@ -5,11 +5,16 @@ indexes out the part its parameter holds (a fused slot, this tensor-parallel
 rank's rows or columns); only that part is read from the file (safetensors
 get_slice), so no rank ever holds the full model and there is never a second
 full copy of the weights. Checkpoint names of fused projections are mapped
-through the model's `packed_modules_mapping`.
+through the model's `packed_modules_mapping` (name part -> (fused part, shard id), or
+(new part, None): a rename); the per-expert tensors of a mixture of experts
+(`...experts.N.PROJ.weight`) through its `expert_params_mapping` (PROJ -> (stacked
+parameter of `experts`, shard id)), whose loaders also get the expert index N.
 """
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +25,7 @@ from torch import nn
 from qinfer.layers.linear import default_weight_loader
 
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed by the rotary layer
+_EXPERT_TENSOR = re.compile(r"\.experts\.(\d+)\.(\w+)\.weight$")
 
 
 def safetensors_files(model_dir: str | Path) -> list[Path]:
@@ -54,12 +60,19 @@ def iter_checkpoint(model_dir: str | Path) -> Iterator[tuple[str, object]]:
                 yield name, f.get_slice(name)
 
 
-def _target(name: str, packed: dict[str, tuple[str, object]]) -> tuple[str, object]:
-    """Checkpoint name -> (parameter name, shard id or None)."""
+def _target(name: str, packed: dict[str, tuple[str, object]],
+            experts: dict[str, tuple[str, object]]) -> tuple[str, tuple]:
+    """Checkpoint name -> (parameter name, extra weight_loader arguments)."""
+    args: tuple = ()
+    expert = _EXPERT_TENSOR.search(name)
+    if expert and expert.group(2) in experts:
+        param, shard_id = experts[expert.group(2)]
+        name, args = f"{name[:expert.start()]}.experts.{param}", (int(expert.group(1)), shard_id)
     for ckpt_part, (fused_part, shard_id) in packed.items():
         if f".{ckpt_part}." in name:
-            return name.replace(f".{ckpt_part}.", f".{fused_part}."), shard_id
-    return name, None
+            name = name.replace(f".{ckpt_part}.", f".{fused_part}.")
+            return name, args if shard_id is None else args + (shard_id,)
+    return name, args
 
 
 def load_weights(model: nn.Module, model_dir: str | Path) -> None:
@@ -67,19 +80,21 @@ def load_weights(model: nn.Module, model_dir: str | Path) -> None:
     # remove_duplicate=False: a tied lm_head.weight is listed too (the embedding's tensor).
     params = dict(model.named_parameters(remove_duplicate=False))
     packed = getattr(model, "packed_modules_mapping", {})
-    loaded_ids: set[int] = set()
+    experts = getattr(model, "expert_params_mapping", {})
+    num_loads: Counter[int] = Counter()     # parameter id -> checkpoint tensors loaded into it
     with torch.no_grad():
         for name, tensor_slice in iter_checkpoint(model_dir):
             if name.endswith(_SKIPPED_SUFFIXES):
                 continue
-            param_name, shard_id = _target(name, packed)
+            param_name, args = _target(name, packed, experts)
             if param_name not in params:
                 raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}")
             param = params[param_name]
             loader = getattr(param, "weight_loader", default_weight_loader)
-            args = () if shard_id is None else (shard_id,)
             loader(param, CheckpointTensor(tensor_slice, param.dtype), *args)
-            loaded_ids.add(id(param))
-    missing = sorted(name for name, param in params.items() if id(param) not in loaded_ids)
+            num_loads[id(param)] += 1
+    # A stacked parameter (the experts of a layer) says how many checkpoint tensors fill it.
+    missing = sorted(name for name, param in params.items()
+                     if num_loads[id(param)] < getattr(param, "num_checkpoint_tensors", 1))
     if missing:
         raise KeyError(f"parameters missing from checkpoint {model_dir}: {missing}")

@@ -17,6 +17,12 @@ Two kernels:
   cached + new keys of its request.
 Both accumulate in float32 (F32: everything in float32 with exact dots) and use
 exp2 with the scale folded into log2(e).
+
+Sliding window W (sliding_window argument; None: full causal): the query at
+position p sees keys p - W + 1 .. p. Both kernels start their key loop at the
+oldest key a query of the program sees, so they never read the blocks the block
+manager may have freed behind the window; decode partitions split only the
+window's keys.
 """
 from __future__ import annotations
 
@@ -45,13 +51,15 @@ def _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, mask, kvh, d,
 
 
 @triton.jit
-def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, acc,
-                           CAUSAL: tl.constexpr, F32: tl.constexpr):
+def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, acc, window,
+                           CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, F32: tl.constexpr):
     """One flash-attention step: fold the keys k / values v [N, HEAD] at positions key_pos [N]
     (valid where key_mask) into the running max m [M], denominator l [M] and output
     acc [M, HEAD] of the queries q [M, HEAD] at positions q_pos [M] (used only if CAUSAL).
-    Callers guarantee each row has an allowed key in this tile or an earlier one: an all
-    -inf row would give exp2(-inf - -inf) = NaN.
+    WINDOWED (with CAUSAL): a query also skips keys at or before q_pos - window.
+    Without WINDOWED, callers guarantee each row has an allowed key in this tile or an
+    earlier one: an all -inf row would give exp2(-inf - -inf) = NaN. With it, a row may
+    see its first key in a later tile (its window starts there), so the max is made safe.
     The mask is built here, after the QK^T dot as it was inline; built by the caller before
     the dot, the fp32 prefill kernel compiled to reordered code that spilled more."""
     if F32:
@@ -62,10 +70,14 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
         s = tl.dot(q, tl.trans(k))
     if CAUSAL:
         allowed = (key_pos[None, :] <= q_pos[:, None]) & key_mask[None, :]
+        if WINDOWED:
+            allowed = allowed & (key_pos[None, :] > q_pos[:, None] - window)
     else:
         allowed = key_mask[None, :]
     s = tl.where(allowed, s * scale_log2, float("-inf"))     # [M, N], log2 domain
     m_new = tl.maximum(m, tl.max(s, 1))
+    if WINDOWED:
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: p = 0, alpha = 0
     p = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
     l = l * alpha + tl.sum(p, 1)
@@ -81,7 +93,7 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
-    scale_log2, num_parts, num_q_heads, num_kv_heads,
+    scale_log2, window, num_parts, num_q_heads, num_kv_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
@@ -92,13 +104,14 @@ def _decode_kernel(
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
+    lo = tl.maximum(seq_len - window, 0)                      # oldest key the query sees
     # Each request spreads its own context over the grid's num_parts partitions (whole tiles):
     # a short context in a graph captured for max_model_len still fans out over the GPU.
-    partition_size = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_parts), TILE), 1) * TILE
-    n_active = tl.maximum(tl.cdiv(seq_len, partition_size), 1)  # partition 0 runs even when empty
+    partition_size = tl.maximum(tl.cdiv(tl.cdiv(seq_len - lo, num_parts), TILE), 1) * TILE
+    n_active = tl.maximum(tl.cdiv(seq_len - lo, partition_size), 1)  # partition 0 runs even when empty
     if part >= n_active:
         return  # the graph's grid covers max_model_len; this request's context ends earlier
-    start = part * partition_size
+    start = lo + part * partition_size
     end = tl.minimum(start + partition_size, seq_len)
 
     g = tl.arange(0, GROUP_PAD)
@@ -119,8 +132,8 @@ def _decode_kernel(
         k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, tmask, kvh, d,
                              stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                              BLOCK_SIZE)                      # [TILE, HEAD] each
-        m, l, acc = _online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc,
-                                           False, F32)     # [GROUP_PAD, TILE] scores; g: unused q_pos
+        m, l, acc = _online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc, window,
+                                           False, False, F32)  # [GROUP_PAD, TILE] scores; g: unused q_pos
 
     hmask = g < GROUP
     out_ptrs = out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :]
@@ -184,11 +197,11 @@ def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n
 @triton.jit
 def _prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    scale_log2,
+    scale_log2, window,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOWED: tl.constexpr, F32: tl.constexpr,
 ):
     req = tl.program_id(0)
     h = tl.program_id(1)
@@ -215,15 +228,19 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
     bt_row = block_tables_ptr + req * stride_bt
     hi = tl.minimum(seq_len, ctx + (mt + 1) * BLOCK_M)        # causal: no key past the last query
-    for n0 in range(0, hi, BLOCK_N):
+    lo = 0
+    if WINDOWED:
+        lo = tl.maximum(ctx + mt * BLOCK_M - window + 1, 0)   # the tile's first query's oldest key
+    for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)                   # [BLOCK_N] key positions
         nmask = offs_n < hi
         k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, nmask, kvh, d,
                              stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                              BLOCK_SIZE)                      # [BLOCK_N, HEAD] each
-        # [BLOCK_M, BLOCK_N] scores, causal; key 0 is always allowed, so every row has a finite max
+        # [BLOCK_M, BLOCK_N] scores, causal; unwindowed, key 0 is always allowed, so every row has
+        # a finite max; windowed, every real row sees its own key by the last tile
         m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
-                                           True, F32)
+                                           window, True, WINDOWED, F32)
 
     out = acc / l[:, None]
     tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
@@ -242,6 +259,17 @@ def _f32(dtype: torch.dtype) -> bool:
 def _cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
     assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_size must be contiguous"
     return (*k_cache.stride()[:3], *v_cache.stride()[:3])
+
+
+# The window argument when there is none: larger than any context (seq_len - it stays an int32).
+_NO_WINDOW = 2**30
+
+
+def _window_arg(sliding_window: int | None) -> int:
+    if sliding_window is None:
+        return _NO_WINDOW
+    assert sliding_window >= 1, f"sliding_window {sliding_window} must be >= 1"
+    return sliding_window
 
 
 def _check_head(head_size: int) -> None:
@@ -291,8 +319,11 @@ def paged_decode(
     scale: float,
     out: torch.Tensor | None = None,
     cfg: dict | None = None,
+    sliding_window: int | None = None,  # the query sees its last sliding_window keys only
 ) -> torch.Tensor:               # [num_reqs, num_heads, head_size]
     cfg = {**DECODE_CFG, **(cfg or {})}
+    if sliding_window is not None:
+        max_seq_len = min(max_seq_len, sliding_window)   # keys a query reads: sizes tiles and partitions
     num_reqs, num_heads, head = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     _check_head(head)
@@ -314,7 +345,7 @@ def paged_decode(
     merge_group = triton.next_power_of_2(group)
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
-        scale * _LOG2E, parts, num_heads, num_kv_heads,
+        scale * _LOG2E, _window_arg(sliding_window), parts, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD=head,
@@ -341,6 +372,7 @@ def paged_prefill(
     scale: float,
     out: torch.Tensor | None = None,
     cfg: dict | None = None,
+    sliding_window: int | None = None,  # a query sees its last sliding_window keys only
 ) -> torch.Tensor:                  # [num_tokens, num_heads, head_size]
     """Causal attention of each request's new tokens to its cached and new keys.
 
@@ -356,11 +388,11 @@ def paged_prefill(
     grid = (num_reqs, num_heads, triton.cdiv(max(max_query_len, 1), block_m))
     _prefill_kernel[grid](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        scale * _LOG2E,
+        scale * _LOG2E, _window_arg(sliding_window),
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=cfg["block_n"], F32=_f32(query.dtype),
+        BLOCK_M=block_m, BLOCK_N=cfg["block_n"], WINDOWED=sliding_window is not None, F32=_f32(query.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out

@@ -1,10 +1,15 @@
-"""Llama (1/2/3/3.1) for causal LM: GQA, tied or untied head, default or llama3 rope.
+"""Llama (1/2/3/3.1) for causal LM: GQA, tied or untied head, default / llama3 / longrope rope,
+sliding-window attention where the config sets one.
 
 forward(input_ids [T], positions [T]) -> hidden [T, H] over a flat batch;
 compute_logits(hidden [N, H]) -> [N, V] only for the positions that sample.
-Qwen2 reuses every module here, changing only the attention biases.
+The other families reuse these modules: a subclass overrides attention_biases,
+make_attention or make_mlp (Qwen2: biases; Qwen3: per-head q/k norms; Mistral and
+Phi-3 need nothing more than what the config already selects here).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -21,10 +26,23 @@ def head_size_of(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def sliding_window_of(config, layer_idx: int) -> int | None:
+    """The attention window of layer layer_idx (None: full causal attention).
+
+    Mistral and Phi-3 set `sliding_window` for every layer; configs with `layer_types`
+    (Qwen2/Qwen3 with use_sliding_window) window only their "sliding_attention" layers.
+    """
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] != "sliding_attention":
+        return None
+    return window
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config, qkv_bias: bool, o_bias: bool, sliding_window: int | None = None):
         super().__init__()
-        head_size = head_size_of(config)
+        head_size = self.head_size = head_size_of(config)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, head_size, config.num_attention_heads,
                                           config.num_key_value_heads, bias=qkv_bias)
         # Per-rank head counts (the fused projection already divided them for TP).
@@ -34,7 +52,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(config.num_attention_heads * head_size, config.hidden_size, bias=o_bias)
         self.rotary_emb = RotaryEmbedding(head_size, config.max_position_embeddings, rope_parameters(config))
         self.attn = Attention(self.num_heads, head_size, head_size ** -0.5, self.num_kv_heads,
-                              rotary_emb=self.rotary_emb)
+                              rotary_emb=self.rotary_emb, sliding_window=sliding_window)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         # q, k, v stay views of the fused projection (no copies); the attention layer rotates
@@ -56,10 +74,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config, self_attn: nn.Module, mlp: nn.Module):
         super().__init__()
-        self.self_attn = LlamaAttention(config, qkv_bias, o_bias)
-        self.mlp = LlamaMLP(config)
+        self.self_attn, self.mlp = self_attn, mlp
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -75,11 +92,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, qkv_bias: bool, o_bias: bool):
+    def __init__(self, config, make_layer: Callable[[object, int], nn.Module]):
+        """make_layer(config, layer_idx) -> the decoder layer (the causal-LM class decides its parts)."""
         super().__init__()
         self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, qkv_bias, o_bias)
-                                    for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(make_layer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -99,7 +116,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, *self.attention_biases(config))
+        self.model = LlamaModel(config, self.make_decoder_layer)
         self.lm_head = LMHead(config.vocab_size, config.hidden_size)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -109,6 +126,15 @@ class LlamaForCausalLM(nn.Module):
         """(qkv_proj has bias, o_proj has bias)."""
         bias = getattr(config, "attention_bias", False)
         return bias, bias
+
+    def make_attention(self, config, layer_idx: int) -> nn.Module:
+        return LlamaAttention(config, *self.attention_biases(config), sliding_window_of(config, layer_idx))
+
+    def make_mlp(self, config, layer_idx: int) -> nn.Module:
+        return LlamaMLP(config)
+
+    def make_decoder_layer(self, config, layer_idx: int) -> nn.Module:
+        return LlamaDecoderLayer(config, self.make_attention(config, layer_idx), self.make_mlp(config, layer_idx))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids, positions)

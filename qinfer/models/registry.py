@@ -8,7 +8,10 @@ from torch import nn
 # architecture -> "module:Class", imported on first use
 _MODELS = {
     "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
+    "MixtralForCausalLM": "qinfer.models.mixtral:MixtralForCausalLM",
     "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
+    "Qwen3ForCausalLM": "qinfer.models.qwen3:Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM": "qinfer.models.qwen3_moe:Qwen3MoeForCausalLM",
 }
 
 

@@ -20,11 +20,24 @@ Op signatures (every implementation keeps them):
                    slot_mapping [T], head_size, cos_sin_cache, is_neox) -> (query, key)
       rotary_embedding then reshape_and_cache of the rotated key and the value, in one pass
       (one launch instead of two; the attention layer runs it, the backend then skips its write)
+
+Mixture of experts (torch twins in moe_reference.py; the Triton kernel in fused_moe_triton.py):
+  topk_softmax(gating [T, E], top_k, renormalize) -> (topk_weights [T, k] float32, topk_ids [T, k] int32)
+      softmax over the experts in float32, the k largest (ties: lower id), renormalised to sum 1
+  moe_align_block_size(topk_ids [T, k], num_experts, block_size)
+      -> (sorted_token_ids [P] int32, expert_ids [P / block_size] int32, num_tokens_post_padded [1] int32)
+      slots t * k + j grouped by expert, each group padded to whole blocks with the sentinel T * k;
+      expert_ids[b] is block b's expert (-1 past the used blocks); P = max_padded_slots(T * k, E,
+      block_size) depends on the sizes only, so the op is CUDA-graph safe. The order of slots inside
+      a group is unspecified (the reference keeps token order).
+  fused_experts(hidden [T, H], w13 [E, 2I, H] (gate | up), w2 [E, H, I], topk_weights, topk_ids) -> [T, H]
+      sum_k topk_weights[t, k] * w2_e(silu(gate_e x_t) * up_e x_t), e = topk_ids[t, k]
 """
 from __future__ import annotations
 
 from qinfer.ops.registry import dispatch, implementations, register  # noqa: F401
-from qinfer.ops import reference as _reference  # noqa: F401  (registers the torch twins)
+from qinfer.ops import moe_reference as _moe_reference  # noqa: F401  (registers the torch twins)
+from qinfer.ops import reference as _reference  # noqa: F401
 
 
 def _load_gpu_implementations() -> None:
@@ -37,7 +50,7 @@ def _load_gpu_implementations() -> None:
 
     compiled.load()
     try:
-        from qinfer.ops import triton_ops  # noqa: F401  (registers on import)
+        from qinfer.ops import fused_moe_triton, triton_ops  # noqa: F401  (register on import)
     except ImportError:  # no triton: the torch reference serves
         pass
 
@@ -73,3 +86,15 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
                      cos_sin_cache, is_neox=True):
     return dispatch("rotary_and_cache", query)(positions, query, key, value, k_cache, v_cache,
                                                slot_mapping, head_size, cos_sin_cache, is_neox)
+
+
+def topk_softmax(gating, top_k, renormalize):
+    return dispatch("topk_softmax", gating)(gating, top_k, renormalize)
+
+
+def moe_align_block_size(topk_ids, num_experts, block_size):
+    return dispatch("moe_align_block_size", topk_ids)(topk_ids, num_experts, block_size)
+
+
+def fused_experts(hidden, w13, w2, topk_weights, topk_ids):
+    return dispatch("fused_experts", hidden)(hidden, w13, w2, topk_weights, topk_ids)

@@ -73,6 +73,10 @@ def _register() -> None:
                 return ops.gemv(x, weight, bias)
             return F.linear(x, weight, bias)
 
+    if hasattr(ops, "topk_softmax"):  # the MoE routing ops of csrc/moe (absent from older builds)
+        register("topk_softmax", "cuda", _CUDA)(ops.topk_softmax)
+        register("moe_align_block_size", "cuda", _CUDA)(ops.moe_align_block_size)
+
     if not hasattr(ops, "rotary_and_cache"):  # a _C.so built before the op existed: Triton serves it
         return
 

@@ -1,6 +1,8 @@
-"""Tiny random Llama / Qwen2 model directories for tests and benches.
+"""Tiny random Llama / Qwen2 / Qwen3 / Mistral / Phi-3 / Mixtral / Qwen3-MoE model directories
+for tests and benches.
 
-    python -m qinfer.testing.tiny_model OUT_DIR --arch llama|qwen2 [--num-layers 2 ...]
+    python -m qinfer.testing.tiny_model OUT_DIR --arch llama|qwen2|qwen3|mistral|phi3|mixtral|qwen3_moe
+        [--num-layers 2 ...]
 
 Writes config.json, *.safetensors (optionally sharded with an index json) and a
 byte-level BPE tokenizer trained here on a built-in English corpus, so nothing
@@ -65,28 +67,70 @@ def train_tokenizer(vocab_size: int):
                                    unk_token=EOS, chat_template=CHAT_TEMPLATE)
 
 
+ARCHS = ("llama", "qwen2", "qwen3", "mistral", "phi3", "mixtral", "qwen3_moe")
+
+
+def rope_config(rope_scaling, rope_theta: float, head_dim: int, max_position_embeddings: int) -> dict:
+    """rope_parameters: default, llama3 (original length max/4) or Phi-3's longrope (short and long
+    factors per frequency, original length max/4: positions past it use the long factors)."""
+    if rope_scaling is None:
+        return {"rope_type": "default", "rope_theta": rope_theta}
+    original = max_position_embeddings // 4
+    if rope_scaling == "llama3":
+        return {"rope_type": "llama3", "rope_theta": rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": original}
+    if rope_scaling == "longrope":
+        num_freqs = head_dim // 2
+        return {"rope_type": "longrope", "rope_theta": rope_theta, "original_max_position_embeddings": original,
+                "short_factor": [1.0 + 0.05 * i for i in range(num_freqs)],
+                "long_factor": [1.0 + 0.5 * i for i in range(num_freqs)]}
+    raise ValueError(f"unknown rope_scaling {rope_scaling!r}: use 'llama3' or 'longrope'")
+
+
 def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden_size=64,
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None, intermediate_size=128,
                  tie_word_embeddings=False, rope_scaling=None, max_position_embeddings=256,
-                 rope_theta=10000.0):
-    from transformers import LlamaConfig, Qwen2Config
+                 rope_theta=10000.0, sliding_window=None, num_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=32, norm_topk_prob=True):
+    from transformers import (LlamaConfig, MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config,
+                              Qwen3MoeConfig)
 
-    rope = {"rope_type": "default", "rope_theta": rope_theta}
-    if rope_scaling == "llama3":
-        rope = {"rope_type": "llama3", "rope_theta": rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": max_position_embeddings // 4}
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}: use one of {', '.join(ARCHS)}")
+    if sliding_window is not None and arch not in ("mistral", "phi3"):
+        raise ValueError(f"sliding_window is for mistral and phi3, not {arch}")
+    if rope_scaling == "longrope" and arch != "phi3":
+        raise ValueError("longrope rope scaling is Phi-3's")
+    derived_head_dim = hidden_size // num_heads
+    if arch in ("qwen2", "phi3") and head_dim not in (None, derived_head_dim):
+        raise ValueError(f"{arch} derives head_dim from hidden_size / num_heads")
+    head_dim = head_dim or derived_head_dim
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
                   intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
                   tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
-                  rope_parameters=rope, rms_norm_eps=1e-6)
+                  rope_parameters=rope_config(rope_scaling, rope_theta, head_dim, max_position_embeddings),
+                  rms_norm_eps=1e-6)
     if arch == "llama":
-        return LlamaConfig(head_dim=head_dim or hidden_size // num_heads, **common)
+        return LlamaConfig(head_dim=head_dim, **common)
     if arch == "qwen2":
-        if head_dim not in (None, hidden_size // num_heads):
-            raise ValueError("qwen2 derives head_dim from hidden_size / num_heads")
         return Qwen2Config(use_sliding_window=False, **common)
-    raise ValueError(f"unknown arch {arch!r}: use 'llama' or 'qwen2'")
+    if arch == "qwen3":
+        return Qwen3Config(head_dim=head_dim, use_sliding_window=False, **common)
+    if arch == "mistral":
+        return MistralConfig(head_dim=head_dim, sliding_window=sliding_window, **common)
+    # Mixtral's experts are intermediate_size wide; Qwen3-MoE's moe_intermediate_size (its
+    # intermediate_size is for dense layers, none here).
+    if arch == "mixtral":
+        return MixtralConfig(head_dim=head_dim, num_local_experts=num_experts,
+                             num_experts_per_tok=num_experts_per_tok, **common)
+    if arch == "qwen3_moe":
+        return Qwen3MoeConfig(head_dim=head_dim, num_experts=num_experts, num_experts_per_tok=num_experts_per_tok,
+                              norm_topk_prob=norm_topk_prob, moe_intermediate_size=moe_intermediate_size,
+                              **common)
+    original = common["rope_parameters"].get("original_max_position_embeddings", max_position_embeddings)
+    return Phi3Config(sliding_window=sliding_window, original_max_position_embeddings=original,
+                      pad_token_id=eos_id, **common)
 
 
 def randomize_(model, seed: int) -> None:
@@ -113,7 +157,9 @@ def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed
     """Build a tiny random model directory at out_dir; returns its path.
 
     sizes: hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
-    tie_word_embeddings, rope_scaling ("llama3" or None), max_position_embeddings, rope_theta.
+    tie_word_embeddings, rope_scaling ("llama3", "longrope" for phi3, or None),
+    max_position_embeddings, rope_theta, sliding_window (mistral, phi3); mixtures of experts:
+    num_experts, num_experts_per_tok, moe_intermediate_size and norm_topk_prob (qwen3_moe).
     The model's vocab size is the trained tokenizer's (at most vocab_size).
     """
     import torch
@@ -134,14 +180,16 @@ def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed
 def _parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out_dir")
-    p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    p.add_argument("--arch", choices=ARCHS, default="llama")
     for flag, default in [("hidden-size", 64), ("num-layers", 2), ("num-heads", 4), ("num-kv-heads", 2),
                           ("head-dim", None), ("intermediate-size", 128), ("vocab-size", 512),
-                          ("max-position-embeddings", 256), ("seed", 0), ("shards", 1)]:
+                          ("max-position-embeddings", 256), ("seed", 0), ("shards", 1),
+                          ("sliding-window", None), ("num-experts", 4), ("num-experts-per-tok", 2),
+                          ("moe-intermediate-size", 32)]:
         p.add_argument(f"--{flag}", type=int, default=default)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--tie-word-embeddings", action="store_true")
-    p.add_argument("--rope-scaling", choices=["llama3"], default=None)
+    p.add_argument("--rope-scaling", choices=["llama3", "longrope"], default=None)
     return p.parse_args(argv)
 
 

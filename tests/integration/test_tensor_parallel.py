@@ -23,8 +23,14 @@ MODELS = {
     # q/k/v biases, tied head, a vocabulary no TP size divides (padded vocab shards).
     "qwen2-tied": ("qwen2", dict(hidden_size=64, num_heads=4, num_kv_heads=2, tie_word_embeddings=True,
                                  vocab_size=509)),
+    # Mixtures of experts: every rank holds a slice of each expert's FFN width.
+    "mixtral": ("mixtral", dict(hidden_size=64, num_heads=4, num_kv_heads=2, num_experts=4,
+                                num_experts_per_tok=2, tie_word_embeddings=False)),
+    "qwen3-moe": ("qwen3_moe", dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32, num_experts=8,
+                                    num_experts_per_tok=4, moe_intermediate_size=32, tie_word_embeddings=True)),
 }
-CASES = [("llama-gqa2", 2), ("llama-gqa2", 4), ("llama-mqa", 4), ("qwen2-tied", 2)]
+CASES = [("llama-gqa2", 2), ("llama-gqa2", 4), ("llama-mqa", 4), ("qwen2-tied", 2), ("mixtral", 2),
+         ("qwen3-moe", 4)]
 ENGINE = dict(dtype="float32", enable_prefix_caching=True, max_num_batched_tokens=16, max_num_seqs=4,
               block_size=4, num_kv_blocks=16)
 SHARED = "Once upon a time, in a city of glass and rain, people wrote letters to machines."
@@ -105,10 +111,12 @@ def test_tp_tokens_equal_single_rank_and_transformers(single_rank, name, tp_size
     (dict(hidden_size=48, num_heads=3, num_kv_heads=3), 2, "num_attention_heads=3"),
     (dict(hidden_size=48, num_heads=6, num_kv_heads=3), 2, "num_key_value_heads=3"),
     (dict(hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=90), 4, "intermediate_size"),
+    (dict(hidden_size=64, num_heads=4, num_kv_heads=2, moe_intermediate_size=30), 4, "moe_intermediate_size"),
 ])
 def test_tp_size_the_model_cannot_take_is_refused_before_any_rank_starts(make_model_dir, sizes, tp_size,
                                                                          message):
-    model_dir = make_model_dir("llama", num_layers=1, **{"intermediate_size": 128, **sizes})
+    arch = "qwen3_moe" if "moe_intermediate_size" in sizes else "llama"
+    model_dir = make_model_dir(arch, num_layers=1, **{"intermediate_size": 128, **sizes})
     with pytest.raises(ValueError, match=f"tensor_parallel_size={tp_size} .*{message}"):
         LLM(str(model_dir), tensor_parallel_size=tp_size, num_kv_blocks=8)
     assert not multiprocessing.active_children()

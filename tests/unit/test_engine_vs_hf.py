@@ -1,7 +1,8 @@
 """Greedy outputs token for token against Hugging Face transformers (the oracle), float32 on CPU.
 
 Tiny KV caches and token budgets force chunked prefill, preemption and prefix-cache hits;
-the stats prove they happened. Synchronous and async scheduling alike.
+the stats prove they happened. Synchronous and async scheduling alike (async for the Llama
+and Qwen2 shapes: the other architectures differ only inside the model).
 """
 import pytest
 import torch
@@ -16,7 +17,22 @@ SHAPES = {
     "qwen2-mha-h16-tied": ("qwen2", dict(hidden_size=64, num_heads=4, num_kv_heads=4, tie_word_embeddings=True)),
     "qwen2-gqa2-h32-untied": ("qwen2", dict(hidden_size=128, num_heads=4, num_kv_heads=2,
                                              tie_word_embeddings=False)),
+    # Qwen3: per-head q/k norms; head_dim 32 != hidden_size / num_heads = 16.
+    "qwen3-gqa2-h32-tied": ("qwen3", dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                                          tie_word_embeddings=True)),
+    "qwen3-gqa4-h16-untied": ("qwen3", dict(hidden_size=64, num_heads=4, num_kv_heads=1,
+                                            tie_word_embeddings=False)),
+    # Mixtures of experts: Mixtral renormalises its top-2; Qwen3-MoE with and without norm_topk_prob.
+    "mixtral-e4-top2": ("mixtral", dict(hidden_size=64, num_heads=4, num_kv_heads=2, num_experts=4,
+                                        num_experts_per_tok=2, tie_word_embeddings=False)),
+    "qwen3moe-e8-top4-norm": ("qwen3_moe", dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32,
+                                                num_experts=8, num_experts_per_tok=4, norm_topk_prob=True,
+                                                tie_word_embeddings=False)),
+    "qwen3moe-e8-top2-raw": ("qwen3_moe", dict(hidden_size=64, num_heads=4, num_kv_heads=1, num_experts=8,
+                                               num_experts_per_tok=2, norm_topk_prob=False,
+                                               tie_word_embeddings=True)),
 }
+ASYNC_SHAPES = ("llama-gqa2-h16-untied", "llama-gqa4-h32-tied", "qwen2-mha-h16-tied", "qwen2-gqa2-h32-untied")
 SHARED_PREFIX = ("Once upon a time, in a city of glass and rain, people wrote letters to machines. "
                  "The machines read every word, thought for a while, and answered")
 PROMPTS = [
@@ -58,7 +74,16 @@ def hf_greedy(model_dir, prompt_ids):
     return results
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
+def combinations():
+    """(shape, engine setup, async_scheduling) for every test case."""
+    for shape in SHAPES:
+        for setup in ENGINE_SETUPS:
+            for async_scheduling in ([False, True] if shape in ASYNC_SHAPES else [False]):
+                mode = "async" if async_scheduling else "sync"
+                yield pytest.param(shape, setup, async_scheduling, id=f"{shape}-{setup}-{mode}")
+
+
+@pytest.fixture(scope="module")
 def model_and_reference(request, make_model_dir):
     arch, sizes = SHAPES[request.param]
     model_dir = make_model_dir(arch, num_layers=2, intermediate_size=128, **sizes)
@@ -69,8 +94,8 @@ def model_and_reference(request, make_model_dir):
     return model_dir, prompt_ids, hf_greedy(model_dir, prompt_ids)
 
 
-@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
-@pytest.mark.parametrize("setup", list(ENGINE_SETUPS))
+@pytest.mark.parametrize("model_and_reference,setup,async_scheduling", list(combinations()),
+                         indirect=["model_and_reference"])
 def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setup, async_scheduling):
     model_dir, prompt_ids, reference = model_and_reference
     llm = LLM(str(model_dir), dtype="float32", async_scheduling=async_scheduling, **ENGINE_SETUPS[setup])

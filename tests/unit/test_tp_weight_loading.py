@@ -82,3 +82,44 @@ def check_mlp_and_vocab(ranks, ckpt):
         full = torch.cat([model.get_submodule(module).weight for model in ranks])
         vocab = ckpt[name].shape[0]
         assert torch.equal(full[:vocab], ckpt[name]) and not full[vocab:].any()   # pad rows are zero
+
+
+@pytest.mark.parametrize("arch,tp_size", [("mixtral", 2), ("qwen3_moe", 4)])
+def test_ranks_hold_their_slice_of_every_expert(make_model_dir, read_numel, arch, tp_size):
+    num_experts, inter = 4, 64
+    model_dir = make_model_dir(arch, num_layers=1, hidden_size=HIDDEN, num_heads=NUM_HEADS, num_kv_heads=2,
+                               intermediate_size=inter, moe_intermediate_size=inter, num_experts=num_experts)
+    ckpt = load_file(model_dir / "model.safetensors")
+    block = "block_sparse_moe" if arch == "mixtral" else "mlp"
+    gate, up, down = ("w1", "w3", "w2") if arch == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    expert_numel = sum(t.numel() for name, t in ckpt.items() if ".experts." in name)
+    ranks = []
+    for rank in range(tp_size):
+        read_numel["numel"] = 0
+        model = load_rank(model_dir, rank, tp_size)
+        assert read_numel["numel"] <= sum(p.numel() for p in model.parameters())   # nothing read it drops
+        ranks.append(model.model.layers[0].mlp)
+    assert sum(m.experts.w13_weight.numel() + m.experts.w2_weight.numel() for m in ranks) == expert_numel
+    share = inter // tp_size
+    for e in range(num_experts):
+        prefix = f"model.layers.0.{block}.experts.{e}."
+        w13 = [m.experts.w13_weight[e] for m in ranks]
+        assert torch.equal(torch.cat([w[:share] for w in w13]), ckpt[prefix + gate + ".weight"])
+        assert torch.equal(torch.cat([w[share:] for w in w13]), ckpt[prefix + up + ".weight"])
+        assert torch.equal(torch.cat([m.experts.w2_weight[e] for m in ranks], dim=1), ckpt[prefix + down + ".weight"])
+    for m in ranks:                                   # the router is replicated
+        assert torch.equal(m.gate.weight, ckpt[f"model.layers.0.{block}.gate.weight"])
+
+
+def test_a_checkpoint_missing_one_expert_tensor_is_refused(make_model_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    model_dir = make_model_dir("mixtral", num_layers=1, hidden_size=HIDDEN, num_heads=NUM_HEADS, num_kv_heads=2,
+                               intermediate_size=64, num_experts=4)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    ckpt = load_file(model_dir / "model.safetensors")
+    del ckpt["model.layers.0.block_sparse_moe.experts.3.w3.weight"]
+    save_file(ckpt, broken / "model.safetensors")
+    with pytest.raises(KeyError, match="experts.w13_weight"):
+        weight_loader.load_weights(load_rank(model_dir, 0, 1), broken)

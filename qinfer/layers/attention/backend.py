@@ -11,6 +11,14 @@ A step's batch is flat: queries of all requests concatenated, request r owning
 rows query_start_loc[r]:query_start_loc[r+1]. Its queries are the LAST
 query_len tokens of a context of seq_lens[r] tokens (cached + new), attending
 causally.
+
+Sliding window (a per-layer setting, passed with every forward call): with
+sliding_window W, the query at position p attends to keys p - W + 1 .. p only
+(Hugging Face's `kv_idx > q_idx - W`). The block manager may then have freed,
+and handed to other requests, the blocks of request r wholly before position
+seq_lens[r] - query_len - W + 1: their block-table entries are stale (still valid
+ids, holding finite values of another request). A backend must give them zero
+weight; the reference and Triton backends do not even read them.
 """
 from __future__ import annotations
 
@@ -54,5 +62,6 @@ class AttentionBackend(ABC):
         meta: AttentionMetadata,
         scale: float,
         kv_written: bool = False,  # key/value are in the cache already (ops.rotary_and_cache)
+        sliding_window: int | None = None,  # keys older than this many positions are not seen
     ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
         ...

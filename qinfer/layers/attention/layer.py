@@ -9,13 +9,18 @@ from qinfer.layers.attention.forward_context import get_forward_context
 
 class Attention(nn.Module):
     def __init__(self, num_heads: int, head_size: int, scale: float, num_kv_heads: int,
-                 rotary_emb: nn.Module | None = None):
+                 rotary_emb: nn.Module | None = None, sliding_window: int | None = None):
         """rotary_emb (a layers.rotary.RotaryEmbedding): rotate q and k here, fused with the
-        K/V cache write (one kernel instead of two; the backend then skips its write)."""
+        K/V cache write (one kernel instead of two; the backend then skips its write).
+        sliding_window: a query at position p sees only keys at p - sliding_window + 1 .. p
+        (None: every earlier key); every backend gets it with each call."""
         super().__init__()
         self.num_heads, self.head_size, self.num_kv_heads = num_heads, head_size, num_kv_heads
         self.scale = scale
         self.rotary_emb = rotary_emb
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+        self.sliding_window = sliding_window
         # [num_blocks, block_size, num_kv_heads, head_size] views set by ModelRunner.init_kv_cache.
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
@@ -33,5 +38,6 @@ class Attention(nn.Module):
             q.view(-1, self.num_heads, self.head_size),
             k.view(-1, self.num_kv_heads, self.head_size),
             v.view(-1, self.num_kv_heads, self.head_size),
-            self.k_cache, self.v_cache, meta, self.scale, kv_written=self.rotary_emb is not None)
+            self.k_cache, self.v_cache, meta, self.scale, kv_written=self.rotary_emb is not None,
+            sliding_window=self.sliding_window)
         return out.reshape(q.shape[0], self.num_heads * self.head_size)

@@ -27,12 +27,14 @@ class TritonAttentionBackend(AttentionBackend):
         meta: AttentionMetadata,
         scale: float,
         kv_written: bool = False,
+        sliding_window: int | None = None,
     ) -> torch.Tensor:           # [num_tokens, num_heads, head_size]
         if not kv_written:
             ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         if meta.is_decode_only:
             return paged_attention.paged_decode(
-                query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale)
+                query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seq_len, scale,
+                sliding_window=sliding_window)
         return paged_attention.paged_prefill(
             query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-            meta.max_query_len, scale)
+            meta.max_query_len, scale, sliding_window=sliding_window)

@@ -1,0 +1,119 @@
+"""Mixture-of-experts ops on a GPU against their torch twins: the compiled routing ops of csrc/moe
+(top-k softmax, alignment by expert) and the Triton fused experts kernel, bf16.
+
+Run on the device machine after `python -m qinfer.ops.build`:
+    python -m pytest -m gpu tests/gpu/test_moe_gpu.py
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qinfer import ops
+from qinfer.ops import moe_reference as ref
+from qinfer.testing.moe_batch import check_alignment, random_experts, random_routing
+from qinfer.testing.paged_batch import rel_err
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if ops.implementations("cuda").get("topk_softmax") != "cuda":
+        pytest.skip("qinfer._C not built with csrc/moe (python -m qinfer.ops.build)")
+    return torch.ops.qinfer
+
+
+@pytest.fixture(scope="module")
+def triton_moe():
+    from qinfer.ops import fused_moe_triton as fused_moe
+    return fused_moe
+
+
+# (tokens, experts, top_k): one token, Mixtral's 8/2, Qwen3-MoE's 128/8, an odd expert count.
+ROUTER_CASES = [(1, 8, 2), (1, 128, 8), (1000, 8, 1), (1000, 8, 2), (777, 128, 8), (33, 60, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("num_tokens,num_experts,top_k", ROUTER_CASES)
+def test_topk_softmax(compiled, num_tokens, num_experts, top_k, renormalize, dtype):
+    # Distinct logits per row (k / 16, exact in bf16): no ties, whose order topk leaves open.
+    gen = torch.Generator(device="cuda").manual_seed(num_tokens + num_experts)
+    ranks = torch.rand(num_tokens, num_experts, device="cuda", generator=gen).argsort(dim=-1)
+    gating = ((ranks - num_experts // 2) / 16).to(dtype)
+    weights, ids = compiled.topk_softmax(gating, top_k, renormalize)
+    expected_weights, expected_ids = ref.topk_softmax(gating, top_k, renormalize)
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [16, 64, 128])
+@pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used",
+                         [(1, 1, 8, 8), (1, 2, 8, 8), (1, 8, 128, 128), (256, 8, 128, 40),
+                          (8192, 2, 8, 8), (8192, 8, 128, 128), (513, 2, 8, 3)])
+def test_moe_align_block_size(compiled, num_tokens, top_k, num_experts, num_used, block_size):
+    _, topk_ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens, device="cuda")
+    out = compiled.moe_align_block_size(topk_ids, num_experts, block_size)
+    check_alignment(topk_ids, num_experts, block_size, *out)
+    expected = ref.moe_align_block_size(topk_ids, num_experts, block_size)
+    assert torch.equal(out[1], expected[1]) and torch.equal(out[2], expected[2])
+
+
+def reference_bf16(x, w13, w2, weights, ids):
+    """The torch twin on float32 copies of the bf16 inputs."""
+    return ref.fused_experts(x.float(), w13.float(), w2.float(), weights, ids)
+
+
+# (tokens, top_k, experts, experts used, hidden, intermediate): one token; top-1/2/8; empty experts;
+# many tokens (every tile config of gemm_config is reached through the rows per expert).
+FUSED_CASES = [(1, 2, 8, 8, 512, 768), (1, 8, 64, 64, 256, 384), (7, 1, 8, 2, 256, 384),
+               (64, 2, 8, 8, 512, 512), (300, 8, 32, 20, 256, 384), (2000, 2, 8, 8, 512, 768),
+               (4096, 1, 4, 4, 256, 256)]
+
+
+@pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used,hidden,inter", FUSED_CASES)
+def test_fused_experts_triton(triton_moe, num_tokens, top_k, num_experts, num_used, hidden, inter):
+    x, w13, w2 = random_experts(num_tokens, hidden, inter, num_experts, torch.bfloat16, seed=num_tokens,
+                                device="cuda")
+    weights, ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens + 1, device="cuda")
+    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids)
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
+
+
+@pytest.mark.parametrize("rows_per_expert", [1, 32, 128, 1024])
+def test_every_tile_config(triton_moe, rows_per_expert):
+    """Each config of gemm_config on one input (K not a multiple of BLOCK_K: hidden 320, inter 200)."""
+    x, w13, w2 = random_experts(150, 320, 200, 8, torch.bfloat16, seed=3, device="cuda")
+    weights, ids = random_routing(150, 2, 8, 6, seed=4, device="cuda")
+    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=triton_moe.gemm_config(rows_per_expert))
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
+
+
+def test_moe_layer_replays_in_a_cuda_graph_with_new_routings():
+    """Router, alignment and both GEMMs captured once; routing changes between replays."""
+    from qinfer.layers.moe import SparseMoeBlock
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        block = SparseMoeBlock(256, 16, 4, 384, renormalize=True).to(torch.bfloat16)
+    for p in block.parameters():
+        p.data.normal_(0, 0.05)
+    static_x = torch.randn(24, 256, device="cuda", dtype=torch.bfloat16)
+    block(static_x)                                       # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = block(static_x)
+    for seed in range(3):
+        static_x.copy_(torch.randn(24, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
+        graph.replay()
+        logits = torch.nn.functional.linear(static_x, block.gate.weight)
+        weights, ids = ref.topk_softmax(logits, 4, True)
+        expected = reference_bf16(static_x, block.experts.w13_weight, block.experts.w2_weight, weights, ids)
+        assert rel_err(static_out.float(), expected) < 1e-2
+
+
+def test_dispatch_uses_the_fast_implementations(compiled):
+    impls = ops.implementations("cuda")
+    assert (impls["topk_softmax"], impls["moe_align_block_size"], impls["fused_experts"]) == ("cuda", "cuda", "triton")
