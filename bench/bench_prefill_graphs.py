@@ -143,12 +143,34 @@ def run_profile(llm, args) -> dict:
 # ---- prefill rows ----------------------------------------------------------------------------
 
 def time_prefill(llm, prompts: list[list[int]]) -> dict:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    llm.generate(prompts, greedy_one(), use_tqdm=False)
-    elapsed = time.perf_counter() - start
+    """prompt tok/s of generate(prompts, max_tokens 1), and the GPU timeline per step: the
+    forward (CUDA events around it) and the period from one forward's start to the next
+    (forward + LM head and sampler + idle waiting for the host)."""
+    runner = llm.engine.executor.runner
+    run_model, marks = runner._run_model, []
+
+    def marked(inputs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        hidden = run_model(inputs)
+        end.record()
+        marks.append((start, end))
+        return hidden
+
+    runner._run_model = marked
+    try:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        llm.generate(prompts, greedy_one(), use_tqdm=False)
+        elapsed = time.perf_counter() - start
+    finally:
+        runner._run_model = run_model
+    forward_ms = sum(a.elapsed_time(b) for a, b in marks)
+    period_ms = marks[0][0].elapsed_time(marks[-1][1])
     tokens = sum(len(p) for p in prompts)
-    return dict(num_prompts=len(prompts), prompt_tokens=tokens, elapsed_s=elapsed, prompt_tok_s=tokens / elapsed)
+    return dict(num_prompts=len(prompts), prompt_tokens=tokens, elapsed_s=elapsed, prompt_tok_s=tokens / elapsed,
+                steps=len(marks), gpu_forward_s=forward_ms / 1e3, gpu_first_to_last_s=period_ms / 1e3,
+                outside_gpu_window_s=elapsed - period_ms / 1e3)
 
 
 def use_baseline_attention(root: str):
@@ -388,7 +410,8 @@ def report(r: dict) -> None:
         print(f"profile {label}: {prof['total_ms']:.1f} ms of kernels: {shares}")
     for label, row in r.get("prefill", {}).items():
         print(f"prefill {label:<16} {row['num_prompts']} prompts: {row['prompt_tok_s'] / 1e3:.1f}k prompt tok/s "
-              f"({row['elapsed_s']:.1f} s)")
+              f"({row['elapsed_s']:.2f} s; {row['steps']} steps, GPU forwards {row['gpu_forward_s']:.2f} s "
+              f"within {row['gpu_first_to_last_s']:.2f} s from the first forward's start to the last's end)")
     for row in r.get("steps", []):
         graph = f"graph {row['graph_ms']:.2f} ms ({row['speedup']:.2f}x)" if "graph_ms" in row else "no graph"
         print(f"mixed step T={row['num_tokens']:>5}: eager {row['eager_ms']:.2f} ms, {graph}")

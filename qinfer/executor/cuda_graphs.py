@@ -106,6 +106,7 @@ class StepCudaGraphs:
     def capture(self) -> None:
         """Capture every bucket, largest first, all sharing one memory pool."""
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()   # cached free blocks would blur the memory the graphs take
         free_before, start = torch.cuda.mem_get_info()[0], time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         keys = [("mixed", t) for t in reversed(self.mixed_sizes)] + [("decode", b) for b in reversed(self.decode_sizes)]

@@ -384,8 +384,9 @@ def paged_decode(
     return out
 
 
-# Prefill launch parameters; the GPU bench sweeps them (bench/bench_prefill.py).
-PREFILL_CFG = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+# Prefill launch parameters: the best of bench/bench_prefill_attention.py's sweep on the H200
+# (head 128, bf16) over fresh 2k prompts and 512-token chunks on a 1.5k prefix (bench/NOTES.md).
+PREFILL_CFG = {"block_m": 128, "block_n": 32, "num_warps": 4, "num_stages": 3}
 
 
 def prefill_tile_bound(num_tokens: int, num_prefills: int, block_m: int) -> int:
