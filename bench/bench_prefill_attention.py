@@ -115,7 +115,8 @@ def best_config(rows: list[dict]) -> dict:
     (the default if none passed both)."""
     times: dict[str, dict[str, float]] = {}
     for r in rows:
-        if r["cfg"] is not None and r["rel_err"] is not None and r["rel_err"] < 1e-2 and r["shape"] in ("fresh", "prefix"):
+        is_ok = r["cfg"] is not None and r["rel_err"] is not None and r["rel_err"] < 1e-2
+        if is_ok and r["shape"] in ("fresh", "prefix"):
             times.setdefault(json.dumps(r["cfg"], sort_keys=True), {})[r["shape"]] = r["ms"]
     complete = {cfg: t for cfg, t in times.items() if len(t) == 2}
     if not complete:

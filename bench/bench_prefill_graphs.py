@@ -312,7 +312,8 @@ def run_mixed_once(llm, prompts, params) -> dict:
 
     def recorded(inputs):
         meta, num_tokens = inputs.attn_metadata, inputs.input_ids.shape[0]
-        kind = ("decode" if meta.is_decode_only else "mixed") + (" graph" if graphs.can_run(meta, num_tokens) else " eager")
+        path = "graph" if graphs.can_run(meta, num_tokens) else "eager"
+        kind = f"{'decode' if meta.is_decode_only else 'mixed'} {path}"
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         steps.append((kind, num_tokens, event))

@@ -30,8 +30,8 @@ def _generate(model_dir, enforce_eager: bool, async_scheduling: bool):
     from qinfer.llm import LLM
     from qinfer.sampling_params import SamplingParams
 
-    llm = LLM(str(model_dir), device="cuda", dtype="float32", max_num_seqs=6, max_num_batched_tokens=48, num_kv_blocks=256,
-              enforce_eager=enforce_eager, async_scheduling=async_scheduling)
+    llm = LLM(str(model_dir), device="cuda", dtype="float32", max_num_seqs=6, max_num_batched_tokens=48,
+              num_kv_blocks=256, enforce_eager=enforce_eager, async_scheduling=async_scheduling)
     graphs = llm.engine.executor.runner.cuda_graphs
     assert (graphs is None) == enforce_eager
     replayed = []
