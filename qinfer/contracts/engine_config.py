@@ -21,6 +21,10 @@ class EngineConfig:
     cpu_kv_cache_gb: float = 1.0                # KV cache size on the CPU when num_kv_blocks is None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False                 # True: no CUDA graphs
+    # Steps that mix prefill chunks with decodes and have at most this many tokens run from CUDA
+    # graphs (token-count buckets); larger ones run eagerly. None: 512 (capped at
+    # max_num_batched_tokens); 0: graphs for decode-only steps only.
+    max_cudagraph_tokens: Optional[int] = None
     attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "reference" on cpu)
     # True: step N+1 is scheduled and launched before step N's sampled ids reach the host, so the
     # scheduling, stop checks and detokenization overlap the device; step() then returns the outputs

@@ -302,7 +302,8 @@ class InputBatch:
             block_tables=self.staging.to_device("block_tables", self.block_table[rows, :max_num_blocks],
                                                 torch.int32),
             max_query_len=int(num_scheduled.max()),
-            max_seq_len=int(seq_lens.max()))
+            max_seq_len=int(seq_lens.max()),
+            num_prefills=int(np.count_nonzero(num_scheduled > 1)))
 
     # ---- sampling --------------------------------------------------------------------------
 

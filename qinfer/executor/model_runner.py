@@ -23,7 +23,7 @@ from qinfer.distributed.parallel_state import rank_device, set_tp_group
 from qinfer.contracts.engine_config import EngineConfig
 from qinfer.executor.sampler import Sampler, SamplerOutput
 from qinfer.contracts.scheduler_output import SchedulerOutput
-from qinfer.executor.cuda_graphs import DecodeCudaGraphs
+from qinfer.executor.cuda_graphs import StepCudaGraphs
 from qinfer.executor.input_batch import InFlightIds, InputBatch, StepInputs
 from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, TokenLogprobs
 from qinfer.executor.weight_loader import load_weights
@@ -32,6 +32,11 @@ from qinfer.layers.attention.backend import AttentionMetadata
 from qinfer.layers.attention.forward_context import set_forward_context
 from qinfer.layers.attention.layer import Attention
 from qinfer.models.registry import get_model_class
+
+
+# Mixed steps of up to this many tokens run from CUDA graphs by default; larger ones keep the GPU
+# busy longer than their eager launches take (bench/NOTES.md, mixed-step graphs).
+DEFAULT_MAX_CUDAGRAPH_TOKENS = 512
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -101,7 +106,7 @@ class ModelRunner:
                                       eos_token_ids(config.model, self.hf_config))
         self.sampler = Sampler(self.device, config.seed)
         self.kv_cache: Optional[torch.Tensor] = None
-        self.cuda_graphs: Optional[DecodeCudaGraphs] = None  # decode buckets, captured in init_kv_cache
+        self.cuda_graphs: Optional[StepCudaGraphs] = None  # captured in init_kv_cache
         self.follower_sampling_rows = np.empty(0, dtype=np.int64)  # TP rank > 0: rows that sampled last step
         self.in_flight: Optional[InFlightIds] = None   # execute_model_async: the last step's sampled ids
 
@@ -134,8 +139,9 @@ class ModelRunner:
         self.kv_cache = torch.zeros(self.kv_cache_shape(num_blocks), dtype=self.dtype, device=self.device)
         self._bind_kv_cache(self.kv_cache)
         if self._use_cuda_graphs():
-            self.cuda_graphs = DecodeCudaGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
-                                                self.max_model_len, self.config.block_size, self.device)
+            self.cuda_graphs = StepCudaGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
+                                              self._max_cudagraph_tokens(), self.max_model_len,
+                                              self.config.block_size, self.device)
             self.cuda_graphs.capture()  # after the cache exists: graphs bake in its addresses
 
     def _use_cuda_graphs(self) -> bool:
@@ -143,6 +149,12 @@ class ModelRunner:
         # Under TP every rank captures the same buckets in the same order, NCCL all-reduces included.
         return (self.device.type == "cuda" and not self.config.enforce_eager
                 and self.attn_backend.name != "reference")
+
+    def _max_cudagraph_tokens(self) -> int:
+        limit = self.config.max_cudagraph_tokens
+        if limit is not None and limit < 0:
+            raise ValueError(f"max_cudagraph_tokens={limit} must be >= 0 (0: graphs for decode-only steps only)")
+        return min(self.config.max_num_batched_tokens, DEFAULT_MAX_CUDAGRAPH_TOKENS if limit is None else limit)
 
     def _bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
         for layer, layer_cache in zip(self.attn_layers, kv_cache):
@@ -273,7 +285,7 @@ class ModelRunner:
 
     def _run_model(self, inputs: StepInputs) -> torch.Tensor:
         meta = inputs.attn_metadata
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(meta):
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(meta, inputs.input_ids.shape[0]):
             return self.cuda_graphs.run(inputs.input_ids, inputs.positions, meta)
         with set_forward_context(meta, self.attn_backend):
             return self.model(inputs.input_ids, inputs.positions)

@@ -12,17 +12,22 @@ Two kernels:
   its own length into that many whole tiles. The last partition of a (request, kv head) to finish merges the partial softmax
   states (an atomic counter tells it), so a step is one launch, not split + reduce.
   A request whose context fits one partition writes its output directly.
-- prefill / chunked prefill (ragged query lengths): one program per
-  (request, query head, tile of queries) runs causal flash attention over the
-  cached + new keys of its request.
-Both accumulate in float32 (F32: everything in float32 with exact dots) and use
-exp2 with the scale folded into log2(e).
-
+- prefill / chunked prefill (ragged query lengths): one program per (query tile,
+  query head) runs causal flash attention over the cached + new keys of its
+  request: first the keys every query of the tile sees (no mask), then the few
+  tiles on the causal diagonal (masked). Tiles are numbered over the requests
+  with more than one query token, in the kernel, from query_start_loc; a mixed
+  batch's one-token rows (decodes) go to the decode kernel, in the same call.
+Both grids depend only on host integers that a CUDA graph can fix (token count,
+request count, a bound on the prefill requests, max_seq_len), never on the lengths
+in the device buffers: a graph captured once replays any batch within its bounds.
 Sliding window W (sliding_window argument; None: full causal): the query at
 position p sees keys p - W + 1 .. p. Both kernels start their key loop at the
 oldest key a query of the program sees, so they never read the blocks the block
 manager may have freed behind the window; decode partitions split only the
 window's keys.
+Both accumulate in float32 (F32: everything in float32 with exact dots) and use
+exp2 with the scale folded into log2(e).
 """
 from __future__ import annotations
 
@@ -38,25 +43,35 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, mask, kvh, d,
                   stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                  BLOCK_SIZE: tl.constexpr):
-    """K and V [N, HEAD] of kv head kvh at token positions offs [N] (zeros where ~mask),
-    gathered through the request's block table row bt_row."""
-    blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+                  BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+    """K and V [N, HEAD] of kv head kvh at token positions offs [N] (zeros where ~mask;
+    MASKED False: every position is valid and mask is ignored), gathered through the
+    request's block table row bt_row."""
     row = offs % BLOCK_SIZE
-    k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
-                + kvh * stride_kh + d[None, :], mask=mask[:, None], other=0.0)
-    v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
-                + kvh * stride_vh + d[None, :], mask=mask[:, None], other=0.0)
+    if MASKED:
+        blk = tl.load(bt_row + offs // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
+                    + kvh * stride_kh + d[None, :], mask=mask[:, None], other=0.0)
+        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
+                    + kvh * stride_vh + d[None, :], mask=mask[:, None], other=0.0)
+    else:
+        blk = tl.load(bt_row + offs // BLOCK_SIZE).to(tl.int64)
+        k = tl.load(k_cache_ptr + blk[:, None] * stride_kb + row[:, None] * stride_kt
+                    + kvh * stride_kh + d[None, :])
+        v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
+                    + kvh * stride_vh + d[None, :])
     return k, v
 
 
 @triton.jit
 def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, acc, window,
-                           CAUSAL: tl.constexpr, WINDOWED: tl.constexpr, F32: tl.constexpr):
+                           MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
+                           F32: tl.constexpr):
     """One flash-attention step: fold the keys k / values v [N, HEAD] at positions key_pos [N]
     (valid where key_mask) into the running max m [M], denominator l [M] and output
     acc [M, HEAD] of the queries q [M, HEAD] at positions q_pos [M] (used only if CAUSAL).
-    WINDOWED (with CAUSAL): a query also skips keys at or before q_pos - window.
+    MASKED False: every query sees every key of the tile (no mask is built).
+    WINDOWED (with MASKED and CAUSAL): a query also skips keys at or before q_pos - window.
     Without WINDOWED, callers guarantee each row has an allowed key in this tile or an
     earlier one: an all -inf row would give exp2(-inf - -inf) = NaN. With it, a row may
     see its first key in a later tile (its window starts there), so the max is made safe.
@@ -68,13 +83,16 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
-    if CAUSAL:
-        allowed = (key_pos[None, :] <= q_pos[:, None]) & key_mask[None, :]
-        if WINDOWED:
-            allowed = allowed & (key_pos[None, :] > q_pos[:, None] - window)
+    if MASKED:
+        if CAUSAL:
+            allowed = (key_pos[None, :] <= q_pos[:, None]) & key_mask[None, :]
+            if WINDOWED:
+                allowed = allowed & (key_pos[None, :] > q_pos[:, None] - window)
+        else:
+            allowed = key_mask[None, :]
+        s = tl.where(allowed, s * scale_log2, float("-inf"))  # [M, N], log2 domain
     else:
-        allowed = key_mask[None, :]
-    s = tl.where(allowed, s * scale_log2, float("-inf"))     # [M, N], log2 domain
+        s = s * scale_log2
     m_new = tl.maximum(m, tl.max(s, 1))
     if WINDOWED:
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: p = 0, alpha = 0
@@ -92,17 +110,23 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
 @triton.jit
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     scale_log2, window, num_parts, num_q_heads, num_kv_heads,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_GROUP: tl.constexpr, MERGE_CHUNK: tl.constexpr, F32: tl.constexpr,
+    MERGE_GROUP: tl.constexpr, MERGE_CHUNK: tl.constexpr, MIXED: tl.constexpr, F32: tl.constexpr,
 ):
     req = tl.program_id(0)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
+    if MIXED:   # a mixed batch: request req's query row is query_start_loc[req], if it has one
+        row = tl.load(query_start_loc_ptr + req)
+        if tl.load(query_start_loc_ptr + req + 1) - row != 1:
+            return  # a prefill chunk (the prefill kernel's) or a padding request (no query)
+    else:
+        row = req
     seq_len = tl.load(seq_lens_ptr + req)
     lo = tl.maximum(seq_len - window, 0)                      # oldest key the query sees
     # Each request spreads its own context over the grid's num_parts partitions (whole tiles):
@@ -117,7 +141,7 @@ def _decode_kernel(
     g = tl.arange(0, GROUP_PAD)
     heads = kvh * GROUP + g                                   # [GROUP_PAD] query heads
     d = tl.arange(0, HEAD)
-    q = tl.load(q_ptr + req * stride_qt + heads[:, None] * stride_qh + d[None, :],
+    q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
                 mask=(g < GROUP)[:, None], other=0.0)         # [GROUP_PAD, HEAD]
     if F32:
         q = q.to(tl.float32)
@@ -131,12 +155,12 @@ def _decode_kernel(
         tmask = offs < end                                    # t0 < end: each tile has a valid token
         k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, tmask, kvh, d,
                              stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                             BLOCK_SIZE)                      # [TILE, HEAD] each
+                             BLOCK_SIZE, True)                # [TILE, HEAD] each
         m, l, acc = _online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc, window,
-                                           False, False, F32)  # [GROUP_PAD, TILE] scores; g: unused q_pos
+                                           True, False, False, F32)  # [GROUP_PAD, TILE]; g: unused q_pos
 
     hmask = g < GROUP
-    out_ptrs = out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :]
+    out_ptrs = out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :]
     if SPLIT:
         if n_active == 1:
             out = acc / tl.where(l > 0, l, 1.0)[:, None]      # empty context (seq_len 0): zeros
@@ -151,7 +175,7 @@ def _decode_kernel(
             counter = counter_ptr + req * num_kv_heads + kvh
             if tl.atomic_add(counter, 1, sem="acq_rel") == n_active - 1:
                 tl.atomic_xchg(counter, 0)  # zero again for the next launch (or graph replay)
-                _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n_active,
+                _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, row, kvh, n_active,
                                   num_parts, num_q_heads, stride_ot, stride_oh,
                                   GROUP, MERGE_GROUP, HEAD, MERGE_CHUNK)
     else:
@@ -160,11 +184,11 @@ def _decode_kernel(
 
 
 @triton.jit
-def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n_active,
+def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, row, kvh, n_active,
                       num_parts, num_q_heads, stride_ot, stride_oh,
                       GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD: tl.constexpr,
                       CHUNK: tl.constexpr):
-    """out of the GROUP query heads of (req, kvh) from the partials of its n_active partitions,
+    """out row `row` of the GROUP query heads of (req, kvh) from the partials of its n_active partitions,
     CHUNK partitions at a time ([GROUP_PAD, CHUNK, HEAD] in registers), rescaled online.
     GROUP_PAD here is GROUP's next power of two (no tl.dot, so no minimum of 16)."""
     g = tl.arange(0, GROUP_PAD)
@@ -190,26 +214,43 @@ def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, kvh, n
         acc = acc * alpha[:, None] + tl.sum(pacc * w[:, :, None], 1)
         m = m_new
     # Heads past GROUP (padding) compute NaN from -inf - -inf; they are never stored.
-    tl.store(out_ptr + req * stride_ot + heads[:, None] * stride_oh + d[None, :],
+    tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :],
              (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
+
+
+@triton.jit
+def _prefill_tile(query_start_loc_ptr, tile, num_reqs, BLOCK_M: tl.constexpr, REQS_PAD: tl.constexpr):
+    """(request, query tile of that request) of the step's prefill tile number `tile`: tiles
+    are counted over the requests with more than one query token, in batch order (a request
+    of q tokens has cdiv(q, BLOCK_M) of them). The request is num_reqs or more past the last tile."""
+    r = tl.arange(0, REQS_PAD)
+    is_req = r < num_reqs
+    starts = tl.load(query_start_loc_ptr + r, mask=is_req, other=0)
+    lens = tl.load(query_start_loc_ptr + r + 1, mask=is_req, other=0) - starts
+    num_tiles = tl.where(lens > 1, (lens + BLOCK_M - 1) // BLOCK_M, 0)
+    ends = tl.cumsum(num_tiles, 0)                            # [REQS_PAD] end tile of each request
+    req = tl.sum((ends <= tile).to(tl.int32), 0)              # the first request ending past tile
+    first = tl.sum(tl.where(r == req, ends - num_tiles, 0), 0)
+    return req, tile - first
 
 
 @triton.jit
 def _prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
-    scale_log2, window,
+    scale_log2, window, num_reqs,
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOWED: tl.constexpr, F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, REQS_PAD: tl.constexpr, WINDOWED: tl.constexpr,
+    F32: tl.constexpr,
 ):
-    req = tl.program_id(0)
+    req, mt = _prefill_tile(query_start_loc_ptr, tl.program_id(0), num_reqs, BLOCK_M, REQS_PAD)
+    if req >= num_reqs:
+        return  # the grid is a bound on the step's prefill tiles
     h = tl.program_id(1)
-    mt = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + req)
     q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
-    if mt * BLOCK_M >= q_len:
-        return
+    mt = (q_len + BLOCK_M - 1) // BLOCK_M - 1 - mt            # a request's long (last) tiles first
     seq_len = tl.load(seq_lens_ptr + req)
     ctx = seq_len - q_len                                     # tokens cached before this step
     kvh = h // GROUP
@@ -227,20 +268,37 @@ def _prefill_kernel(
     l = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
     bt_row = block_tables_ptr + req * stride_bt
-    hi = tl.minimum(seq_len, ctx + (mt + 1) * BLOCK_M)        # causal: no key past the last query
-    lo = 0
-    if WINDOWED:
-        lo = tl.maximum(ctx + mt * BLOCK_M - window + 1, 0)   # the tile's first query's oldest key
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)                   # [BLOCK_N] key positions
-        nmask = offs_n < hi
-        k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, nmask, kvh, d,
-                             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
-                             BLOCK_SIZE)                      # [BLOCK_N, HEAD] each
-        # [BLOCK_M, BLOCK_N] scores, causal; unwindowed, key 0 is always allowed, so every row has
-        # a finite max; windowed, every real row sees its own key by the last tile
-        m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
-                                           window, True, WINDOWED, F32)
+    first_q = ctx + mt * BLOCK_M                              # position of the tile's first query
+    seen_by_all = (first_q // BLOCK_N) * BLOCK_N              # keys below: every query sees them
+    hi = tl.minimum(seq_len, first_q + BLOCK_M)               # causal: no key past the last query
+    if WINDOWED:   # every key tile masked: each query's window starts at its own position
+        for n0 in range(tl.maximum(first_q - window + 1, 0), hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            nmask = offs_n < hi
+            k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, nmask, kvh, d,
+                                 stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                 BLOCK_SIZE, True)
+            # a real row sees its own key by the last tile; rows before their window are kept finite
+            m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
+                                               window, True, True, True, F32)
+    else:
+        for n0 in range(0, seen_by_all, BLOCK_N):             # whole key tiles, no mask
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, offs_n < hi, kvh, d,
+                                 stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                 BLOCK_SIZE, False)
+            m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, q_pos, scale_log2, m, l, acc,
+                                               window, False, False, False, F32)
+        for n0 in range(seen_by_all, hi, BLOCK_N):            # the causal diagonal, masked
+            offs_n = n0 + tl.arange(0, BLOCK_N)               # [BLOCK_N] key positions
+            nmask = offs_n < hi
+            k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, nmask, kvh, d,
+                                 stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+                                 BLOCK_SIZE, True)            # [BLOCK_N, HEAD] each
+            # [BLOCK_M, BLOCK_N] scores; key seen_by_all <= first_q is allowed for every row of the
+            # first masked tile, so every row has a finite max
+            m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
+                                               window, True, True, False, F32)
 
     out = acc / l[:, None]
     tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
@@ -249,16 +307,6 @@ def _prefill_kernel(
 
 # The interpreter has no bf16/fp16 arithmetic (numpy): compute in float32 there.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _f32(dtype: torch.dtype) -> bool:
-    """float32 inputs get exact (ieee) dots instead of tf32."""
-    return dtype == torch.float32 or _INTERPRET
-
-
-def _cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
-    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_size must be contiguous"
-    return (*k_cache.stride()[:3], *v_cache.stride()[:3])
 
 
 # The window argument when there is none: larger than any context (seq_len - it stays an int32).
@@ -270,6 +318,16 @@ def _window_arg(sliding_window: int | None) -> int:
         return _NO_WINDOW
     assert sliding_window >= 1, f"sliding_window {sliding_window} must be >= 1"
     return sliding_window
+
+
+def _f32(dtype: torch.dtype) -> bool:
+    """float32 inputs get exact (ieee) dots instead of tf32."""
+    return dtype == torch.float32 or _INTERPRET
+
+
+def _cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
+    assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_size must be contiguous"
+    return (*k_cache.stride()[:3], *v_cache.stride()[:3])
 
 
 def _check_head(head_size: int) -> None:
@@ -319,12 +377,17 @@ def paged_decode(
     scale: float,
     out: torch.Tensor | None = None,
     cfg: dict | None = None,
+    query_start_loc: torch.Tensor | None = None,
     sliding_window: int | None = None,  # the query sees its last sliding_window keys only
 ) -> torch.Tensor:               # [num_reqs, num_heads, head_size]
+    """One query token per request. With query_start_loc [num_reqs + 1] (a mixed batch:
+    query [num_tokens, ...]), request r's query is row query_start_loc[r] and only the
+    requests of exactly one query token are attended (their rows of out written)."""
     cfg = {**DECODE_CFG, **(cfg or {})}
     if sliding_window is not None:
         max_seq_len = min(max_seq_len, sliding_window)   # keys a query reads: sizes tiles and partitions
-    num_reqs, num_heads, head = query.shape
+    _, num_heads, head = query.shape
+    num_reqs = seq_lens.shape[0]
     _, block_size, num_kv_heads, _ = k_cache.shape
     _check_head(head)
     group = num_heads // num_kv_heads
@@ -343,8 +406,10 @@ def paged_decode(
         part_m = part_l = part_acc = counters = out  # unused
     group_pad = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
     merge_group = triton.next_power_of_2(group)
+    is_mixed = query_start_loc is not None
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
+        query_start_loc if is_mixed else seq_lens,   # unused when not mixed
         scale * _LOG2E, _window_arg(sliding_window), parts, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
@@ -353,12 +418,20 @@ def paged_decode(
         # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps)
         MERGE_GROUP=merge_group,
         MERGE_CHUNK=max(1, min(triton.next_power_of_2(parts), 8192 // (merge_group * head))),
-        F32=_f32(query.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        MIXED=is_mixed, F32=_f32(query.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
 
-PREFILL_CFG = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+# Prefill launch parameters: the best of bench/bench_prefill_attention.py's sweep on the H200
+# (head 128, bf16) over fresh 2k prompts and 512-token chunks on a 1.5k prefix (bench/NOTES.md).
+PREFILL_CFG = {"block_m": 128, "block_n": 32, "num_warps": 4, "num_stages": 3}
+
+
+def prefill_tile_bound(num_tokens: int, num_prefills: int, block_m: int) -> int:
+    """At most this many query tiles of block_m rows hold the step's prefill requests (those of
+    more than one token): each needs cdiv(q, block_m) <= q / block_m + 1 of them."""
+    return triton.cdiv(num_tokens, block_m) + num_prefills
 
 
 def paged_prefill(
@@ -368,33 +441,45 @@ def paged_prefill(
     block_tables: torch.Tensor,     # [num_reqs, max_blocks] int32
     seq_lens: torch.Tensor,         # [num_reqs] int32, cached + new tokens
     query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
-    max_query_len: int,
+    max_seq_len: int,               # host bound on seq_lens (fixes the decode rows' grid)
     scale: float,
     out: torch.Tensor | None = None,
     cfg: dict | None = None,
+    num_prefills: int | None = None,
+    decode_cfg: dict | None = None,
     sliding_window: int | None = None,  # a query sees its last sliding_window keys only
 ) -> torch.Tensor:                  # [num_tokens, num_heads, head_size]
-    """Causal attention of each request's new tokens to its cached and new keys.
+    """Causal attention of each request's new tokens to its cached and new keys, any mix of
+    prefill chunks and decode rows: requests of one query token run in the decode kernel (a
+    program per GQA group, split context), the others in the prefill kernel.
 
-    The new K/V must already be in the cache (the backend writes them first).
+    num_prefills: host bound on the requests of more than one query token (None: num_reqs);
+    it, the token count, the request count and max_seq_len fix the grids, so one CUDA graph
+    serves every batch within them. Requests of no query token (padding) are skipped, and so
+    are rows past query_start_loc[-1]. The new K/V must already be in the cache.
     """
     cfg = {**PREFILL_CFG, **(cfg or {})}
-    _, num_heads, head = query.shape
+    num_tokens, num_heads, head = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     _check_head(head)
     out = torch.empty_like(query) if out is None else out
     num_reqs = seq_lens.shape[0]
-    block_m = max(16, min(cfg["block_m"], triton.next_power_of_2(max(max_query_len, 1))))
-    grid = (num_reqs, num_heads, triton.cdiv(max(max_query_len, 1), block_m))
+    num_prefills = num_reqs if num_prefills is None else num_prefills
+    grid = (prefill_tile_bound(num_tokens, num_prefills, cfg["block_m"]), num_heads)
     _prefill_kernel[grid](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        scale * _LOG2E, _window_arg(sliding_window),
+        scale * _LOG2E, _window_arg(sliding_window), num_reqs,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=cfg["block_n"], WINDOWED=sliding_window is not None, F32=_f32(query.dtype),
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"],
+        # every program reads all request lengths to find its tile: few sizes, few compilations
+        REQS_PAD=max(256, triton.next_power_of_2(num_reqs)), WINDOWED=sliding_window is not None,
+        F32=_f32(query.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+    paged_decode(query, k_cache, v_cache, block_tables, seq_lens, max_seq_len, scale, out=out,
+                 cfg=decode_cfg, query_start_loc=query_start_loc, sliding_window=sliding_window)
     return out
 
 
@@ -403,5 +488,5 @@ def kv_bytes(seq_lens: torch.Tensor, num_kv_heads: int, head_size: int, elem_siz
     return int(seq_lens.sum()) * num_kv_heads * head_size * elem_size * 2
 
 
-__all__ = ["paged_decode", "paged_prefill", "decode_partitions", "kv_bytes", "DECODE_CFG",
-           "PREFILL_CFG"]
+__all__ = ["paged_decode", "paged_prefill", "decode_partitions", "prefill_tile_bound", "kv_bytes",
+           "DECODE_CFG", "PREFILL_CFG"]

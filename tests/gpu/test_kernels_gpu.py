@@ -86,8 +86,51 @@ def test_prefill_chunked_ragged(pa, dtype, block_size, head):
                                          seed=head, device="cuda")
     ref = attention_ref(q, kc, vc, bt, seq, qsl, head ** -0.5)
     out = torch.full_like(q, float("nan"))
-    pa.paged_prefill(q, kc, vc, bt, seq, qsl, max(query_lens), head ** -0.5, out=out)
+    pa.paged_prefill(q, kc, vc, bt, seq, qsl, int(seq.max()), head ** -0.5, out=out)
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("cfg", [None, {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
+                                 {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2}])
+def test_prefill_long_fresh_and_on_prefix(pa, cfg):
+    # What prefill benches run: 2k-token fresh prompts, 512-token chunks on a 1.5k prefix.
+    for query_lens, ctx in (([2048, 2048], [0, 0]), ([512, 512, 1], [1536, 1536, 2000])):
+        q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 32, 8, 128, 16, torch.bfloat16,
+                                             seed=len(ctx), device="cuda")
+        out = torch.full_like(q, float("nan"))
+        pa.paged_prefill(q, kc, vc, bt, seq, qsl, int(seq.max()), 0.088, out=out, cfg=cfg)
+        assert rel_err(out, attention_ref(q, kc, vc, bt, seq, qsl, 0.088)) < 1e-2
+
+
+def test_prefill_mixed_batches_under_graph_replay(pa):
+    # One graph captured for 96 token rows, 8 request rows, at most 3 prefill requests and a
+    # static max_seq_len; replayed with batches of other mixes, padded as cuda_graphs pads them.
+    num_tokens, num_reqs, max_seq_len = 96, 8, 4096
+    q = torch.randn(num_tokens, 32, 128, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    qsl = torch.zeros(num_reqs + 1, dtype=torch.int32, device="cuda")
+    seq = torch.ones(num_reqs, dtype=torch.int32, device="cuda")
+    _, kc, vc, bt, _, _ = make_batch([1] * num_reqs, [max_seq_len - 1] * num_reqs, 32, 8, 128, 16,
+                                     torch.bfloat16, seed=3, device="cuda")
+    run = lambda: pa.paged_prefill(q, kc, vc, bt, seq, qsl, max_seq_len, 0.088, out=out,  # noqa: E731
+                                   num_prefills=3)
+    run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for query_lens, ctx in (([1, 60, 1, 1, 20], [100, 0, 3000, 7, 500]),
+                            ([33, 30, 30], [4000, 0, 64]),
+                            ([1] * 8, [5, 4000, 1, 9, 300, 2, 2, 17]),
+                            ([95], [1])):
+        n, t = len(query_lens), sum(query_lens)
+        ends = torch.tensor(query_lens, device="cuda").cumsum(0)
+        qsl[1:n + 1] = ends.to(torch.int32)
+        qsl[n + 1:] = t
+        seq[:n] = torch.tensor([c + ql for c, ql in zip(ctx, query_lens)], dtype=torch.int32)
+        out.fill_(float("nan"))
+        graph.replay()
+        ref = attention_ref(q[:t], kc, vc, bt[:n], seq[:n], qsl[:n + 1], 0.088)
+        assert rel_err(out[:t], ref) < 1e-2
 
 
 def test_backend_matches_reference_backend():

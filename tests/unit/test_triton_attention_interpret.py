@@ -85,9 +85,27 @@ def test_prefill_ragged_gqa_matches_reference(pa, dtype):
     query_lens, ctx = [7, 20, 1, 33], [0, 13, 50, 4]
     q, kc, vc, bt, seq_lens, qsl = make_batch(query_lens, ctx, 4, 2, 16, 16, dtype, seed=1)
     ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25)
-    out = pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, max(query_lens), 0.25,
+    out = pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, int(seq_lens.max()), 0.25,
                            cfg={"block_m": 16, "block_n": 16})
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@needs_interpret
+def test_prefill_padded_as_in_a_graph(pa):
+    # A CUDA graph's batch: more token rows than the requests hold (they stay unwritten),
+    # padding requests of no query token, a bound of prefill requests above the real count,
+    # and a static max_seq_len above every context. Query tiles of 16 rows, keys of 16: the
+    # 37-token chunk on 20 cached tokens has unmasked and diagonal key tiles.
+    query_lens, ctx = [1, 37, 1, 5, 0, 0], [30, 20, 0, 9, 0, 0]
+    q, kc, vc, bt, seq_lens, qsl = make_batch(query_lens, ctx, 4, 2, 16, 16, torch.float32, seed=6)
+    num_real = sum(query_lens)
+    q = torch.cat([q, torch.randn(7, 4, 16)])               # 7 padding token rows
+    out = torch.full_like(q, float("nan"))
+    pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, 256, 0.25, out=out, num_prefills=4,
+                     cfg={"block_m": 16, "block_n": 16})
+    ref = attention_ref(q[:num_real], kc, vc, bt, seq_lens, qsl, 0.25)
+    assert rel_err(out[:num_real], ref) < 1e-5
+    assert out[num_real:].isnan().all()
 
 
 @needs_interpret
@@ -95,7 +113,7 @@ def test_prefill_block32_head32(pa):
     query_lens, ctx = [40, 3], [10, 70]
     q, kc, vc, bt, seq_lens, qsl = make_batch(query_lens, ctx, 2, 1, 32, 32, torch.float32, seed=2)
     ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.2)
-    out = pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, 40, 0.2, cfg={"block_m": 16, "block_n": 32})
+    out = pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, 80, 0.2, cfg={"block_m": 16, "block_n": 32})
     assert rel_err(out, ref) < 1e-5
 
 
@@ -203,3 +221,36 @@ def test_rotary_and_cache_matches_reference(triton_ops, dtype, is_neox):
     for mine, ref in zip(outs["triton"], outs["ref"]):
         torch.testing.assert_close(mine.float(), ref.float(), atol=2e-2 if dtype != torch.float32 else 1e-6,
                                    rtol=1e-2)
+
+
+@needs_interpret
+def test_graph_buffers_give_the_eager_forward(tmp_path):
+    """What a CUDA graph replays (the step staged into the static buffers, padded to its bucket,
+    the forward over them) gives the eager forward's hidden states, at every step of a run that
+    mixes prefill chunks with decodes; runs on the CPU, Triton attention interpreted."""
+    from qinfer.executor.cuda_graphs import StepCudaGraphs
+    from qinfer.testing.tiny_model import make_tiny_model
+    from tests.unit.runner_driver import RunnerDriver, make_runner
+
+    model_dir = make_tiny_model(tmp_path / "tiny", "llama", hidden_size=64, num_layers=2, num_heads=4,
+                                num_kv_heads=2, intermediate_size=128)
+    runner = make_runner(model_dir, attention_backend="triton", max_num_seqs=4)
+    graphs = StepCudaGraphs(runner.model, runner.attn_backend, max_num_seqs=4, max_mixed_tokens=24,
+                            max_model_len=runner.max_model_len, block_size=runner.config.block_size,
+                            device=runner.device)
+    eager_forward, buckets = runner._run_model, []
+
+    def compare_forwards(inputs):
+        hidden = eager_forward(inputs)
+        key = graphs.stage(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        staged = graphs.run_eagerly(*key)[:len(inputs.input_ids)]
+        torch.testing.assert_close(staged, hidden, atol=1e-5, rtol=1e-4)
+        buckets.append(key)
+        return hidden
+
+    runner._run_model = compare_forwards
+    driver = RunnerDriver(runner)
+    for i, prompt in enumerate([[5, 9, 17, 4, 8, 30, 2], [7] * 13, [3, 11], [40, 41, 42, 43, 44]]):
+        driver.add(f"r{i}", prompt)
+    driver.run(max_tokens=4, token_budget=11)   # chunks of the 13-token prompt beside decodes
+    assert {("mixed", 16), ("decode", 4)} <= set(buckets)

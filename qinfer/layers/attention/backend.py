@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -36,6 +37,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor     # [num_reqs, max_num_blocks_per_req] int32 (padding: any valid id)
     max_query_len: int             # host-side copies so kernels need no device sync
     max_seq_len: int
+    num_prefills: Optional[int] = None  # host: requests of more than one query token (None: unknown)
 
     @property
     def num_reqs(self) -> int:

@@ -2,8 +2,10 @@
 
 Decode-only batches (every request has one query token) use the GQA decode
 kernel with split-K over long contexts; any batch with a longer query (prefill,
-chunked prefill, mixed prefill + decode) uses the causal prefill kernel, which
-handles decode rows too.
+chunked prefill, mixed prefill + decode) goes to paged_prefill, which runs its
+prefill chunks in the causal prefill kernel and its decode rows in the decode
+kernel. Launch grids depend only on host integers of the metadata (no lengths
+read back), so every batch shape can run inside a CUDA graph.
 """
 from __future__ import annotations
 
@@ -37,4 +39,4 @@ class TritonAttentionBackend(AttentionBackend):
                 sliding_window=sliding_window)
         return paged_attention.paged_prefill(
             query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-            meta.max_query_len, scale, sliding_window=sliding_window)
+            meta.max_seq_len, scale, num_prefills=meta.num_prefills, sliding_window=sliding_window)
