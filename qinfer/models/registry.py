@@ -8,6 +8,8 @@ from torch import nn
 # architecture -> "module:Class", imported on first use
 _MODELS = {
     "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "qinfer.models.mistral:MistralForCausalLM",
+    "Phi3ForCausalLM": "qinfer.models.phi3:Phi3ForCausalLM",
     "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "qinfer.models.qwen3:Qwen3ForCausalLM",
 }
