@@ -27,6 +27,14 @@ SHAPES = {
                                                tie_word_embeddings=False)),
     "mistral-gqa4-h32-w5-tied": ("mistral", dict(hidden_size=64, num_heads=4, num_kv_heads=1, head_dim=32,
                                                  sliding_window=5, tie_word_embeddings=True)),
+    # Phi-3: fused qkv_proj / gate_up_proj checkpoints. Default rope; LongRoPE with the long
+    # factors (a model longer than its original length 2: Hugging Face takes them for any
+    # prompt past 2 tokens) and the short ones (max = original length), the latter windowed.
+    "phi3-gqa2-untied": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=2, tie_word_embeddings=False)),
+    "phi3-longrope-long-mha-tied": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=4, tie_word_embeddings=True,
+                                                 rope_scaling="longrope", original_max_position_embeddings=2)),
+    "phi3-longrope-short-gqa4-w6": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=1, sliding_window=6,
+                                                 rope_scaling="longrope", original_max_position_embeddings=256)),
 }
 ASYNC_SHAPES = ("llama-gqa2-h16-untied", "llama-gqa4-h32-tied", "qwen2-mha-h16-tied", "qwen2-gqa2-h32-untied")
 SHARED_PREFIX = ("Once upon a time, in a city of glass and rain, people wrote letters to machines. "
