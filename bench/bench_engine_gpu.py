@@ -3,8 +3,8 @@
     python bench/bench_engine_gpu.py --shape llama-3.1-8b [--parts throughput,latency,breakdown,hf]
         [--num-requests 1000] [--input-len 512] [--output-len 256] [--out DIR]
 
-Random-weight models of real shapes: config.json of the named Llama shape plus random
-bf16 safetensors generated on this machine (no download), and a word-level tokenizer
+Random-weight models of real shapes: config.json of the named Llama or Qwen3 shape plus
+random bf16 safetensors generated on this machine (no download), and a word-level tokenizer
 covering the whole vocabulary (random weights emit any id). Parts:
   throughput  offline: num_requests random prompts, ignore_eos, temperature 1.0;
               output and total tok/s, against the compute roofline
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import triton
 
-VOCAB = 128256
+PROMPT_VOCAB = 128256   # prompts draw ids below this: valid in every shape's vocabulary
 SHAPES = {
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64,
@@ -38,6 +38,10 @@ SHAPES = {
     "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
                          tie_word_embeddings=False, rope_factor=8.0),
+    # Qwen3-8B's config.json: q/k norms per head, no rope scaling, a larger vocabulary.
+    "qwen3-8b": dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                     tie_word_embeddings=False),
 }
 
 
@@ -45,21 +49,29 @@ SHAPES = {
 
 def hf_config(shape: str) -> dict:
     s = dict(SHAPES[shape])
+    common = dict(hidden_act="silu", attention_bias=False, torch_dtype="bfloat16", initializer_range=0.02)
+    if shape.startswith("qwen3"):
+        return dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936,
+                    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                    bos_token_id=151643, eos_token_id=151645, use_sliding_window=False, **common, **s)
     factor = s.pop("rope_factor")
-    return dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=VOCAB,
-                max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
-                rope_theta=500000.0, attention_bias=False, mlp_bias=False, torch_dtype="bfloat16",
-                bos_token_id=128000, eos_token_id=128001, initializer_range=0.02,
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128256,
+                max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, mlp_bias=False,
+                bos_token_id=128000, eos_token_id=128001,
                 rope_scaling=dict(rope_type="llama3", factor=factor, low_freq_factor=1.0,
                                   high_freq_factor=4.0, original_max_position_embeddings=8192),
-                **s)
+                **common, **s)
+
+
+def pad_token_id(cfg: dict) -> int:
+    return cfg["eos_token_id"] + 1
 
 
 def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """HF LlamaForCausalLM parameter names -> shapes."""
-    h, inter, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    """HF LlamaForCausalLM / Qwen3ForCausalLM parameter names -> shapes."""
+    h, inter, d, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"], cfg["vocab_size"]
     q, kv = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d
-    shapes = {"model.embed_tokens.weight": (VOCAB, h), "model.norm.weight": (h,)}
+    shapes = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,)}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         shapes.update({p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
@@ -67,12 +79,14 @@ def weight_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
                        p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
                        p + "mlp.down_proj.weight": (h, inter), p + "input_layernorm.weight": (h,),
                        p + "post_attention_layernorm.weight": (h,)})
+        if cfg["model_type"] == "qwen3":
+            shapes.update({p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)})
     if not cfg["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (VOCAB, h)
+        shapes["lm_head.weight"] = (vocab, h)
     return shapes
 
 
-def save_tokenizer(out: Path, vocab: int = VOCAB, special_ids: tuple[int, int, int] = (128000, 128001, 128002)) -> None:
+def save_tokenizer(out: Path, vocab: int = PROMPT_VOCAB, special_ids: tuple[int, int, int] = (128000, 128001, 128002)) -> None:
     """Word-level tokenizer "t0".."t{V-1}": every id decodes (random weights emit any id);
     special_ids: bos, eos, pad."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -93,7 +107,7 @@ def make_model_dir(shape: str, out: Path, shard_bytes: int = 4 << 30) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = hf_config(shape)
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_tokenizer(out)
+    save_tokenizer(out, cfg["vocab_size"], (cfg["bos_token_id"], cfg["eos_token_id"], pad_token_id(cfg)))
     gen = torch.Generator(device="cuda").manual_seed(0)
     shards, current, size = [], {}, 0
     for name, shp in weight_shapes(cfg).items():
@@ -142,7 +156,7 @@ def workload_flops(cfg: dict, num_requests: int, input_len: int, output_len: int
     shapes = weight_shapes(cfg)
     linear = sum(s[0] * s[1] for n, s in shapes.items() if "layers" in n and len(s) == 2)
     tokens = input_len + output_len - 1                   # the last sampled token is never fed
-    lm_head = 2 * VOCAB * cfg["hidden_size"] * output_len
+    lm_head = 2 * cfg["vocab_size"] * cfg["hidden_size"] * output_len
     attn_per_pos = 4 * cfg["num_attention_heads"] * cfg["head_dim"] * cfg["num_hidden_layers"]
     attention = attn_per_pos * tokens * (tokens + 1) / 2
     return num_requests * (2 * linear * tokens + lm_head + attention)
@@ -155,7 +169,7 @@ def weight_bytes(cfg: dict) -> int:
 
 # ---- the engine parts ----------------------------------------------------------------------
 
-def random_prompts(n: int, length: int, seed: int = 0, vocab: int = VOCAB) -> list[list[int]]:
+def random_prompts(n: int, length: int, seed: int = 0, vocab: int = PROMPT_VOCAB) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(1000, vocab - 1000) for _ in range(length)] for _ in range(n)]
 
@@ -177,7 +191,7 @@ def params(max_tokens: int):
     return SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True)
 
 
-def run_throughput(llm, args, ceilings: dict, cfg: dict, flops: float | None = None, vocab: int = VOCAB) -> dict:
+def run_throughput(llm, args, ceilings: dict, cfg: dict, flops: float | None = None, vocab: int = PROMPT_VOCAB) -> dict:
     """flops: the workload's matmul FLOPs (default: workload_flops of this dense shape)."""
     llm.generate(random_prompts(8, args.input_len, seed=1, vocab=vocab), params(8), use_tqdm=False)  # warm-up
     prompts = random_prompts(args.num_requests, args.input_len, vocab=vocab)
@@ -201,7 +215,7 @@ def run_throughput(llm, args, ceilings: dict, cfg: dict, flops: float | None = N
                 - (after.executor_time_s - before.executor_time_s))
 
 
-def run_latency(llm, args, ceilings: dict, cfg: dict, floor_bytes: int | None = None, vocab: int = VOCAB) -> dict:
+def run_latency(llm, args, ceilings: dict, cfg: dict, floor_bytes: int | None = None, vocab: int = PROMPT_VOCAB) -> dict:
     """Batch 1: time of each engine step; the first is prefill + first token."""
     engine = llm.engine
     engine.add_request("warm", None, params(16), prompt_token_ids=random_prompts(1, args.input_len, 2, vocab)[0])
@@ -331,7 +345,7 @@ def run_hf(model_dir: Path, args) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16, device_map="cuda")
     ids = torch.tensor(random_prompts(args.hf_batch, args.input_len, seed=5), device="cuda")
-    kw = dict(do_sample=True, temperature=1.0, top_k=0, pad_token_id=128002)
+    kw = dict(do_sample=True, temperature=1.0, top_k=0, pad_token_id=pad_token_id(hf_config(args.shape)))
     warm = ids[:2]
     model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, min_new_tokens=4, **kw)
     torch.cuda.synchronize()

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine_gpu import VOCAB, hf_config, random_prompts, save_tokenizer  # noqa: E402
+from bench_engine_gpu import PROMPT_VOCAB as VOCAB, hf_config, random_prompts, save_tokenizer  # noqa: E402
 
 from qinfer.sampling_params import SamplingParams  # noqa: E402
 

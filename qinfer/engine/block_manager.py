@@ -4,6 +4,12 @@ Every block with no reference sits in one ordered free queue, oldest first. A
 freed block keeps its hash, so a later request with the same prefix can take it
 back (a prefix hit); allocation pops from the front, which evicts the least
 recently freed cached block (LRU).
+
+With a sliding window W (every attention layer of the model windowed alike), a
+query at position p reads no key before p - W + 1, so a running request's blocks
+wholly before its next query's window go back to the free queue
+(free_blocks_behind_window); they keep their place in the request's block list, as
+stale entries no backend reads.
 """
 from __future__ import annotations
 
@@ -24,10 +30,13 @@ def hash_block(parent_hash: int, token_ids: Sequence[int]) -> int:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 sliding_window: Optional[int] = None):
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.sliding_window = sliding_window
+        self.num_freed_behind_window = 0          # blocks handed back by free_blocks_behind_window
         self.ref_counts = [0] * num_blocks
         self.block_hash: list[Optional[int]] = [None] * num_blocks
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
@@ -88,7 +97,9 @@ class BlockManager:
             return
         num_full_blocks = min(num_tokens, request.num_tokens) // self.block_size
         self._extend_block_hashes(request, num_full_blocks)
-        for i in range(request.num_hashed_blocks, num_full_blocks):
+        # A block freed behind the window before it was hashed (its last id was in flight) may
+        # hold another request's tokens by now: it is never registered.
+        for i in range(max(request.num_hashed_blocks, request.num_freed_blocks), num_full_blocks):
             block_hash = request.block_hashes[i]
             block_id = request.block_ids[i]
             self.block_hash[block_id] = block_hash
@@ -134,12 +145,26 @@ class BlockManager:
 
     def free(self, request: Request) -> None:
         """Drop the request's references; tail blocks go first in the queue so they are evicted first."""
-        for block_id in reversed(request.block_ids):
-            self.ref_counts[block_id] -= 1
-            if self.ref_counts[block_id] == 0:
-                self.free_queue[block_id] = None
+        for block_id in reversed(request.block_ids[request.num_freed_blocks:]):
+            self._release(block_id)
         request.block_ids = []
         request.num_hashed_blocks = 0
+        request.num_freed_blocks = 0
+
+    def free_blocks_behind_window(self, request: Request, first_query_position: int) -> None:
+        """Release the request's blocks no query from first_query_position on can see (sliding
+        window only): every token in them is older than first_query_position - W + 1."""
+        num_behind = (first_query_position - self.sliding_window + 1) // self.block_size
+        num_behind = min(num_behind, len(request.block_ids))
+        for i in range(request.num_freed_blocks, num_behind):
+            self._release(request.block_ids[i])
+            self.num_freed_behind_window += 1
+        request.num_freed_blocks = max(request.num_freed_blocks, num_behind)
+
+    def _release(self, block_id: int) -> None:
+        self.ref_counts[block_id] -= 1
+        if self.ref_counts[block_id] == 0:
+            self.free_queue[block_id] = None
 
     def _take(self, block_id: int) -> None:
         if self.ref_counts[block_id] == 0:

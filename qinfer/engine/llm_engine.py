@@ -46,7 +46,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos_token_ids(config.model, self.executor.hf_config))
         self.num_kv_blocks = self.executor.determine_num_kv_blocks()
         self.executor.init_kv_cache(self.num_kv_blocks)
-        self.scheduler = Scheduler(config, self.num_kv_blocks, self.max_model_len)
+        self.scheduler = Scheduler(config, self.num_kv_blocks, self.max_model_len, self.executor.sliding_window)
         self.output_processor = OutputProcessor()
         self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
         self._num_steps = self._num_scheduled_tokens = 0

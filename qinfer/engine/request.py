@@ -60,6 +60,7 @@ class Request:
         self.block_ids: list[int] = []
         self.block_hashes: list[int] = []  # chained hashes of full blocks, grown lazily
         self.num_hashed_blocks = 0         # leading blocks of block_ids registered in the prefix cache
+        self.num_freed_blocks = 0          # leading blocks of block_ids released behind a sliding window
         self.stop_reason: Optional[object] = None
         self.logprobs: list["TokenLogprobs"] = []
 

@@ -36,11 +36,15 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, num_kv_blocks: int, max_model_len: int):
+    def __init__(self, config: EngineConfig, num_kv_blocks: int, max_model_len: int,
+                 sliding_window: Optional[int] = None):
+        """sliding_window: the window every attention layer shares (None: some layer sees the
+        whole context); blocks behind it are freed while a request runs."""
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_model_len = max_model_len
-        self.block_manager = BlockManager(num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager = BlockManager(num_kv_blocks, config.block_size, config.enable_prefix_caching,
+                                          sliding_window)
         self.requests: dict[str, Request] = {}     # every unfinished request
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []           # admission order: the newest is last
@@ -114,6 +118,7 @@ class Scheduler:
         block_manager, running = self.block_manager, self.running
         block_size, max_num_tokens = block_manager.block_size, block_manager.num_blocks * block_manager.block_size
         cached_requests, num_scheduled_tokens = scheduler_output.cached_requests, scheduler_output.num_scheduled_tokens
+        is_windowed = block_manager.sliding_window is not None
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
@@ -126,6 +131,8 @@ class Scheduler:
                 self._finish_between_steps(request, RequestStatus.FINISHED_LENGTH)
                 continue
             num_computed = request.num_computed_tokens
+            if is_windowed:
+                block_manager.free_blocks_behind_window(request, num_computed)
             num_new_tokens = num_tokens - num_computed if num_tokens - num_computed < budget else budget
             end = num_computed + num_new_tokens
             if end <= len(request.block_ids) * block_size:

@@ -44,6 +44,10 @@ class Executor:
     def max_model_len(self) -> int:
         return self.runner.max_model_len
 
+    @property
+    def sliding_window(self) -> Optional[int]:
+        return self.runner.sliding_window
+
     def determine_num_kv_blocks(self) -> int:
         """The smallest count any rank can hold (the block tables are the same on every rank)."""
         self._call_followers("determine_num_kv_blocks")

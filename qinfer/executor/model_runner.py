@@ -112,6 +112,13 @@ class ModelRunner:
 
     # ---- KV cache --------------------------------------------------------------------------
 
+    @property
+    def sliding_window(self) -> Optional[int]:
+        """The window every attention layer shares (the block manager frees blocks behind it);
+        None when some layer sees the whole context."""
+        windows = {layer.sliding_window for layer in self.attn_layers}
+        return windows.pop() if len(windows) == 1 else None
+
     def kv_cache_shape(self, num_blocks: int) -> tuple[int, ...]:
         """[num_layers, 2 (K, V), num_blocks, block_size, num_kv_heads, head_size] (this rank's heads)."""
         layer = self.attn_layers[0]

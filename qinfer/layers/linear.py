@@ -27,6 +27,22 @@ def narrow_read(loaded_weight, dim: int, start: int, size: int) -> torch.Tensor:
     return loaded_weight[(slice(None),) * dim + (slice(start, start + size),)]
 
 
+class RowsOf:
+    """Rows [start, start + size) of a checkpoint tensor, still unread: indexing it (slices
+    only, like a CheckpointTensor) reads just what it names. A fused checkpoint tensor
+    (Phi-3's qkv_proj) is cut into its parts this way without reading it whole."""
+
+    def __init__(self, loaded_weight, start: int, size: int):
+        self._weight, self._start = loaded_weight, start
+        self.shape = torch.Size([size, *loaded_weight.shape[1:]])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows, *rest = index if isinstance(index, tuple) else (index,)
+        first, end, step = rows.indices(self.shape[0])
+        assert step == 1, "RowsOf takes slices without a step"
+        return self._weight[(slice(self._start + first, self._start + end), *rest)]
+
+
 def default_weight_loader(param: nn.Parameter, loaded_weight) -> None:
     param.data.copy_(loaded_weight[:])
 
@@ -77,7 +93,8 @@ class ColumnParallelLinear(LinearBase):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column linears fused into one matmul, e.g. gate_up_proj = [gate; up].
 
-    The checkpoint stores them apart; shard_id (0, 1, ...) says which one is loaded.
+    Most checkpoints store them apart; shard_id (0, 1, ...) says which one is loaded. A
+    checkpoint that stores them fused (Phi-3) loads with no shard_id: it is cut into its parts.
     Each rank's fused weight is [its slice of gate; its slice of up].
     """
 
@@ -85,12 +102,24 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.output_sizes = output_sizes
         super().__init__(input_size, sum(output_sizes), bias, **tp)
 
+    def checkpoint_parts(self) -> list[tuple[object, int]]:
+        """(shard_id, rows in a fused checkpoint tensor) of each part, in order."""
+        return list(enumerate(self.output_sizes))
+
+    def _load_fused(self, param: nn.Parameter, loaded_weight) -> None:
+        start = 0
+        for shard_id, num_rows in self.checkpoint_parts():
+            self.weight_loader(param, RowsOf(loaded_weight, start, num_rows), shard_id)
+            start += num_rows
+
     def _shard_offset_size(self, shard_id) -> tuple[int, int]:
         """(offset, size) of sub-matrix shard_id in this rank's fused weight rows."""
         local = [size // self.tp_size for size in self.output_sizes]
         return sum(local[:shard_id]), local[shard_id]
 
     def weight_loader(self, param: nn.Parameter, loaded_weight, shard_id=None) -> None:
+        if shard_id is None:
+            return self._load_fused(param, loaded_weight)
         offset, size = self._shard_offset_size(shard_id)
         param.data.narrow(0, offset, size).copy_(narrow_read(loaded_weight, 0, self.tp_rank * size, size))
 
@@ -106,13 +135,19 @@ class QKVParallelLinear(MergedColumnParallelLinear):
                  bias: bool = False, **tp):
         tp_size = _tp_size_of(tp)
         self.num_kv_head_replicas = max(1, tp_size // num_kv_heads)
+        self.checkpoint_sizes = [num_heads * head_size, num_kv_heads * head_size, num_kv_heads * head_size]
         kv_size = max(num_kv_heads, tp_size) * head_size   # as if the replicas were in the checkpoint
         super().__init__(hidden_size, [num_heads * head_size, kv_size, kv_size], bias, **tp)
+
+    def checkpoint_parts(self) -> list[tuple[object, int]]:
+        return list(zip("qkv", self.checkpoint_sizes))
 
     def _shard_offset_size(self, shard_id) -> tuple[int, int]:
         return super()._shard_offset_size("qkv".index(shard_id))
 
     def weight_loader(self, param: nn.Parameter, loaded_weight, shard_id=None) -> None:
+        if shard_id is None:
+            return self._load_fused(param, loaded_weight)
         offset, size = self._shard_offset_size(shard_id)
         rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.num_kv_head_replicas
         param.data.narrow(0, offset, size).copy_(narrow_read(loaded_weight, 0, rank * size, size))

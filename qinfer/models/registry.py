@@ -8,7 +8,9 @@ from torch import nn
 # architecture -> "module:Class", imported on first use
 _MODELS = {
     "LlamaForCausalLM": "qinfer.models.llama:LlamaForCausalLM",
+    "MistralForCausalLM": "qinfer.models.mistral:MistralForCausalLM",
     "MixtralForCausalLM": "qinfer.models.mixtral:MixtralForCausalLM",
+    "Phi3ForCausalLM": "qinfer.models.phi3:Phi3ForCausalLM",
     "Qwen2ForCausalLM": "qinfer.models.qwen2:Qwen2ForCausalLM",
     "Qwen3ForCausalLM": "qinfer.models.qwen3:Qwen3ForCausalLM",
     "Qwen3MoeForCausalLM": "qinfer.models.qwen3_moe:Qwen3MoeForCausalLM",

@@ -33,8 +33,9 @@ def make_batch(query_lens, ctx_lens, num_heads, num_kv, head, block_size, dtype,
     return q, k_cache, v_cache, block_tables, seq, qsl
 
 
-def attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale):
-    """float64 oracle: q [T, Hq, D] -> [T, Hq, D]; causal over each request's context."""
+def attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, sliding_window=None):
+    """float64 oracle: q [T, Hq, D] -> [T, Hq, D]; causal over each request's context (with
+    sliding_window W: the query at position p sees keys p - W + 1 .. p)."""
     _, block_size, num_kv, _ = k_cache.shape
     out = torch.empty(q.shape, dtype=torch.float64, device=q.device)
     starts, lens = query_start_loc.tolist(), seq_lens.tolist()
@@ -48,6 +49,8 @@ def attention_ref(q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, 
         scores = torch.einsum("lhd,nhd->hln", q[s:e].double(), k) * scale
         pos = n - (e - s) + torch.arange(e - s, device=q.device)
         scores.masked_fill_(slots[None, None, :] > pos[None, :, None], float("-inf"))
+        if sliding_window is not None:
+            scores.masked_fill_(slots[None, None, :] <= pos[None, :, None] - sliding_window, float("-inf"))
         out[s:e] = torch.einsum("hln,nhd->lhd", scores.softmax(-1), v)
     return out
 
@@ -57,3 +60,16 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if torch.isnan(out).any():
         return float("inf")
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def poison_blocks_behind_window(k_cache, v_cache, block_tables, seq_lens, query_start_loc, sliding_window):
+    """NaN into every block of each request wholly before its oldest visible key
+    (seq_len - query_len - W + 1): the blocks the block manager may have freed. A backend
+    that reads one gives NaN even if it masks it (0 * NaN)."""
+    block_size = k_cache.shape[1]
+    query_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
+    for r, (seq_len, query_len) in enumerate(zip(seq_lens.tolist(), query_lens)):
+        num_hidden_blocks = max(0, seq_len - query_len - sliding_window + 1) // block_size
+        hidden = block_tables[r, :num_hidden_blocks].long()
+        k_cache[hidden] = float("nan")
+        v_cache[hidden] = float("nan")

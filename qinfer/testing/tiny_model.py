@@ -70,28 +70,29 @@ def train_tokenizer(vocab_size: int):
 ARCHS = ("llama", "qwen2", "qwen3", "mistral", "phi3", "mixtral", "qwen3_moe")
 
 
-def rope_config(rope_scaling, rope_theta: float, head_dim: int, max_position_embeddings: int) -> dict:
-    """rope_parameters: default, llama3 (original length max/4) or Phi-3's longrope (short and long
-    factors per frequency, original length max/4: positions past it use the long factors)."""
+def rope_config(rope_scaling, rope_theta: float, head_dim: int, max_position_embeddings: int,
+                original_max_position_embeddings=None) -> dict:
+    """rope_parameters: default, llama3 or Phi-3's longrope (short and long factors per frequency:
+    the long ones for a model longer than its original length); original length max/4 unless given."""
     if rope_scaling is None:
         return {"rope_type": "default", "rope_theta": rope_theta}
-    original = max_position_embeddings // 4
+    original = original_max_position_embeddings or max_position_embeddings // 4
     if rope_scaling == "llama3":
         return {"rope_type": "llama3", "rope_theta": rope_theta, "factor": 8.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": original}
     if rope_scaling == "longrope":
         num_freqs = head_dim // 2
         return {"rope_type": "longrope", "rope_theta": rope_theta, "original_max_position_embeddings": original,
-                "short_factor": [1.0 + 0.05 * i for i in range(num_freqs)],
-                "long_factor": [1.0 + 0.5 * i for i in range(num_freqs)]}
+                "short_factor": [1.0 + 0.25 * i for i in range(num_freqs)],
+                "long_factor": [1.0 + 1.0 * i for i in range(num_freqs)]}
     raise ValueError(f"unknown rope_scaling {rope_scaling!r}: use 'llama3' or 'longrope'")
 
 
 def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden_size=64,
                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=None, intermediate_size=128,
                  tie_word_embeddings=False, rope_scaling=None, max_position_embeddings=256,
-                 rope_theta=10000.0, sliding_window=None, num_experts=4, num_experts_per_tok=2,
-                 moe_intermediate_size=32, norm_topk_prob=True):
+                 rope_theta=10000.0, sliding_window=None, original_max_position_embeddings=None, num_experts=4,
+                 num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True):
     from transformers import (LlamaConfig, MistralConfig, MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config,
                               Qwen3MoeConfig)
 
@@ -109,7 +110,8 @@ def build_config(arch: str, vocab_size: int, bos_id: int, eos_id: int, *, hidden
                   num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
                   intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
                   tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_id, eos_token_id=eos_id,
-                  rope_parameters=rope_config(rope_scaling, rope_theta, head_dim, max_position_embeddings),
+                  rope_parameters=rope_config(rope_scaling, rope_theta, head_dim, max_position_embeddings,
+                                              original_max_position_embeddings),
                   rms_norm_eps=1e-6)
     if arch == "llama":
         return LlamaConfig(head_dim=head_dim, **common)
@@ -158,8 +160,9 @@ def make_tiny_model(out_dir, arch: str = "llama", *, vocab_size: int = 512, seed
 
     sizes: hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
     tie_word_embeddings, rope_scaling ("llama3", "longrope" for phi3, or None),
-    max_position_embeddings, rope_theta, sliding_window (mistral, phi3); mixtures of experts:
-    num_experts, num_experts_per_tok, moe_intermediate_size and norm_topk_prob (qwen3_moe).
+    max_position_embeddings, original_max_position_embeddings (of rope_scaling; default max/4),
+    rope_theta, sliding_window (mistral, phi3); mixtures of experts: num_experts,
+    num_experts_per_tok, moe_intermediate_size and norm_topk_prob (qwen3_moe).
     The model's vocab size is the trained tokenizer's (at most vocab_size).
     """
     import torch
@@ -184,8 +187,8 @@ def _parse_args(argv=None) -> argparse.Namespace:
     for flag, default in [("hidden-size", 64), ("num-layers", 2), ("num-heads", 4), ("num-kv-heads", 2),
                           ("head-dim", None), ("intermediate-size", 128), ("vocab-size", 512),
                           ("max-position-embeddings", 256), ("seed", 0), ("shards", 1),
-                          ("sliding-window", None), ("num-experts", 4), ("num-experts-per-tok", 2),
-                          ("moe-intermediate-size", 32)]:
+                          ("sliding-window", None), ("original-max-position-embeddings", None),
+                          ("num-experts", 4), ("num-experts-per-tok", 2), ("moe-intermediate-size", 32)]:
         p.add_argument(f"--{flag}", type=int, default=default)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--tie-word-embeddings", action="store_true")

@@ -22,6 +22,19 @@ SHAPES = {
                                           tie_word_embeddings=True)),
     "qwen3-gqa4-h16-untied": ("qwen3", dict(hidden_size=64, num_heads=4, num_kv_heads=1,
                                             tie_word_embeddings=False)),
+    # Mistral: sliding windows shorter than most prompts, one of them not a block multiple.
+    "mistral-gqa2-w8-untied": ("mistral", dict(hidden_size=64, num_heads=4, num_kv_heads=2, sliding_window=8,
+                                               tie_word_embeddings=False)),
+    "mistral-gqa4-h32-w5-tied": ("mistral", dict(hidden_size=64, num_heads=4, num_kv_heads=1, head_dim=32,
+                                                 sliding_window=5, tie_word_embeddings=True)),
+    # Phi-3: fused qkv_proj / gate_up_proj checkpoints. Default rope; LongRoPE with the long
+    # factors (a model longer than its original length 2: Hugging Face takes them for any
+    # prompt past 2 tokens) and the short ones (max = original length), the latter windowed.
+    "phi3-gqa2-untied": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=2, tie_word_embeddings=False)),
+    "phi3-longrope-long-mha-tied": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=4, tie_word_embeddings=True,
+                                                 rope_scaling="longrope", original_max_position_embeddings=2)),
+    "phi3-longrope-short-gqa4-w6": ("phi3", dict(hidden_size=64, num_heads=4, num_kv_heads=1, sliding_window=6,
+                                                 rope_scaling="longrope", original_max_position_embeddings=256)),
     # Mixtures of experts: Mixtral renormalises its top-2; Qwen3-MoE with and without norm_topk_prob.
     "mixtral-e4-top2": ("mixtral", dict(hidden_size=64, num_heads=4, num_kv_heads=2, num_experts=4,
                                         num_experts_per_tok=2, tie_word_embeddings=False)),
@@ -54,6 +67,9 @@ ENGINE_SETUPS = {
     "prefix-off": dict(enable_prefix_caching=False, max_num_batched_tokens=24, max_num_seqs=3,
                        block_size=8, num_kv_blocks=12),
 }
+# A windowed model frees the blocks behind its window, so it preempts only with more requests
+# at once in a smaller cache (still at least the longest request: prompt 71 + 12 tokens).
+WINDOWED_SETUP_CHANGES = dict(max_num_batched_tokens=32, max_num_seqs=8, block_size=4, num_kv_blocks=21)
 
 
 def hf_greedy(model_dir, prompt_ids):
@@ -91,14 +107,15 @@ def model_and_reference(request, make_model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt_ids = [tokenizer(p).input_ids for p in PROMPTS]
-    return model_dir, prompt_ids, hf_greedy(model_dir, prompt_ids)
+    return model_dir, prompt_ids, hf_greedy(model_dir, prompt_ids), sizes.get("sliding_window") is not None
 
 
 @pytest.mark.parametrize("model_and_reference,setup,async_scheduling", list(combinations()),
                          indirect=["model_and_reference"])
 def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setup, async_scheduling):
-    model_dir, prompt_ids, reference = model_and_reference
-    llm = LLM(str(model_dir), dtype="float32", async_scheduling=async_scheduling, **ENGINE_SETUPS[setup])
+    model_dir, prompt_ids, reference, is_windowed = model_and_reference
+    engine_setup = {**ENGINE_SETUPS[setup], **(WINDOWED_SETUP_CHANGES if is_windowed else {})}
+    llm = LLM(str(model_dir), dtype="float32", async_scheduling=async_scheduling, **engine_setup)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=2)
     outputs = llm.generate(prompt_ids, params, use_tqdm=False)
     for output, (expected_ids, expected_logprobs) in zip(outputs, reference):
@@ -114,4 +131,6 @@ def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setu
         assert any(o.num_cached_tokens > 0 for o in outputs)
     else:
         assert stats.prefix_cache_hits == 0
+    if is_windowed:   # blocks behind the window were freed
+        assert llm.engine.scheduler.block_manager.num_freed_behind_window > 0
     assert stats.kv_cache_usage == 0.0 and not llm.engine.has_unfinished_requests()

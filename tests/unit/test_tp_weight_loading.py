@@ -123,3 +123,32 @@ def test_a_checkpoint_missing_one_expert_tensor_is_refused(make_model_dir, tmp_p
     save_file(ckpt, broken / "model.safetensors")
     with pytest.raises(KeyError, match="experts.w13_weight"):
         weight_loader.load_weights(load_rank(model_dir, 0, 1), broken)
+
+
+def split_fused(ckpt, num_kv_heads):
+    """Phi-3's fused qkv_proj / gate_up_proj as the separate tensors the checks above read."""
+    split = dict(ckpt)
+    attn, mlp = "model.layers.0.self_attn.", "model.layers.0.mlp."
+    q, k, v = split.pop(attn + "qkv_proj.weight").split([NUM_HEADS * HEAD_SIZE] + [num_kv_heads * HEAD_SIZE] * 2)
+    gate, up = split.pop(mlp + "gate_up_proj.weight").chunk(2)
+    split.update({attn + "q_proj.weight": q, attn + "k_proj.weight": k, attn + "v_proj.weight": v,
+                  mlp + "gate_proj.weight": gate, mlp + "up_proj.weight": up})
+    return split
+
+
+@pytest.mark.parametrize("num_kv_heads,tp_size", [(1, 1), (2, 2), (1, 2)])
+def test_fused_phi3_checkpoint_loads_its_parts_into_each_rank(make_model_dir, read_numel, num_kv_heads, tp_size):
+    """qkv_proj and gate_up_proj stored fused: cut into q, k, v / gate, up, each rank its slices."""
+    model_dir = make_model_dir("phi3", num_layers=1, hidden_size=HIDDEN, num_heads=NUM_HEADS,
+                               num_kv_heads=num_kv_heads, intermediate_size=INTERMEDIATE, vocab_size=509)
+    ckpt = load_file(model_dir / "model.safetensors")
+    assert "model.layers.0.self_attn.qkv_proj.weight" in ckpt
+    ranks = []
+    for rank in range(tp_size):
+        read_numel["numel"] = 0
+        model = load_rank(model_dir, rank, tp_size)
+        assert read_numel["numel"] <= sum(p.numel() for p in model.parameters())
+        ranks.append(model)
+    ckpt = split_fused(ckpt, num_kv_heads)
+    check_attention(ranks, ckpt, num_kv_heads)
+    check_mlp_and_vocab(ranks, ckpt)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qinfer.testing.paged_batch import attention_ref, make_batch, rel_err
+from qinfer.testing.paged_batch import attention_ref, make_batch, poison_blocks_behind_window, rel_err
 from tests.triton_interpreter import in_parent_only, needs_interpret, rerun_under_interpreter
 
 pytest.importorskip("triton")
@@ -117,6 +117,34 @@ def test_prefill_block32_head32(pa):
     assert rel_err(out, ref) < 1e-5
 
 
+# Sliding window: the blocks behind each request's window hold NaN, so a kernel that reads
+# them (even masked) fails. Windows below, inside and above the tile sizes.
+@needs_interpret
+@pytest.mark.parametrize("window", [1, 7, 24, 500])
+def test_decode_window_matches_reference(pa, window):
+    # Split-K: several partitions of 16 over the window's keys.
+    q, kc, vc, bt, seq_lens, qsl = make_batch([1] * 4, [100, 3, 40, 0], 4, 2, 16, 16, torch.float32, seed=6)
+    ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25, sliding_window=window)
+    poison_blocks_behind_window(kc, vc, bt, seq_lens, qsl, window)
+    cfg = {"tile": 16, "min_partition": 16, "target_programs": 64}
+    out = pa.paged_decode(q, kc, vc, bt, seq_lens, 512, 0.25, cfg=cfg, sliding_window=window)
+    assert rel_err(out, ref) < 1e-5
+
+
+@needs_interpret
+@pytest.mark.parametrize("window", [1, 5, 24, 500])
+def test_prefill_window_matches_reference(pa, window):
+    # Fresh prefills, chunks on a cached context and decode rows; windows shorter than a tile
+    # of 16 queries leave rows whose first visible key is in a later key tile.
+    query_lens, ctx = [7, 20, 1, 33], [0, 37, 50, 4]
+    q, kc, vc, bt, seq_lens, qsl = make_batch(query_lens, ctx, 4, 2, 16, 16, torch.float32, seed=9)
+    ref = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25, sliding_window=window)
+    poison_blocks_behind_window(kc, vc, bt, seq_lens, qsl, window)
+    out = pa.paged_prefill(q, kc, vc, bt, seq_lens, qsl, max(query_lens), 0.25,
+                           cfg={"block_m": 16, "block_n": 16}, sliding_window=window)
+    assert rel_err(out, ref) < 1e-5
+
+
 def _meta(seq_lens, qsl, bt, query_lens, slot_mapping):
     from qinfer.layers.attention.backend import AttentionMetadata
     return AttentionMetadata(slot_mapping=slot_mapping, query_start_loc=qsl, seq_lens=seq_lens,
@@ -140,11 +168,12 @@ def test_backend_matches_reference_backend(query_lens):
         pos = torch.arange(c, c + n)
         slots.append(bt[r, pos // 16].long() * 16 + pos % 16)
     meta = _meta(seq_lens, qsl, bt, query_lens, torch.cat(slots))
-    kc2, vc2 = kc.clone(), vc.clone()
-    ref = ReferenceAttentionBackend().forward(q, key, value, kc, vc, meta, 0.25)
-    out = TritonAttentionBackend().forward(q, key, value, kc2, vc2, meta, 0.25)
-    assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
-    assert rel_err(out, ref) < 1e-5
+    for window in (None, 6):
+        kc2, vc2, kc3, vc3 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+        ref = ReferenceAttentionBackend().forward(q, key, value, kc2, vc2, meta, 0.25, sliding_window=window)
+        out = TritonAttentionBackend().forward(q, key, value, kc3, vc3, meta, 0.25, sliding_window=window)
+        assert torch.equal(kc2, kc3) and torch.equal(vc2, vc3)
+        assert rel_err(out, ref) < 1e-5
 
 
 @pytest.fixture(scope="module")
