@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Optional
 
-import redis
 
 from qinfer.config import Settings
+from qinfer.queue.connection import connect
 from qinfer.queue.keys import Keys
 from qinfer.signing import generate_secret
 from qinfer.worker.health import list_workers
@@ -77,7 +77,7 @@ class Fleet:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until every worker has sent a heartbeat."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         deadline = time.monotonic() + timeout
         while len(list_workers(client, self.keys)) < self.num_workers:
             if time.monotonic() > deadline:

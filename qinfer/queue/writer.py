@@ -41,7 +41,7 @@ def enqueue_callback(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> No
     callbacks worker turns outbox entries into Celery tasks)."""
     pipe.hset(keys.job(job_id), mapping={
         "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
-    pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
+    pipe.xadd(keys.callback_outbox(job_id), {"job_id": job_id})
 
 
 class ResultWriter:
