@@ -10,6 +10,7 @@ from typing import AsyncIterator, Iterable, Iterator, Optional
 from qinfer.config import Settings, get_settings
 from qinfer.errors import JobNotFoundError, JobTimeoutError, NoRedisError
 from qinfer.queue import connection, producer, scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
 from qinfer.queue.records import parse_event, result_from_hash
 from qinfer.schema import JobRequest, JobResult, JobStatus, StreamDelta
@@ -41,8 +42,8 @@ class _Base:
         self.url = _url(url, self.settings)
         self.keys = Keys(self.settings.key_prefix)
         self.redis = self.connect(self.url)
-        self._submit = self.redis.register_script(scripts.SUBMIT)
-        self._cancel = self.redis.register_script(scripts.CANCEL)
+        self._submit = register_script(self.redis, scripts.SUBMIT)
+        self._cancel = register_script(self.redis, scripts.CANCEL)
 
     def _request(self, request: Optional[producer.RequestLike], fields: dict) -> JobRequest:
         if request is None:

@@ -16,6 +16,9 @@ _L = ["model_name"]
 num_requests_running = Gauge("qinfer:num_requests_running", "Jobs in the engine's batch.", _L)
 num_requests_waiting = Gauge("qinfer:num_requests_waiting", "Jobs held by this worker, not yet in the engine.", _L)
 kv_cache_usage_perc = Gauge("qinfer:kv_cache_usage_perc", "Share of KV cache blocks in use (0..1).", _L)
+# Gauges of the engine's running totals (a Counter cannot be set; rate() works on these all the same).
+prefix_cache_queries = Gauge("qinfer:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", _L)
+prefix_cache_hits = Gauge("qinfer:prefix_cache_hits", "Prompt tokens found in the prefix cache.", _L)
 prompt_tokens = Counter("qinfer:prompt_tokens", "Prompt tokens processed.", _L)
 generation_tokens = Counter("qinfer:generation_tokens", "Tokens generated.", _L)
 time_to_first_token = Histogram("qinfer:time_to_first_token_seconds", "Engine admission to first token.",

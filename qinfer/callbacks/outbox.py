@@ -21,6 +21,7 @@ from typing import Callable
 import redis
 from redis.cluster import RedisCluster
 
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class OutboxRelay:
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.block_ms = int(block_s * 1000)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self._move_due = client.register_script(_MOVE_DUE)
+        self._move_due = register_script(client, _MOVE_DUE)
         self._next_claim_at = 0.0
         self._outboxes: list[str] = []            # outboxes whose relay group exists
         # One blocking read can span several streams only on one node (a cluster refuses

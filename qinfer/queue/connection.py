@@ -36,3 +36,31 @@ def connect_async(url: str, **kwargs):
     if is_cluster(url):
         return aiocluster.RedisCluster.from_url(url, **kwargs)
     return aioredis.Redis.from_url(url, **kwargs)
+
+
+def register_script(client, source: str):
+    """A Lua script callable as script(keys, args, client=client_or_pipeline).
+
+    On one node: redis-py's Script (EVALSHA, reloaded when the server lost it). On a cluster:
+    EVAL with the source, since redis-py's cluster pipelines refuse EVALSHA and a node's
+    script cache does not survive its restart; the server caches the compiled script by its
+    digest, so only the source's bytes are sent again.
+    """
+    if isinstance(client, (redis.cluster.RedisCluster, aiocluster.RedisCluster)):
+        return _ClusterScript(client, source)
+    return client.register_script(source)
+
+
+class _ClusterScript:
+    def __init__(self, client, source: str):
+        self.client, self.source = client, source
+        self.is_async = isinstance(client, aiocluster.RedisCluster)
+
+    def __call__(self, keys=(), args=(), client=None):
+        reply = (client or self.client).execute_command("EVAL", self.source, len(keys), *keys, *args)
+        return _awaitable(reply) if self.is_async else reply
+
+
+async def _awaitable(reply):
+    """An asyncio command's reply, or the pipeline it was queued on (awaiting a pipeline returns it)."""
+    return await reply

@@ -15,6 +15,7 @@ import redis
 
 from qinfer.config import Settings
 from qinfer.queue import scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import CONSUMER_GROUP, Keys
 from qinfer.queue.lanes import pull_order
 
@@ -55,11 +56,11 @@ class Consumer:
         # pulls read them in pull_order: this worker's own lanes first (set_own_lanes).
         self.streams = keys.queues(model, settings.max_priority)
         self.pull_streams = self.wait_streams = self.streams
-        self._pull = r.register_script(scripts.PULL)
-        self._start = r.register_script(scripts.START)
-        self._renew = r.register_script(scripts.RENEW)
-        self._reclaim = r.register_script(scripts.RECLAIM)
-        self._requeue = r.register_script(scripts.REQUEUE)
+        self._pull = register_script(r, scripts.PULL)
+        self._start = register_script(r, scripts.START)
+        self._renew = register_script(r, scripts.RENEW)
+        self._reclaim = register_script(r, scripts.RECLAIM)
+        self._requeue = register_script(r, scripts.REQUEUE)
         self._cursors = ["0-0"] * len(self.streams)
 
     @property

@@ -12,6 +12,7 @@ from typing import Optional
 
 import redis
 
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import CONSUMER_GROUP, Keys
 
 # KEYS: a model's streams. ARGV: group.
@@ -56,7 +57,7 @@ def model_stats(r: redis.Redis, keys: Keys, model: str, max_priority: int) -> di
     long the oldest queued job has waited (0 when none); queued_tokens_estimate: the admission
     tokens (prompt + max_tokens) of the queued jobs, as their share of the admitted ones."""
     streams = keys.queues(model, max_priority)
-    waiting, pending, oldest = r.register_script(STATS)(keys=streams, args=[CONSUMER_GROUP])
+    waiting, pending, oldest = register_script(r, STATS)(keys=streams, args=[CONSUMER_GROUP])
     pipe = r.pipeline(transaction=False)
     pipe.xlen(keys.dead_letters(model))
     pipe.hgetall(keys.queued_counts(model))

@@ -105,8 +105,10 @@ class Worker:
         self._next_lease_tick = now + self.settings.lease_seconds / 3
         for d in self.consumer.renew(self._held()):
             self._lost(d)
-        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog))
-        self._update_gauges()
+        stats = self.engine.stats
+        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog),
+                            prefix_cache_queries=stats.prefix_cache_queries, prefix_cache_hits=stats.prefix_cache_hits)
+        self._update_gauges(stats)
         metrics.set_queue_gauges(model_stats(self.consumer.redis, self.consumer.keys, self.model_name,
                                              self.settings.max_priority))
 
@@ -340,7 +342,9 @@ class Worker:
             if now > job.run_deadline:
                 self._abort(job, "timeout")
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, stats) -> None:
         metrics.num_requests_running.labels(**self._labels).set(len(self.in_flight))
         metrics.num_requests_waiting.labels(**self._labels).set(len(self.backlog))
-        metrics.kv_cache_usage_perc.labels(**self._labels).set(self.engine.stats.kv_cache_usage)
+        metrics.kv_cache_usage_perc.labels(**self._labels).set(stats.kv_cache_usage)
+        metrics.prefix_cache_queries.labels(**self._labels).set(stats.prefix_cache_queries)
+        metrics.prefix_cache_hits.labels(**self._labels).set(stats.prefix_cache_hits)
