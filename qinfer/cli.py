@@ -181,14 +181,39 @@ def cmd_cancel(args) -> int:
     return 0
 
 
-@command("queues", "per model: queued, in flight (pending), dead letters, admission counts")
+def _queues_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve these figures as Prometheus gauges on this port "
+                   "until Ctrl-C (qinfer:queue_waiting, ...; see docs/autoscaling.md)")
+    p.add_argument("--interval", type=float, default=5.0, help="with --metrics-port: seconds between reads")
+
+
+@command("queues", "per model: queued, in flight (pending), oldest queued age, tokens, dead letters",
+         _queues_args)
 def cmd_queues(args) -> int:
-    from qinfer.queue.stats import queue_stats
+    from qinfer.queue.stats import COLUMNS, queue_stats
 
     client = _client(args)
     rows = queue_stats(client.redis, client.keys, client.settings.max_priority)
-    _print_table(rows, ["model", "queued", "pending", "dead_letters", "admitted_jobs", "admitted_tokens"])
+    _print_table(rows, COLUMNS)
+    if args.metrics_port:
+        _export_queue_gauges(client, args.metrics_port, args.interval)
     return 0
+
+
+def _export_queue_gauges(client, port: int, interval_s: float) -> None:
+    """Queue gauges for every model, whether or not a worker serves it (scale from zero)."""
+    from qinfer import metrics
+    from qinfer.queue.stats import queue_stats
+
+    metrics.serve(port)
+    print(f"serving queue gauges on :{port}/metrics every {interval_s:g}s; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            for row in queue_stats(client.redis, client.keys, client.settings.max_priority):
+                metrics.set_queue_gauges(row)
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        pass
 
 
 @command("workers", "live workers (heartbeat within its TTL)")

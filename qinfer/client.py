@@ -7,12 +7,10 @@ from __future__ import annotations
 import time
 from typing import AsyncIterator, Iterable, Iterator, Optional
 
-import redis
-import redis.asyncio as aioredis
-
 from qinfer.config import Settings, get_settings
 from qinfer.errors import JobNotFoundError, JobTimeoutError, NoRedisError
-from qinfer.queue import producer, scripts
+from qinfer.queue import connection, producer, scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
 from qinfer.queue.records import parse_event, result_from_hash
 from qinfer.schema import JobRequest, JobResult, JobStatus, StreamDelta
@@ -37,15 +35,15 @@ def _block_s(deadline: Optional[float]) -> float:
 
 
 class _Base:
-    redis_class: type   # redis.Redis or redis.asyncio.Redis: the one difference in set-up
+    connect: staticmethod   # queue.connection.connect or connect_async: the one difference in set-up
 
     def __init__(self, url: Optional[str] = None, *, settings: Optional[Settings] = None):
         self.settings = settings or get_settings()
         self.url = _url(url, self.settings)
         self.keys = Keys(self.settings.key_prefix)
-        self.redis = self.redis_class.from_url(self.url)
-        self._submit = self.redis.register_script(scripts.SUBMIT)
-        self._cancel = self.redis.register_script(scripts.CANCEL)
+        self.redis = self.connect(self.url)
+        self._submit = register_script(self.redis, scripts.SUBMIT)
+        self._cancel = register_script(self.redis, scripts.CANCEL)
 
     def _request(self, request: Optional[producer.RequestLike], fields: dict) -> JobRequest:
         if request is None:
@@ -72,13 +70,16 @@ class _Base:
 class Client(_Base):
     """Synchronous client. `url` defaults to QINFER_REDIS_URL."""
 
-    redis_class = redis.Redis
+    connect = staticmethod(connection.connect)
 
     def submit(self, request: Optional[producer.RequestLike] = None, /, **fields) -> str:
         """Enqueue one job (a JobRequest, a dict, or JobRequest fields as keywords); returns its id."""
         req = self._request(request, fields)
         keys, args = producer.submit_call(self.keys, self.settings, req)
-        return producer.parse_submit_reply(self._submit(keys, args), req, self.settings)
+        pipe = self.redis.pipeline(transaction=False)
+        self._submit(keys, args, client=pipe)
+        pipe.sadd(self.keys.models(), req.model)
+        return producer.parse_submit_reply(pipe.execute()[0], req, self.settings)
 
     def submit_many(self, requests: Iterable[producer.RequestLike]) -> list[str]:
         """Enqueue many jobs, one pipelined round trip per chunk. Every request is checked
@@ -89,7 +90,8 @@ class Client(_Base):
             pipe = self.redis.pipeline(transaction=False)
             for keys, args in calls:
                 self._submit(keys, args, client=pipe)
-            ids += self._submit_ids(chunk, pipe.execute())
+            pipe.sadd(self.keys.models(), *{req.model for req in chunk})
+            ids += self._submit_ids(chunk, pipe.execute()[:-1])
         return ids
 
     def get(self, job_id: str) -> JobResult:
@@ -142,12 +144,15 @@ class Client(_Base):
 class AsyncClient(_Base):
     """asyncio client (redis.asyncio); the same methods as Client, awaited."""
 
-    redis_class = aioredis.Redis
+    connect = staticmethod(connection.connect_async)
 
     async def submit(self, request: Optional[producer.RequestLike] = None, /, **fields) -> str:
         req = self._request(request, fields)
         keys, args = producer.submit_call(self.keys, self.settings, req)
-        return producer.parse_submit_reply(await self._submit(keys, args), req, self.settings)
+        pipe = self.redis.pipeline(transaction=False)
+        await self._submit(keys, args, client=pipe)
+        pipe.sadd(self.keys.models(), req.model)
+        return producer.parse_submit_reply((await pipe.execute())[0], req, self.settings)
 
     async def submit_many(self, requests: Iterable[producer.RequestLike]) -> list[str]:
         ids: list[str] = []
@@ -155,7 +160,8 @@ class AsyncClient(_Base):
             pipe = self.redis.pipeline(transaction=False)
             for keys, args in calls:
                 await self._submit(keys, args, client=pipe)
-            ids += self._submit_ids(chunk, await pipe.execute())
+            pipe.sadd(self.keys.models(), *{req.model for req in chunk})
+            ids += self._submit_ids(chunk, (await pipe.execute())[:-1])
         return ids
 
     async def get(self, job_id: str) -> JobResult:

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_queued_tokens: int = 100_000_000   # per model (prompt + max_tokens estimate)
     max_priority: int = 9                  # priorities are 0..max_priority, higher runs first
     submit_chunk_size: int = 500           # jobs per pipelined round trip in submit_many
+    affinity_routing: bool = True          # jobs sharing a prompt prefix go to one worker by preference
+    affinity_prefix_chars: int = 256       # leading prompt characters that make the affinity key
 
     # --- worker ---
     served_model_name: Optional[str] = None   # None: the model directory's base name

@@ -6,6 +6,7 @@ Used by `qinfer up`, the demo, the benchmark and the tests.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
 import signal
@@ -14,14 +15,17 @@ import sys
 import time
 from typing import Optional
 
-import redis
 
 from qinfer.config import Settings
+from qinfer.queue.connection import connect
 from qinfer.queue.keys import Keys
 from qinfer.signing import generate_secret
 from qinfer.worker.health import list_workers
 
 log = logging.getLogger(__name__)
+
+
+_fleet_numbers = itertools.count()
 
 
 def worker_command(model_dir: str, redis_url: str, *extra: str, module: str = "qinfer.worker") -> list[str]:
@@ -45,6 +49,7 @@ class Fleet:
         self.processes: list[Optional[subprocess.Popen]] = [None] * num_workers
         self.webhook_secret = webhook_secret
         self.callbacks: Optional[subprocess.Popen] = None
+        self.number = next(_fleet_numbers)
 
     def start(self) -> "Fleet":
         for i in range(self.num_workers):
@@ -73,11 +78,12 @@ class Fleet:
                                           stdout=subprocess.DEVNULL)
 
     def _name_base(self) -> str:
-        return f"{os.uname().nodename}-{os.getpid()}"
+        # a second fleet of one process (a test adding workers) gets names of its own
+        return f"{os.uname().nodename}-{os.getpid()}" + (f"-f{self.number}" if self.number else "")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until every worker has sent a heartbeat."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = connect(self.redis_url)
         deadline = time.monotonic() + timeout
         while len(list_workers(client, self.keys)) < self.num_workers:
             if time.monotonic() > deadline:

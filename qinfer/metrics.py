@@ -16,6 +16,9 @@ _L = ["model_name"]
 num_requests_running = Gauge("qinfer:num_requests_running", "Jobs in the engine's batch.", _L)
 num_requests_waiting = Gauge("qinfer:num_requests_waiting", "Jobs held by this worker, not yet in the engine.", _L)
 kv_cache_usage_perc = Gauge("qinfer:kv_cache_usage_perc", "Share of KV cache blocks in use (0..1).", _L)
+# Gauges of the engine's running totals (a Counter cannot be set; rate() works on these all the same).
+prefix_cache_queries = Gauge("qinfer:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", _L)
+prefix_cache_hits = Gauge("qinfer:prefix_cache_hits", "Prompt tokens found in the prefix cache.", _L)
 prompt_tokens = Counter("qinfer:prompt_tokens", "Prompt tokens processed.", _L)
 generation_tokens = Counter("qinfer:generation_tokens", "Tokens generated.", _L)
 time_to_first_token = Histogram("qinfer:time_to_first_token_seconds", "Engine admission to first token.",
@@ -30,7 +33,11 @@ request_success = Counter("qinfer:request_success", "Jobs finished, by terminal 
 
 # --- queue ---
 queue_depth = Gauge("qinfer:queue_depth", "Entries in the model's streams (queued + in flight).", _L)
+queue_waiting = Gauge("qinfer:queue_waiting", "Jobs queued for the model, not yet delivered to a worker.", _L)
 queue_pending = Gauge("qinfer:queue_pending", "Entries delivered to workers and not yet acknowledged.", _L)
+queue_oldest_age = Gauge("qinfer:queue_oldest_age_seconds", "How long the model's oldest queued job has waited.", _L)
+queue_tokens_estimate = Gauge("qinfer:queue_tokens_estimate",
+                              "Prompt + max_tokens of the queued jobs (estimated from admission counts).", _L)
 queue_reclaimed = Counter("qinfer:queue_reclaimed", "Entries taken over from a worker idle past the lease.", _L)
 queue_dead_lettered = Counter("qinfer:queue_dead_lettered", "Jobs moved to the dead-letter stream.", _L)
 queue_duplicate_results = Counter("qinfer:queue_duplicate_results",
@@ -54,6 +61,16 @@ callback_delivery_latency = Histogram(
     "qinfer:callback_delivery_latency_seconds",
     "From the job's terminal write to the receiver's 2xx, retries included.",
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 4 * 3600, 12 * 3600))
+
+
+def set_queue_gauges(stats: dict) -> None:
+    """The queue gauges of one model from queue.stats.model_stats (the numbers of `qinfer queues`)."""
+    labels = {"model_name": stats["model"]}
+    queue_depth.labels(**labels).set(stats["queued"] + stats["pending"])
+    queue_waiting.labels(**labels).set(stats["queued"])
+    queue_pending.labels(**labels).set(stats["pending"])
+    queue_oldest_age.labels(**labels).set(stats["oldest_queued_age_s"])
+    queue_tokens_estimate.labels(**labels).set(stats["queued_tokens_estimate"])
 
 
 def serve(port: Optional[int]) -> None:

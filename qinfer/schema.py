@@ -58,6 +58,9 @@ class JobRequest(BaseModel):
     queue_timeout_s: Optional[float] = Field(None, gt=0, description="May only shorten the configured one.")
     run_timeout_s: Optional[float] = Field(None, gt=0, description="May only shorten the configured one.")
     stream: bool = Field(False, description="Append token deltas to the job's events stream.")
+    affinity_key: Optional[str] = Field(None, min_length=1, max_length=1024,
+                                        description="Jobs with one key go, by preference, to one worker "
+                                                    "(default: the system message or the prompt's start).")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "JobRequest":

@@ -9,6 +9,7 @@ import redis
 from qinfer.config import Settings
 from qinfer.embedded_redis import EmbeddedRedis
 from qinfer.fleet import Fleet
+from qinfer.queue.keys import NUM_LANES, Keys
 
 # Short leases so crash tests reclaim quickly.
 TEST_ENV = {"QINFER_LEASE_SECONDS": "2", "QINFER_DRAIN_GRACE_S": "5", "QINFER_IDLE_BLOCK_S": "0.2",
@@ -59,3 +60,9 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
 
+
+
+def queued_entries(r: redis.Redis, model: str, priority: int | None = None, keys: Keys = Keys()) -> int:
+    """Entries in the model's streams (every lane; one priority, or all)."""
+    priorities = range(Settings().max_priority + 1) if priority is None else [priority]
+    return sum(r.xlen(keys.queue(model, p, lane)) for p in priorities for lane in range(NUM_LANES))

@@ -19,7 +19,9 @@ import time
 from typing import Callable
 
 import redis
+from redis.cluster import RedisCluster
 
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,15 @@ return #due
 
 
 def schedule_retry(pipe: redis.client.Pipeline, keys: Keys, job_id: str, due_at: float) -> None:
-    pipe.zadd(keys.callback_retries(), {job_id: due_at})
+    pipe.zadd(keys.callback_retries(job_id), {job_id: due_at})
 
 
 class OutboxRelay:
-    """Moves outbox entries (and due retries) into Celery via `publish(job_id)`."""
+    """Moves outbox entries (and due retries) into Celery via `publish(job_id)`.
+
+    Each model's slot has its own outbox (queue/keys.py); the relay serves all of them, and
+    reads the models set each pass, so a new model's webhooks are relayed too.
+    """
 
     def __init__(self, client: redis.Redis, keys: Keys, publish: Callable[[str], None],
                  claim_idle_s: float, block_s: float = 0.5):
@@ -51,18 +57,14 @@ class OutboxRelay:
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.block_ms = int(block_s * 1000)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
-        self._move_due = client.register_script(_MOVE_DUE)
+        self._move_due = register_script(client, _MOVE_DUE)
         self._next_claim_at = 0.0
-
-    def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.keys.callback_outbox(), RELAY_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self._outboxes: list[str] = []            # outboxes whose relay group exists
+        # One blocking read can span several streams only on one node (a cluster refuses
+        # CROSSSLOT reads): there the relay polls each outbox and sleeps when all are empty.
+        self._single_node = not isinstance(client, RedisCluster)
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
         while not stop.is_set():
             try:
                 self.run_once()
@@ -73,36 +75,72 @@ class OutboxRelay:
 
     def run_once(self) -> int:
         """One pass: due retries -> outbox, reclaim entries of dead relays, relay new ones."""
-        self._move_due(keys=[self.keys.callback_retries(), self.keys.callback_outbox()],
-                       args=[time.time(), BATCH])
+        slots = self.ensure_groups()
+        for outbox, retries in slots:
+            self._move_due(keys=[retries, outbox], args=[time.time(), BATCH])
         entries = self._reclaim() + self._read_new()
-        for entry_id, fields in entries:
-            self._relay(entry_id, fields)
+        for outbox, entry_id, fields in entries:
+            self._relay(outbox, entry_id, fields)
         return len(entries)
 
     def close(self) -> None:
-        """Leave the group cleanly (only after our pending entries are acked or reclaimable)."""
-        pending = self.client.xpending_range(self.keys.callback_outbox(), RELAY_GROUP,
-                                             "-", "+", 1, consumername=self.consumer)
-        if not pending:
-            self.client.xgroup_delconsumer(self.keys.callback_outbox(), RELAY_GROUP, self.consumer)
+        """Leave the groups cleanly (only where our pending entries are acked or reclaimable)."""
+        for outbox in self._outboxes:
+            pending = self.client.xpending_range(outbox, RELAY_GROUP, "-", "+", 1, consumername=self.consumer)
+            if not pending:
+                self.client.xgroup_delconsumer(outbox, RELAY_GROUP, self.consumer)
+
+    def ensure_groups(self) -> list[tuple[str, str]]:
+        """(outbox, retries) of every slot, each outbox with its relay group."""
+        models = [m.decode() if isinstance(m, bytes) else m for m in self.client.smembers(self.keys.models())]
+        slots = self.keys.callback_slots(models)
+        for outbox, _ in slots:
+            if outbox not in self._outboxes:
+                self._ensure_group(outbox)
+                self._outboxes.append(outbox)
+        return slots
+
+    def _ensure_group(self, outbox: str) -> None:
+        try:
+            self.client.xgroup_create(outbox, RELAY_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def _read_new(self) -> list:
-        reply = self.client.xreadgroup(RELAY_GROUP, self.consumer, {self.keys.callback_outbox(): ">"},
-                                       count=BATCH, block=self.block_ms)
-        return reply[0][1] if reply else []
+        if self._single_node:
+            reply = self.client.xreadgroup(RELAY_GROUP, self.consumer, {o: ">" for o in self._outboxes},
+                                           count=BATCH, block=self.block_ms)
+            return _entries(reply)
+        found = []
+        for outbox in self._outboxes:
+            found += _entries(self.client.xreadgroup(RELAY_GROUP, self.consumer, {outbox: ">"}, count=BATCH))
+        if not found:
+            time.sleep(self.block_ms / 1000)
+        return found
 
     def _reclaim(self) -> list:
         if time.monotonic() < self._next_claim_at:
             return []
         self._next_claim_at = time.monotonic() + self.claim_idle_ms / 2000
-        reply = self.client.xautoclaim(self.keys.callback_outbox(), RELAY_GROUP, self.consumer,
-                                       self.claim_idle_ms, "0-0", count=BATCH)
-        return [e for e in reply[1] if e[1]]   # entries deleted meanwhile come back empty
+        found = []
+        for outbox in self._outboxes:
+            reply = self.client.xautoclaim(outbox, RELAY_GROUP, self.consumer, self.claim_idle_ms, "0-0", count=BATCH)
+            found += [(outbox, *e) for e in reply[1] if e[1]]   # entries deleted meanwhile come back empty
+        return found
 
-    def _relay(self, entry_id: str, fields: dict) -> None:
+    def _relay(self, outbox: str, entry_id: str, fields: dict) -> None:
         self.publish(fields["job_id"])
         pipe = self.client.pipeline()
-        pipe.xack(self.keys.callback_outbox(), RELAY_GROUP, entry_id)
-        pipe.xdel(self.keys.callback_outbox(), entry_id)
+        pipe.xack(outbox, RELAY_GROUP, entry_id)
+        pipe.xdel(outbox, entry_id)
         pipe.execute()
+
+
+def _entries(reply) -> list:
+    """(stream, entry id, fields) of an XREADGROUP reply."""
+    return [(_text(stream), entry_id, fields) for stream, entries in (reply or []) for entry_id, fields in entries]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -15,7 +15,9 @@ import redis
 
 from qinfer.config import Settings
 from qinfer.queue import scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.queue.lanes import pull_order
 
 
 def as_str(v) -> str:
@@ -50,13 +52,15 @@ class Delivery:
 class Consumer:
     def __init__(self, r: redis.Redis, keys: Keys, model: str, name: str, settings: Settings):
         self.redis, self.keys, self.model, self.name, self.settings = r, keys, model, name, settings
-        # Highest priority first: the order in which streams are read.
-        self.streams = [keys.queue(model, p) for p in range(settings.max_priority, -1, -1)]
-        self._pull = r.register_script(scripts.PULL)
-        self._start = r.register_script(scripts.START)
-        self._renew = r.register_script(scripts.RENEW)
-        self._reclaim = r.register_script(scripts.RECLAIM)
-        self._requeue = r.register_script(scripts.REQUEUE)
+        # Every stream of the model, highest priority first (reclaim scans them in this order);
+        # pulls read them in pull_order: this worker's own lanes first (set_own_lanes).
+        self.streams = keys.queues(model, settings.max_priority)
+        self.pull_streams = self.wait_streams = self.streams
+        self._pull = register_script(r, scripts.PULL)
+        self._start = register_script(r, scripts.START)
+        self._renew = register_script(r, scripts.RENEW)
+        self._reclaim = register_script(r, scripts.RECLAIM)
+        self._requeue = register_script(r, scripts.REQUEUE)
         self._cursors = ["0-0"] * len(self.streams)
 
     @property
@@ -64,25 +68,35 @@ class Consumer:
         return int(self.settings.lease_seconds * 1000)
 
     def ensure_groups(self) -> None:
-        """Create every priority stream and its group, so raw XADDs are pulled too."""
+        """Create every stream of the model and its group (so raw XADDs are pulled too), and
+        list the model among the deployment's."""
+        pipe = self.redis.pipeline(transaction=False)
         for stream in self.streams:
-            try:
-                self.redis.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+            pipe.xgroup_create(stream, CONSUMER_GROUP, id="0", mkstream=True)
+        pipe.sadd(self.keys.models(), self.model)
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, redis.ResponseError) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    def set_own_lanes(self, lanes: set[int]) -> None:
+        """Pull these lanes first at each priority, and block only on them while idle (prefix
+        affinity, queue/lanes.py): an idle owner wakes for its lane's job; other workers take
+        it at their next pull when the owner has not (a busy owner never holds a job back)."""
+        max_priority = self.settings.max_priority
+        self.pull_streams = pull_order(self.keys, self.model, max_priority, lanes)
+        self.wait_streams = pull_order(self.keys, self.model, max_priority, lanes, only_own=True) or self.streams
 
     def pull(self, n: int) -> list[Delivery]:
-        """At most n new entries, highest priority first; then mark their jobs running."""
+        """At most n new entries, highest priority first, own lanes first; then mark their jobs running."""
         if n <= 0:
             return []
-        rows = self._pull(self.streams, [CONSUMER_GROUP, self.name, n])
+        rows = self._pull(self.pull_streams, [CONSUMER_GROUP, self.name, n])
         return self.start([self._delivery(key, eid, flat) for key, eid, flat in rows])
 
     def wait_for_entries(self, block_s: float) -> list[Delivery]:
         """Idle engine: block until any stream has an entry (one per stream at most)."""
         try:
-            reply = self.redis.xreadgroup(CONSUMER_GROUP, self.name, {s: ">" for s in self.streams},
+            reply = self.redis.xreadgroup(CONSUMER_GROUP, self.name, {s: ">" for s in self.wait_streams},
                                           count=1, block=max(1, int(block_s * 1000)))
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
@@ -90,7 +104,7 @@ class Consumer:
             self.ensure_groups()      # the streams were deleted under us (e.g. FLUSHALL)
             return []
         rows = [(key, eid, fields) for key, entries in (reply or []) for eid, fields in entries]
-        rows.sort(key=lambda row: self.streams.index(as_str(row[0])))
+        rows.sort(key=lambda row: self.pull_streams.index(as_str(row[0])))
         return self.start([self._delivery(k, e, f) for k, e, f in rows])
 
     def reclaim(self, n: int = 1) -> list[Delivery]:
@@ -133,10 +147,6 @@ class Consumer:
                 self._requeue([self.keys.job(d.job_id)], [d.last_error, "1" if graceful else "0"], client=pipe)
         pipe.execute()
 
-    def depth(self) -> tuple[int, int]:
-        """(entries in the model's streams, entries delivered and unacknowledged)."""
-        return stream_depth(self.redis, self.streams)
-
     def forget(self) -> None:
         """Drop this consumer from the groups on a clean exit, where it holds nothing."""
         for stream in self.streams:
@@ -150,18 +160,6 @@ class Consumer:
         else:
             fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Delivery(stream=as_str(key), entry_id=as_str(entry_id), fields=fields)
-
-
-def stream_depth(r: redis.Redis, streams: list[str]) -> tuple[int, int]:
-    """(entries in `streams`, entries delivered and unacknowledged); missing streams count 0."""
-    pipe = r.pipeline(transaction=False)
-    for stream in streams:
-        pipe.xlen(stream)
-        pipe.xpending(stream, CONSUMER_GROUP)
-    replies = pipe.execute(raise_on_error=False)
-    lengths = [x for x in replies[0::2] if isinstance(x, int)]
-    pending = [x["pending"] for x in replies[1::2] if isinstance(x, dict)]
-    return sum(lengths), sum(pending)
 
 
 def _asks_for_callback(d: Delivery) -> bool:

@@ -12,14 +12,17 @@ from typing import Any, Union
 from qinfer.ssrf import Allowlist, check_callback_url
 from qinfer.config import Settings
 from qinfer.errors import IdempotencyConflictError, InvalidRequestError, QueueFullError
-from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.queue.keys import CONSUMER_GROUP, Keys, model_tag
+from qinfer.queue.lanes import job_lane
 from qinfer.schema import JobRequest
 
 RequestLike = Union[JobRequest, dict]
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex      # 122 random bits: unguessable
+def new_job_id(model: str) -> str:
+    """`<model tag>.<uuid4>`: the tag puts every key of the job in its model's Redis Cluster
+    slot (queue/keys.py); the uuid's 122 random bits make it unguessable."""
+    return f"{model_tag(model)}.{uuid.uuid4().hex}"
 
 
 def as_request(req: RequestLike, settings: Settings) -> JobRequest:
@@ -36,10 +39,11 @@ def as_request(req: RequestLike, settings: Settings) -> JobRequest:
 
 def submit_call(keys: Keys, settings: Settings, req: JobRequest) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of scripts.SUBMIT for one request checked by as_request."""
-    job_id = new_job_id()
+    job_id = new_job_id(req.model)
     idem = req.idempotency_key
-    call_keys = [keys.job(job_id), keys.queue(req.model, req.priority), keys.queued_counts(req.model),
-                 keys.models(), keys.idempotency(req.model, idem or "")]
+    lane = job_lane(req, job_id, affinity=settings.affinity_routing, prefix_chars=settings.affinity_prefix_chars)
+    call_keys = [keys.job(job_id), keys.queue(req.model, req.priority, lane), keys.queued_counts(req.model),
+                 keys.idempotency(req.model, idem or "")]
     args = [job_id, req.model_dump_json(), req.estimated_tokens(), settings.max_queued_jobs,
             settings.max_queued_tokens, f"{time.time():.6f}", req.model, req.priority,
             req.fingerprint() if idem else "", settings.result_ttl_seconds, CONSUMER_GROUP]

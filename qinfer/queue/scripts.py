@@ -1,16 +1,17 @@
 """Lua scripts for the multi-key steps that must be atomic (or one round trip).
 
-Every key a script touches is passed in KEYS (built by queue/keys.py), so the
-scripts stay legal on Redis Cluster under the shared hash tag.
+Every key a script touches is passed in KEYS (built by queue/keys.py), and every KEYS
+list stays within one model's hash tag, so the scripts are legal on Redis Cluster.
 """
 
-# KEYS: job, queue stream, queued counts, models set, idempotency key
+# KEYS: job, queue stream, queued counts, idempotency key (the models set is added to beside it:
+# it lives in the deployment's slot, not the model's)
 # ARGV: job_id, request_json, tokens, max_jobs, max_tokens, now, model, priority,
 #       fingerprint ('' = no idempotency key), idempotency ttl, group
 # Check the idempotency key and the admission bounds before writing anything.
 SUBMIT = """
 if ARGV[9] ~= '' then
-  local prev = redis.call('GET', KEYS[5])
+  local prev = redis.call('GET', KEYS[4])
   if prev then
     local sep = string.find(prev, ' ', 1, true)
     local prev_id = string.sub(prev, 1, sep - 1)
@@ -30,8 +31,7 @@ redis.call('HSET', KEYS[1], 'request', ARGV[2], 'status', 'queued', 'model', ARG
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 redis.call('HINCRBY', KEYS[3], 'jobs', 1)
 redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[3])
-redis.call('SADD', KEYS[4], ARGV[7])
-if ARGV[9] ~= '' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10]) end
+if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10]) end
 return {'ok', ARGV[1]}
 """
 

@@ -16,6 +16,7 @@ import redis
 
 from qinfer.config import Settings
 from qinfer.queue import scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.consumer import Delivery, as_str
 from qinfer.queue.keys import CONSUMER_GROUP, Keys
 from qinfer.schema import TERMINAL_STATUSES
@@ -41,14 +42,14 @@ def enqueue_callback(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> No
     callbacks worker turns outbox entries into Celery tasks)."""
     pipe.hset(keys.job(job_id), mapping={
         "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
-    pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
+    pipe.xadd(keys.callback_outbox(job_id), {"job_id": job_id})
 
 
 class ResultWriter:
     def __init__(self, r: redis.Redis, keys: Keys, worker: str, settings: Settings):
         self.redis, self.keys, self.worker, self.settings = r, keys, worker, settings
-        self._statuses = r.register_script(scripts.STATUSES)
-        self._finish = r.register_script(scripts.FINISH)
+        self._statuses = register_script(r, scripts.STATUSES)
+        self._finish = register_script(r, scripts.FINISH)
 
     def flush(self, deltas: list[tuple[str, dict]], finals: list[Final]) -> list[bool]:
         """Write one step's deltas and terminals; per final, True if it was written,

@@ -12,6 +12,8 @@ from qinfer.sampling_params import SamplingParams
 
 class EngineStatsView(Protocol):
     kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
 
 
 class Engine(Protocol):

@@ -44,3 +44,12 @@ def list_workers(r: redis.Redis, keys: Keys) -> list[dict]:
             continue
         live.append({"name": name, **{k.decode(): v.decode() for k, v in raw.items()}})
     return live
+
+
+def live_worker_names(r: redis.Redis, keys: Keys, model: str, ttl_s: float) -> list[str]:
+    """Names of the workers of `model` whose heartbeat is younger than ttl_s."""
+    names = [n.decode() for n in r.zrangebyscore(keys.workers(), time.time() - ttl_s, "+inf")]
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(keys.worker(name), "model")
+    return [name for name, served in zip(names, pipe.execute()) if served is not None and served.decode() == model]

@@ -21,15 +21,18 @@ from typing import Optional
 from qinfer import metrics
 from qinfer.config import Settings
 from qinfer.queue.consumer import Consumer, Delivery
+from qinfer.queue.lanes import own_lanes
 from qinfer.queue.records import delta_fields, error_json, output_json
+from qinfer.queue.stats import model_stats
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.worker import jobs
 from qinfer.worker.engine_protocol import Engine
-from qinfer.worker.health import Heartbeat
+from qinfer.worker.health import Heartbeat, live_worker_names
 from qinfer.worker.jobs import InFlight, JobRejected
 
 log = logging.getLogger(__name__)
 _RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entries
+_AFFINITY_INTERVAL_S = 1.0     # how often a worker re-reads which lanes it owns
 
 
 class Worker:
@@ -42,7 +45,7 @@ class Worker:
         self.isolated: Optional[str] = None              # request id of the retry running alone
         self.draining_until: Optional[float] = None
         self.num_engine_failures = 0
-        self._next_lease_tick = self._next_reclaim = 0.0
+        self._next_lease_tick = self._next_reclaim = self._next_affinity_tick = 0.0
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
 
@@ -84,6 +87,7 @@ class Worker:
     # --- one turn of the loop ---
     def _tick(self) -> None:
         self._lease_tick()
+        self._affinity_tick()
         self._read_cancels()
         self._enforce_run_timeouts()
         if self.draining_until is None:
@@ -101,11 +105,22 @@ class Worker:
         self._next_lease_tick = now + self.settings.lease_seconds / 3
         for d in self.consumer.renew(self._held()):
             self._lost(d)
-        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog))
-        self._update_gauges()
-        depth, pending = self.consumer.depth()
-        metrics.queue_depth.labels(**self._labels).set(depth)
-        metrics.queue_pending.labels(**self._labels).set(pending)
+        stats = self.engine.stats
+        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog),
+                            prefix_cache_queries=stats.prefix_cache_queries, prefix_cache_hits=stats.prefix_cache_hits)
+        self._update_gauges(stats)
+        metrics.set_queue_gauges(model_stats(self.consumer.redis, self.consumer.keys, self.model_name,
+                                             self.settings.max_priority))
+
+    def _affinity_tick(self) -> None:
+        """Own the lanes this worker wins among the live workers of its model (prefix affinity)."""
+        now = time.monotonic()
+        if now < self._next_affinity_tick or not self.settings.affinity_routing:
+            return
+        self._next_affinity_tick = now + _AFFINITY_INTERVAL_S
+        peers = live_worker_names(self.consumer.redis, self.consumer.keys, self.model_name,
+                                  self.settings.heartbeat_ttl_s)
+        self.consumer.set_own_lanes(own_lanes(self.consumer.name, peers, self.model_name))
 
     def _live(self) -> list[InFlight]:
         return [j for j in self.in_flight.values() if j.stop_reason is None]
@@ -327,7 +342,9 @@ class Worker:
             if now > job.run_deadline:
                 self._abort(job, "timeout")
 
-    def _update_gauges(self) -> None:
+    def _update_gauges(self, stats) -> None:
         metrics.num_requests_running.labels(**self._labels).set(len(self.in_flight))
         metrics.num_requests_waiting.labels(**self._labels).set(len(self.backlog))
-        metrics.kv_cache_usage_perc.labels(**self._labels).set(self.engine.stats.kv_cache_usage)
+        metrics.kv_cache_usage_perc.labels(**self._labels).set(stats.kv_cache_usage)
+        metrics.prefix_cache_queries.labels(**self._labels).set(stats.prefix_cache_queries)
+        metrics.prefix_cache_hits.labels(**self._labels).set(stats.prefix_cache_hits)

@@ -41,7 +41,7 @@ def test_one_signed_post_with_the_result(client, receiver, worker):
     assert post.headers["webhook-id"] == "msg_job-ok_job.succeeded"
     job = _callback_state(client, "job-ok")
     assert (job["callback_attempts"], job["callback_last_status"]) == ("1", "200")
-    assert client.xlen(KEYS.callback_outbox()) == 0
+    assert client.xlen(KEYS.callback_outbox("job-ok")) == 0
 
 
 def test_retried_until_2xx_with_the_same_webhook_id(client, receiver, worker):
@@ -74,7 +74,7 @@ def test_receiver_down_dead_letters_and_disturbs_nothing(client, receiver, worke
     assert "ConnectionRefusedError" in entry["error"]
     assert _callback_state(client, "job-fine")["callback"] == "delivered"
     assert _callback_state(client, "job-none") == untouched
-    assert client.zcard(KEYS.callback_retries()) == 0
+    assert client.zcard(KEYS.callback_retries("j1")) == 0
 
 
 def test_delivery_survives_kill_9_of_the_worker(client, receiver, worker):

@@ -25,28 +25,28 @@ def rt(client):
 
 def _relay(client, published: list, claim_idle_s: float = 60.0) -> OutboxRelay:
     relay = OutboxRelay(client, KEYS, published.append, claim_idle_s, block_s=0.05)
-    relay.ensure_group()
+    relay.ensure_groups()
     return relay
 
 
 def test_enqueue_only_queues_commands_on_the_transaction(client):
     pipe = client.pipeline(transaction=True)
     enqueue_callback(pipe, KEYS, "j1")
-    assert client.xlen(KEYS.callback_outbox()) == 0     # nothing before EXEC
+    assert client.xlen(KEYS.callback_outbox("j1")) == 0     # nothing before EXEC
     pipe.execute()
     assert client.hget(KEYS.job("j1"), "callback") == "pending"
-    assert [e[1] for e in client.xrange(KEYS.callback_outbox())] == [{"job_id": "j1"}]
+    assert [e[1] for e in client.xrange(KEYS.callback_outbox("j1"))] == [{"job_id": "j1"}]
 
 
 def test_relay_publishes_then_acks_and_deletes(client):
     published = []
     relay = _relay(client, published)
     for job_id in ("a", "b"):
-        client.xadd(KEYS.callback_outbox(), {"job_id": job_id})
+        client.xadd(KEYS.callback_outbox("j1"), {"job_id": job_id})
     assert relay.run_once() == 2
     assert published == ["a", "b"]
-    assert client.xlen(KEYS.callback_outbox()) == 0
-    assert client.xpending(KEYS.callback_outbox(), RELAY_GROUP)["pending"] == 0
+    assert client.xlen(KEYS.callback_outbox("j1")) == 0
+    assert client.xpending(KEYS.callback_outbox("j1"), RELAY_GROUP)["pending"] == 0
 
 
 def test_entry_of_a_relay_that_died_before_publishing_is_reclaimed(client):
@@ -54,8 +54,8 @@ def test_entry_of_a_relay_that_died_before_publishing_is_reclaimed(client):
         raise ConnectionError("broker down")
 
     dead = OutboxRelay(client, KEYS, broker_down, claim_idle_s=0.1, block_s=0.05)
-    dead.ensure_group()
-    client.xadd(KEYS.callback_outbox(), {"job_id": "a"})
+    dead.ensure_groups()
+    client.xadd(KEYS.callback_outbox("j1"), {"job_id": "a"})
     with pytest.raises(ConnectionError):
         dead.run_once()
     published = []
@@ -63,7 +63,7 @@ def test_entry_of_a_relay_that_died_before_publishing_is_reclaimed(client):
     survivor.consumer = "survivor"
     time.sleep(0.15)
     survivor.run_once()
-    assert published == ["a"] and client.xlen(KEYS.callback_outbox()) == 0
+    assert published == ["a"] and client.xlen(KEYS.callback_outbox("j1")) == 0
 
 
 def test_retries_enter_the_outbox_only_when_due(client):
@@ -75,7 +75,7 @@ def test_retries_enter_the_outbox_only_when_due(client):
     pipe.execute()
     relay.run_once()
     assert published == ["now"]
-    assert client.zrange(KEYS.callback_retries(), 0, -1) == ["later"]
+    assert client.zrange(KEYS.callback_retries("j1"), 0, -1) == ["later"]
 
 
 def _gone_count() -> float:
@@ -97,14 +97,14 @@ def test_retry_after_is_honoured(client, rt, receiver):
     receiver.plan("/busy", 429, headers={"Retry-After": "30"})
     write_finished_job(client, KEYS, "j1", receiver.url("/busy"))
     assert attempt_delivery(rt, "j1") == "retry"
-    due_in = client.zscore(KEYS.callback_retries(), "j1") - time.time()
+    due_in = client.zscore(KEYS.callback_retries("j1"), "j1") - time.time()
     assert 29 < due_in <= 30
 
 
 def test_refused_destination_is_dead_lettered_without_retries(client, rt):
     write_finished_job(client, KEYS, "j1", "http://169.254.169.254/latest/meta-data")
     assert attempt_delivery(rt, "j1") == "refused"
-    assert client.zcard(KEYS.callback_retries()) == 0
+    assert client.zcard(KEYS.callback_retries("j1")) == 0
     entry = json.loads(client.lindex(KEYS.callback_dead_letters(), 0))
     assert entry["reason"] == "refused" and "169.254.169.254" in entry["error"]
 

@@ -8,6 +8,7 @@ from qinfer.client import AsyncClient, Client
 from qinfer.errors import IdempotencyConflictError, JobNotFoundError, JobTimeoutError, QueueFullError
 from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
+from tests.fixtures_redis import queued_entries
 
 
 @pytest.fixture
@@ -19,13 +20,13 @@ def test_submit_then_get_is_queued(client):
     job_id = client.submit(model="m", prompt="hello", metadata={"k": "v"}, priority=3)
     r = client.get(job_id)
     assert r.status is JobStatus.QUEUED and r.metadata == {"k": "v"} and r.attempts == 0
-    assert client.redis.xlen(Keys().queue("m", 3)) == 1
+    assert queued_entries(client.redis, "m", 3) == 1
 
 
 def test_submit_many_pipelines(client):
     ids = client.submit_many([{"model": "m", "prompt": f"p{i}"} for i in range(1200)])
     assert len(set(ids)) == 1200
-    assert client.redis.xlen(Keys().queue("m", 0)) == 1200
+    assert queued_entries(client.redis, "m") == 1200
 
 
 def test_unknown_job_and_wait_timeout(client):
@@ -54,7 +55,7 @@ def test_idempotency_key(client):
     assert client.submit(model="m", prompt="same", idempotency_key="k1") == a
     with pytest.raises(IdempotencyConflictError, match="different request"):
         client.submit(model="m", prompt="other", idempotency_key="k1")
-    assert client.redis.xlen(Keys().queue("m", 0)) == 1
+    assert queued_entries(client.redis, "m") == 1
 
 
 def test_cancel_queued_job_is_terminal_and_releases_admission(client):
@@ -106,4 +107,4 @@ def test_allowlisted_and_host_name_callback_urls_are_accepted(test_settings):
     client = Client(settings=test_settings.model_copy(update={"callback_allow": "127.0.0.1"}))
     client.submit(model="m", prompt="x", callback_url="http://127.0.0.1:8080/hook")
     client.submit(model="m", prompt="y", callback_url="https://localhost/hook")   # resolved at delivery
-    assert client.redis.xlen(Keys().queue("m", 0)) == 2
+    assert queued_entries(client.redis, "m") == 2

@@ -73,7 +73,7 @@ def test_chat_messages_and_callback_outbox(client):
                            callback_url="https://example.com/hook", metadata={"order": 7})
     r = client.wait(job_id, timeout=30)
     assert r.status is JobStatus.SUCCEEDED and r.usage.prompt_tokens > 2 and r.metadata == {"order": 7}
-    outbox = client.redis.xrange(Keys().callback_outbox())
+    outbox = client.redis.xrange(Keys().callback_outbox(job_id))
     assert [e for _, e in outbox if job_id.encode() in e.values()]    # enqueued in the terminal MULTI/EXEC
 
 

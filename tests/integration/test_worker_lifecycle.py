@@ -5,9 +5,8 @@ import urllib.request
 
 from qinfer.client import Client
 from qinfer.embedded_redis import free_port
-from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
-from tests.fixtures_redis import wait_until
+from tests.fixtures_redis import queued_entries, wait_until
 
 ARGS = ("--served-model-name", "tiny", "--max-num-seqs", "8")
 LONG = {"temperature": 0, "max_tokens": 120, "ignore_eos": True}
@@ -24,7 +23,7 @@ def test_expired_and_cancelled_jobs_never_run_then_sigterm_hands_back(test_setti
 
     r = client.wait(expired, timeout=30)
     assert r.status is JobStatus.EXPIRED and r.error.code == "queue_timeout" and r.token_ids == []
-    wait_until(lambda: client.redis.xlen(Keys().queue("tiny", 0)) == 0)     # the cancelled entry was skipped
+    wait_until(lambda: queued_entries(client.redis, "tiny") == 0)     # the cancelled entry was skipped
     assert client.get(cancelled).attempts == 0
 
     long_jobs = client.submit_many([{"model": "tiny", "prompt": f"long {i}", "sampling": LONG} for i in range(8)])
