@@ -20,6 +20,9 @@ Op signatures (every implementation keeps them):
                    slot_mapping [T], head_size, cos_sin_cache, is_neox) -> (query, key)
       rotary_embedding then reshape_and_cache of the rotated key and the value, in one pass
       (one launch instead of two; the attention layer runs it, the backend then skips its write)
+  top_k_top_p_min_p(logits [S, V] float32, top_k [S] long | None, top_p [S] | None, min_p [S] | None)
+      -> logits with the tokens each row drops at -inf (semantics: reference.top_k_top_p_min_p);
+      may overwrite logits in place. Triton: a threshold search per row, no sort of the vocabulary
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def _load_gpu_implementations() -> None:
 
     compiled.load()
     try:
-        from qinfer.kernels import ops_triton  # noqa: F401  (registers on import)
+        from qinfer.kernels import ops_triton, sampling  # noqa: F401  (register on import)
     except ImportError:  # no triton: the torch reference serves
         pass
 
@@ -73,3 +76,7 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
                      cos_sin_cache, is_neox=True):
     return dispatch("rotary_and_cache", query)(positions, query, key, value, k_cache, v_cache,
                                                slot_mapping, head_size, cos_sin_cache, is_neox)
+
+
+def top_k_top_p_min_p(logits, top_k, top_p, min_p):
+    return dispatch("top_k_top_p_min_p", logits)(logits, top_k, top_p, min_p)
