@@ -59,13 +59,14 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
     for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
                        ("block-size", int), ("max-model-len", int), ("dtype", str), ("attention-backend", str)]:
         p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="share of GPU memory the engine may use (0.90)")
     p.add_argument("--async-scheduling", dest="async_scheduling", action=argparse.BooleanOptionalAction,
                    default=None, help="overlap scheduling and output processing with the GPU "
                    "(EngineConfig.async_scheduling; default: on for one GPU)")
 
 
 _ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "block_size", "max_model_len",
-                 "tensor_parallel_size", "dtype", "attention_backend", "async_scheduling")
+                 "tensor_parallel_size", "dtype", "attention_backend", "async_scheduling", "gpu_memory_utilization")
 
 
 @command("worker", "serve one model from the queue (one per GPU)", _worker_args)

@@ -52,6 +52,18 @@ class SamplingMetadata:
     max_num_logprobs: Optional[int] = None             # largest k asked in the batch; None: nobody asked
 
 
+def worst_case_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:
+    """Every stage on (penalties, min_p, top_k, top_p, random draws, logprobs): what memory
+    profiling runs, for the sampler's peak at num_rows rows."""
+    def full(value, dtype=torch.float32):
+        return torch.full((num_rows,), value, dtype=dtype, device=device)
+    no_tokens = torch.zeros(num_rows, 1, dtype=torch.long, device=device)
+    return SamplingMetadata(temperature=full(0.7), all_greedy=False, all_random=True, top_k=full(50, torch.long),
+                            top_p=full(0.9), min_p=full(0.01), repetition_penalty=full(1.1),
+                            presence_penalty=full(0.1), frequency_penalty=full(0.1),
+                            prompt_token_ids=no_tokens, output_token_ids=no_tokens, max_num_logprobs=20)
+
+
 class SamplerOutput(NamedTuple):
     sampled_token_ids: torch.Tensor                  # [S] long
     sampled_logprobs: Optional[torch.Tensor]         # [S] float: logprob of the sampled token
