@@ -26,7 +26,7 @@ Op signatures (every implementation keeps them):
 """
 from __future__ import annotations
 
-from qinfer.ops.registry import dispatch, implementations, register  # noqa: F401
+from qinfer.ops.registry import dispatch, implementations, register, use_implementation  # noqa: F401
 from qinfer.ops import reference as _reference  # noqa: F401  (registers the torch twins)
 
 

@@ -98,7 +98,7 @@ def top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: t
         is_dropped |= rank >= top_k.unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(is_dropped, neg_inf)
     if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1, dtype=torch.float64)  # float32 running sums drift ~1e-4 at 128k
-        mass_before = probs.cumsum(dim=-1) - probs                    # mass of the tokens ranked before
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked before
         is_dropped |= (mass_before >= top_p.unsqueeze(1)) & (rank > 0) & (top_p.unsqueeze(1) < 1)
     return logits.masked_fill(torch.empty_like(is_dropped).scatter_(1, order, is_dropped), neg_inf)
