@@ -140,6 +140,16 @@ def submit_and_wait(client, jobs: list[Job]) -> int:
     return sum(r.usage.completion_tokens for r in results)
 
 
+def free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -167,6 +177,7 @@ def main(argv=None) -> dict:
     modes = args.modes.split(",")
     if "inprocess" in modes:
         run_in_process(args, model_dir, vocab_size, results)
+        free_device_memory()             # the fleet's worker loads the model again
     if "fleet" in modes:
         results["fleet"] = run_fleet(args, model_dir, vocab_size)
     save(results, args.out)
