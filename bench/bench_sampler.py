@@ -28,7 +28,7 @@ SETTINGS = {"top_p 0.95": dict(top_p=0.95), "top_k 50": dict(top_k=50), "min_p 0
             "top_k 50 + top_p 0.9 + min_p 0.02": dict(top_k=50, top_p=0.9, min_p=0.02)}
 SPREAD = {"flat": 1.6, "peaked": 4.0}
 SWEEP = [dict(block=b, num_pivots=p, num_warps=w) for b, p, w in
-         ((512, 16, 4), (512, 16, 8), (1024, 8, 8), (1024, 16, 8), (1024, 16, 16), (1024, 32, 8), (2048, 8, 8))]
+         ((1024, 8, 4), (1024, 8, 8), (1024, 16, 8), (2048, 4, 8), (2048, 8, 8), (2048, 8, 16), (4096, 4, 16))]
 
 
 def per_row(settings: dict, rows: int, device) -> dict:

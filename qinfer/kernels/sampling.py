@@ -13,9 +13,11 @@ equal to t. The program finds (t, c) by searching t, not by sorting:
 - The first pass spreads its pivots evenly in logit value between the row's min and max
   (logits cluster; key space is logarithmic, even pivots there would waste a pass), later
   passes evenly in key space, which ends the search after a bounded number of passes.
-- From the second pass on, the elements inside the current bucket are written to a
-  scratch row, and later passes read only those: a row is read about four times in all
-  (max, two pivot passes, the final masking), however many passes the search takes.
+- Each thread sums its own elements per pivot; one reduction per pass. From the second
+  pass on, the elements inside the current bucket are first written to a scratch row and
+  the pass counts only those: a row is read about four times in all (max, the first
+  pivot pass, the compaction, the final masking), however many passes the search takes.
+  The final masking ranks tied tokens (a scan per block) only when some ties go.
 
 Exactness against the torch twin: min-p compares logit - max with log(min_p), computed by
 torch in both, and top-k compares logits only: the same kept sets bit for bit. top-p sums
@@ -36,7 +38,7 @@ from qinfer.ops.registry import register
 BELOW_ALL_KEYS = tl.constexpr(-2139095041 - 1)
 KEEP_ALL_TIES = tl.constexpr(2**30)   # more than any vocabulary, exact in float32
 # Launch shape (measured on the H200 at batch 256 / vocab 128k: bench/bench_sampler.py).
-CONFIG = {"block": 1024, "num_pivots": 16, "num_warps": 8}
+CONFIG = {"block": 2048, "num_pivots": 8, "num_warps": 8}
 
 
 @triton.jit
@@ -102,17 +104,14 @@ def _pivots(lo, hi, pass_index, value_lo, value_hi, NUM_PIVOTS: tl.constexpr):
 
 
 @triton.jit
-def _pivot_pass(src_ptr, n, scratch_ptr, compact, lo, hi, pivots, row_max, log_min_p,
-                HAS_MIN_P: tl.constexpr, BY_MASS: tl.constexpr, BLOCK: tl.constexpr,
-                NUM_PIVOTS: tl.constexpr):
+def _pivot_totals(src_ptr, n, lo, hi, pivots, row_max, log_min_p, HAS_MIN_P: tl.constexpr,
+                  BY_MASS: tl.constexpr, BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr):
     """Over the elements with key in [lo, hi): per pivot, their count (or mass) at or above it.
-    compact: also write those elements to scratch_ptr (in place when src is the scratch:
-    writes never pass the block being read). Returns (per-pivot totals, number written)."""
+    Each thread sums its own elements; one reduction at the end (none per block)."""
     if BY_MASS:
-        totals = tl.zeros([NUM_PIVOTS], tl.float32)
+        acc = tl.zeros([BLOCK, NUM_PIVOTS], tl.float32)
     else:
-        totals = tl.zeros([NUM_PIVOTS], tl.int32)
-    num_written = 0
+        acc = tl.zeros([BLOCK, NUM_PIVOTS], tl.int32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x, mask = _load_row(src_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
@@ -120,25 +119,48 @@ def _pivot_pass(src_ptr, n, scratch_ptr, compact, lo, hi, pivots, row_max, log_m
         inside = mask & (key >= lo) & (key < hi)
         at_or_above = inside[:, None] & (key[:, None] >= pivots[None, :])   # [BLOCK, NUM_PIVOTS]
         if BY_MASS:
-            weight = tl.exp(x - row_max)
-            totals += tl.sum(tl.where(at_or_above, weight[:, None], 0.0), axis=0)
+            acc += tl.where(at_or_above, tl.exp(x - row_max)[:, None], 0.0)
         else:
-            totals += tl.sum(at_or_above.to(tl.int32), axis=0)
-        if compact:
-            is_inside = inside.to(tl.int32)
-            tl.store(scratch_ptr + num_written + tl.cumsum(is_inside, axis=0) - is_inside, x, mask=inside)
-            num_written += tl.sum(is_inside, axis=0)
-    return totals, num_written
+            acc += at_or_above.to(tl.int32)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _compact(src_ptr, n, dst_ptr, lo, hi, row_max, log_min_p, HAS_MIN_P: tl.constexpr, BLOCK: tl.constexpr):
+    """Write the elements with key in [lo, hi) to dst_ptr, in order; returns how many. In place
+    when src is dst: a block's writes never pass the block being read."""
+    num_written = 0
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x, mask = _load_row(src_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+        key = _sortable_key(x)
+        is_inside = (mask & (key >= lo) & (key < hi)).to(tl.int32)
+        tl.store(dst_ptr + num_written + tl.cumsum(is_inside, axis=0) - is_inside, x, mask=is_inside > 0)
+        num_written += tl.sum(is_inside, axis=0)
+    tl.debug_barrier()   # the next pass reads what every thread wrote
+    return num_written
+
+
+@triton.jit
+def _count_equal(src_ptr, n, key_value, row_max, log_min_p, HAS_MIN_P: tl.constexpr, BLOCK: tl.constexpr):
+    count = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x, mask = _load_row(src_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+        count += (mask & (_sortable_key(x) == key_value)).to(tl.int32)
+    return tl.sum(count, axis=0)
 
 
 @triton.jit
 def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, top_k, top_p,
             HAS_MIN_P: tl.constexpr, BY_MASS: tl.constexpr, BLOCK: tl.constexpr,
             NUM_PIVOTS: tl.constexpr):
-    """The kept prefix's (threshold key t, ties kept c), searched above lo, where lo_count
-    tokens (the lowest ids) of key lo are the ones a previous search kept.
+    """The kept prefix's (threshold key t, ties kept c, ties there are), searched above lo,
+    where lo_count tokens (the lowest ids) of key lo are the ones a previous search kept.
     BY_MASS false: top-k (the largest t with count(key >= t) >= top_k).
-    BY_MASS true: top-p (the largest t with mass(key >= t) >= top_p * Z)."""
+    BY_MASS true: top-p (the largest t with mass(key >= t) >= top_p * Z).
+    Pass 0 reads the row; each later pass first compacts the current bucket's elements into
+    the scratch row, then counts only those."""
     start_lo = lo
     lo = lo.to(tl.int64)
     hi = (_sortable_key(row_max) + 1).to(tl.int64)
@@ -151,11 +173,12 @@ def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, 
     src_ptr, num_src = row_ptr, n
     pass_index = 0
     while hi - lo > 1:
+        if pass_index > 0:
+            num_src = _compact(src_ptr, num_src, scratch_ptr, lo, hi, row_max, log_min_p, HAS_MIN_P, BLOCK)
+            src_ptr = scratch_ptr
         pivots = _pivots(lo, hi, pass_index, row_min, row_max, NUM_PIVOTS)
-        compact = pass_index > 0
-        partial, num_written = _pivot_pass(src_ptr, num_src, scratch_ptr, compact, lo, hi, pivots, row_max,
-                                           log_min_p, HAS_MIN_P, BY_MASS, BLOCK, NUM_PIVOTS)
-        totals = total_hi + partial
+        totals = total_hi + _pivot_totals(src_ptr, num_src, lo, hi, pivots, row_max, log_min_p, HAS_MIN_P,
+                                          BY_MASS, BLOCK, NUM_PIVOTS)
         if BY_MASS:
             if pass_index == 0:   # Z: what lies above lo, plus the ties kept at lo
                 target = top_p * (_pick(totals, 0, NUM_PIVOTS) + lo_count * lo_weight)
@@ -168,10 +191,7 @@ def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, 
             hi = _pick(pivots, num_holding, NUM_PIVOTS).to(tl.int64)
             total_hi = _pick(totals, num_holding, NUM_PIVOTS)
         lo = new_lo.to(tl.int64)
-        if compact:
-            src_ptr, num_src = scratch_ptr, num_written
         pass_index += 1
-        tl.debug_barrier()   # the next pass reads what every thread wrote to the scratch row
     threshold = lo.to(tl.int32)
     if BY_MASS:   # ties at the threshold while the mass ranked before them is below the target
         weight = tl.exp(_key_value(threshold) - row_max)
@@ -180,25 +200,35 @@ def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, 
         num_ties = tl.where(threshold == start_lo, tl.minimum(ties, lo_count), ties)
     else:
         num_ties = top_k - total_hi
-    return threshold, num_ties
+    # every element of key t is in the source list (all of them lie in every bucket searched)
+    return threshold, num_ties, _count_equal(src_ptr, num_src, threshold, row_max, log_min_p, HAS_MIN_P, BLOCK)
 
 
 @triton.jit
-def _apply_threshold(row_ptr, n, row_max, log_min_p, threshold, num_ties, HAS_MIN_P: tl.constexpr,
+def _apply_threshold(row_ptr, n, row_max, log_min_p, threshold, num_ties, num_equal, HAS_MIN_P: tl.constexpr,
                      BLOCK: tl.constexpr):
-    """-inf at every token outside the prefix (threshold key, num_ties lowest ids at it)."""
-    num_seen = 0
-    for start in range(0, n, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        raw = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
-        x, mask = _load_row(row_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
-        key = _sortable_key(x)
-        is_tie = (key == threshold) & mask
-        tie_rank = num_seen + tl.cumsum(is_tie.to(tl.int32), axis=0) - 1
-        is_kept = (key > threshold) | (is_tie & (tie_rank < num_ties))
-        out = tl.where(is_kept, x, float("-inf"))
-        tl.store(row_ptr + offs, out, mask=mask & (out != raw))
-        num_seen += tl.sum(is_tie.to(tl.int32), axis=0)
+    """-inf at every token outside the prefix (threshold key, num_ties lowest ids at it).
+    The ties are ranked (a scan per block) only when some of them go."""
+    if num_ties >= num_equal:
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            raw = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
+            x, mask = _load_row(row_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+            out = tl.where(_sortable_key(x) >= threshold, x, float("-inf"))
+            tl.store(row_ptr + offs, out, mask=mask & (out != raw))
+    else:
+        num_seen = 0
+        for start in range(0, n, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            raw = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
+            x, mask = _load_row(row_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+            key = _sortable_key(x)
+            is_tie = (key == threshold) & mask
+            tie_rank = num_seen + tl.cumsum(is_tie.to(tl.int32), axis=0) - 1
+            is_kept = (key > threshold) | (is_tie & (tie_rank < num_ties))
+            out = tl.where(is_kept, x, float("-inf"))
+            tl.store(row_ptr + offs, out, mask=mask & (out != raw))
+            num_seen += tl.sum(is_tie.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -224,17 +254,19 @@ def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log
         row_max, row_min = _row_max_min(row_ptr, vocab_size, BLOCK)
         threshold = tl.full([], BELOW_ALL_KEYS, tl.int32)   # min-p alone: keep every token above it
         num_ties = tl.full([], 0, tl.int32)
+        num_equal = tl.full([], 0, tl.int32)
         if HAS_TOP_K:
             if uses_top_k:
-                threshold, num_ties = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
+                threshold, num_ties, num_equal = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
                                               threshold, num_ties, top_k, top_p, HAS_MIN_P, False, BLOCK,
                                               NUM_PIVOTS)
         if HAS_TOP_P:
             if uses_top_p:
-                threshold, num_ties = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
+                threshold, num_ties, num_equal = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
                                               threshold, num_ties, top_k, top_p, HAS_MIN_P, True, BLOCK,
                                               NUM_PIVOTS)
-        _apply_threshold(row_ptr, vocab_size, row_max, log_min_p, threshold, num_ties, HAS_MIN_P, BLOCK)
+        _apply_threshold(row_ptr, vocab_size, row_max, log_min_p, threshold, num_ties, num_equal, HAS_MIN_P,
+                         BLOCK)
 
 
 def top_k_top_p_min_p_triton(logits: torch.Tensor, top_k: Optional[torch.Tensor], top_p: Optional[torch.Tensor],
