@@ -19,15 +19,12 @@ Prints a table (p50 / p99) and writes bench_arrivals.json to --out.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import queue
 import random
 import threading
 import time
-from pathlib import Path
 
-from bench_varied import CPU_SCALE, ENGINE_FLAGS, model_and_vocab, worker_args
+from bench_varied import add_shared_args, model_and_vocab, one_worker_fleet, parse_shared, save
 from varied_workload import Job, varied_jobs
 
 
@@ -115,51 +112,25 @@ def run_rate(client, jobs: list[Job], rate: float, seed: int) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--shape", default="llama-3.1-8b")
-    p.add_argument("--model-dir", type=Path)
+    add_shared_args(p)
     p.add_argument("--rates", default="4,8,16,24,32", help="jobs per second, one run each")
     p.add_argument("--duration-s", type=float, default=40.0, help="arrivals last this long per rate")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scale", type=float, help=f"length scale (default 1 on cuda, {CPU_SCALE:.3f} on cpu)")
-    for flag in ENGINE_FLAGS:
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag,
-                       type=float if flag == "gpu_memory_utilization" else int)
-    p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
-    args = p.parse_args(argv)
-    args.scale = args.scale or (CPU_SCALE if args.device == "cpu" else 1.0)
-    return args
+    return parse_shared(p, argv)
 
 
 def main(argv=None) -> dict:
-    from qinfer.client import Client
-    from qinfer.config import Settings
-    from qinfer.embedded_redis import EmbeddedRedis
-    from qinfer.fleet import Fleet
-
     args = parse_args(argv)
     model_dir, vocab_size = model_and_vocab(args)
     results = dict(device=args.device, model_dir=model_dir, args={k: str(v) for k, v in vars(args).items()}, rates=[])
-    with EmbeddedRedis() as server:
-        client = Client(settings=Settings(redis_url=server.url, max_queued_jobs=10**7, max_queued_tokens=10**10))
-        fleet = Fleet(model_dir, server.url, 1, worker_args=worker_args(args), env={"QINFER_LOG_LEVEL": "WARNING"})
-        fleet.start().wait_ready(timeout=1200)
-        try:
-            run_rate(client, varied_jobs(4, vocab_size, seed=999, scale=args.scale), 4.0, 999)   # warm up
-            for i, rate in enumerate(float(r) for r in args.rates.split(",")):
-                jobs = varied_jobs(max(1, round(rate * args.duration_s)), vocab_size, seed=args.seed + i,
-                                   content_seed=args.seed + 1000 * (i + 1), scale=args.scale)
-                results["rates"].append(run_rate(client, jobs, rate, args.seed + i))
-                save(results, args.out)
-        finally:
-            fleet.stop()
+    with one_worker_fleet(args, model_dir) as client:
+        run_rate(client, varied_jobs(4, vocab_size, seed=999, scale=args.scale), 4.0, 999)   # warm up
+        for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+            jobs = varied_jobs(max(1, round(rate * args.duration_s)), vocab_size, seed=args.seed + i,
+                               content_seed=args.seed + 1000 * (i + 1), scale=args.scale)
+            results["rates"].append(run_rate(client, jobs, rate, args.seed + i))
+            save(results, args.out, "bench_arrivals.json")
     report(results)
     return results
-
-
-def save(results: dict, out_dir: str) -> None:
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "bench_arrivals.json").write_text(json.dumps(results, indent=1, default=str))
 
 
 def report(r: dict) -> None:

@@ -18,6 +18,7 @@ Prints a table; writes bench_varied.json to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -111,23 +112,12 @@ def worker_args(args) -> tuple[str, ...]:
 
 
 def run_fleet(args, model_dir: str, vocab_size: int) -> dict:
-    from qinfer.client import Client
-    from qinfer.config import Settings
-    from qinfer.embedded_redis import EmbeddedRedis
-    from qinfer.fleet import Fleet
-
-    with EmbeddedRedis() as server:
-        client = Client(settings=Settings(redis_url=server.url, max_queued_jobs=10**7, max_queued_tokens=10**10))
-        fleet = Fleet(model_dir, server.url, 1, worker_args=worker_args(args), env={"QINFER_LOG_LEVEL": "WARNING"})
-        fleet.start().wait_ready(timeout=1200)
-        try:
-            jobs = workload(args, vocab_size, 0)
-            submit_and_wait(client, jobs[:4])                  # warm up, as in-process
-            start = time.perf_counter()
-            out_tokens = submit_and_wait(client, jobs)
-            elapsed = time.perf_counter() - start
-        finally:
-            fleet.stop()
+    with one_worker_fleet(args, model_dir) as client:
+        jobs = workload(args, vocab_size, 0)
+        submit_and_wait(client, jobs[:4])                  # warm up, as in-process
+        start = time.perf_counter()
+        out_tokens = submit_and_wait(client, jobs)
+        elapsed = time.perf_counter() - start
     return dict(elapsed_s=elapsed, **throughput(jobs, out_tokens, elapsed))
 
 
@@ -150,23 +140,50 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shared_args(p: argparse.ArgumentParser) -> None:
+    """The options bench_varied.py and bench_arrivals.py share: device, model, lengths, engine."""
     p.add_argument("--device", default="cuda")
     p.add_argument("--shape", default="llama-3.1-8b", help="random-weight shape of bench_engine_gpu.py")
     p.add_argument("--model-dir", type=Path, help="default: the shape's random dir (cuda), the demo model (cpu)")
-    p.add_argument("--jobs", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, help=f"length scale (default 1 on cuda, {CPU_SCALE:.3f} on cpu)")
-    p.add_argument("--modes", default="inprocess,fleet")
-    p.add_argument("--samplers", default="threshold,sort", help="in-process runs: threshold (Triton), sort (torch)")
     for flag in ENGINE_FLAGS:
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag,
                        type=float if flag == "gpu_memory_utilization" else int)
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
+
+
+def parse_shared(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.scale = args.scale or (CPU_SCALE if args.device == "cpu" else 1.0)
     return args
+
+
+@contextlib.contextmanager
+def one_worker_fleet(args, model_dir: str):
+    """An embedded Redis and one `qinfer worker` serving "bench": yields a Client."""
+    from qinfer.client import Client
+    from qinfer.config import Settings
+    from qinfer.embedded_redis import EmbeddedRedis
+    from qinfer.fleet import Fleet
+
+    with EmbeddedRedis() as server:
+        client = Client(settings=Settings(redis_url=server.url, max_queued_jobs=10**7, max_queued_tokens=10**10))
+        fleet = Fleet(model_dir, server.url, 1, worker_args=worker_args(args), env={"QINFER_LOG_LEVEL": "WARNING"})
+        fleet.start().wait_ready(timeout=1200)
+        try:
+            yield client
+        finally:
+            fleet.stop()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shared_args(p)
+    p.add_argument("--jobs", type=int, default=1500)
+    p.add_argument("--modes", default="inprocess,fleet")
+    p.add_argument("--samplers", default="threshold,sort", help="in-process runs: threshold (Triton), sort (torch)")
+    return parse_shared(p, argv)
 
 
 def main(argv=None) -> dict:
@@ -185,9 +202,9 @@ def main(argv=None) -> dict:
     return results
 
 
-def save(results: dict, out_dir: str) -> None:
+def save(results: dict, out_dir: str, name: str = "bench_varied.json") -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / "bench_varied.json").write_text(json.dumps(results, indent=1, default=str))
+    (Path(out_dir) / name).write_text(json.dumps(results, indent=1, default=str))
 
 
 def report(r: dict) -> None:

@@ -1,36 +1,19 @@
-"""Triton paged-attention kernels on the CPU under TRITON_INTERPRET=1, tiny shapes.
-
-triton.language defines its own jit helpers (tl.zeros, ...) when triton is first
-imported, and TRITON_INTERPRET must be set by then; another test module may have
-imported triton already. So, unless the variable was set before pytest started,
-the one test that runs here re-runs this file in a child pytest with it set.
-"""
+"""Triton paged-attention kernels on the CPU under TRITON_INTERPRET=1, tiny shapes
+(how: tests/unit/triton_interpret.py)."""
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from qinfer.testing.paged_batch import attention_ref, make_batch, rel_err
+from tests.unit.triton_interpret import needs_interpret, not_under_interpreter, rerun_under_interpreter
 
 pytest.importorskip("triton")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-needs_interpret = pytest.mark.skipif(not INTERPRET, reason="runs in the child process")
 
-
-@pytest.mark.skipif(INTERPRET, reason="already under the interpreter")
+@not_under_interpreter
 def test_kernels_under_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
-         os.path.abspath(__file__)],
-        env=env, capture_output=True, text=True, timeout=300,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]
+    rerun_under_interpreter(__file__)
 
 
 @pytest.fixture(scope="module")
