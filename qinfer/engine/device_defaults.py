@@ -26,7 +26,11 @@ def batch_defaults(device: str, tensor_parallel_size: int = 1) -> BatchDefaults:
         return BatchDefaults(256 * tensor_parallel_size, 4096 * tensor_parallel_size)
     import torch
 
-    props = torch.cuda.get_device_properties(torch.device(device))
+    try:
+        props = torch.cuda.get_device_properties(torch.device(device))
+    except (AssertionError, RuntimeError, ValueError):
+        # no such GPU here: the executor says so in its own words; until then, vLLM's fallback
+        return gpu_batch_defaults(0, "")
     return gpu_batch_defaults(props.total_memory, props.name)
 
 
