@@ -14,8 +14,8 @@ Prompt = Union[str, list[int]]
 
 
 class LLM:
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "auto", max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 2048, block_size: int = 16,
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "auto", max_num_seqs: Optional[int] = None,
+                 max_num_batched_tokens: Optional[int] = None, block_size: int = 16,
                  num_kv_blocks: Optional[int] = None, enable_prefix_caching: bool = True, seed: int = 0,
                  **engine_kwargs):
         config = EngineConfig(model=model, device=device, dtype=dtype, max_num_seqs=max_num_seqs,

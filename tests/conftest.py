@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures_models", "tests.fixtures_redis", "tests.callbacks_support"]
+pytest_plugins = ["tests.fixtures_models", "tests.fixtures_redis", "tests.callbacks_support", "tests.fixtures_cluster"]

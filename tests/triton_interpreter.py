@@ -26,5 +26,5 @@ def rerun_under_interpreter(test_file: str) -> None:
     child = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "--noconftest", "-p", "no:cacheprovider",
          os.path.abspath(test_file)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=_ROOT)
+        env=env, capture_output=True, text=True, timeout=600, cwd=_ROOT)
     assert child.returncode == 0, child.stdout[-6000:] + child.stderr[-3000:]

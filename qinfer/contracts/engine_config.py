@@ -10,8 +10,9 @@ class EngineConfig:
     model: str                                  # Hugging Face model directory
     device: str = "cpu"                         # "cpu" | "cuda" | "cuda:N"
     dtype: str = "auto"                         # "auto" (bf16 on cuda, fp32 on cpu) | float32 | bfloat16 | float16
-    max_num_seqs: int = 256                     # sequences in the running batch at most
-    max_num_batched_tokens: int = 2048          # token budget of one step (chunked prefill above it)
+    # None: sized to the device (engine/device_defaults.py: 1,024 / 16,384 on a GPU of >= 70 GiB)
+    max_num_seqs: Optional[int] = None          # sequences in the running batch at most
+    max_num_batched_tokens: Optional[int] = None  # token budget of one step (chunked prefill above it)
     block_size: int = 16                        # tokens per KV block
     num_kv_blocks: Optional[int] = None         # None: sized from memory (gpu_memory_utilization / cpu_kv_cache_gb)
     enable_prefix_caching: bool = True

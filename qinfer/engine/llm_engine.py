@@ -8,6 +8,7 @@ import time
 from typing import Callable, Iterable, Optional, Union
 
 from qinfer.contracts.engine_config import EngineConfig
+from qinfer.engine.device_defaults import sized_to_device
 from qinfer.engine.detokenizer import IncrementalDetokenizer
 from qinfer.engine.output_processor import OutputProcessor
 from qinfer.engine.outputs import RequestOutput
@@ -37,6 +38,7 @@ class LLMEngine:
         from qinfer.executor.executor import Executor
         from qinfer.executor.model_runner import eos_token_ids
 
+        config = sized_to_device(config)
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self.executor = Executor(config)

@@ -21,7 +21,7 @@ from transformers import AutoConfig, GenerationConfig
 
 from qinfer.distributed.parallel_state import rank_device, set_tp_group
 from qinfer.contracts.engine_config import EngineConfig
-from qinfer.executor.sampler import Sampler, SamplerOutput
+from qinfer.executor.sampler import Sampler, SamplerOutput, worst_case_metadata
 from qinfer.contracts.scheduler_output import SchedulerOutput
 from qinfer.executor.cuda_graphs import StepCudaGraphs
 from qinfer.executor.input_batch import InFlightIds, InputBatch, StepInputs
@@ -184,7 +184,8 @@ class ModelRunner:
 
     def _profile_forward(self) -> None:
         """A step of max_num_batched_tokens prefill tokens against a one-block dummy cache
-        (slots -1: nothing written; every context read from block 0)."""
+        (slots -1: nothing written; every context read from block 0), then the sampler with
+        every stage on over max_num_seqs rows."""
         num_tokens = self.config.max_num_batched_tokens
         lens = [min(self.max_model_len, num_tokens - start) for start in range(0, num_tokens, self.max_model_len)]
         seq_lens = torch.tensor(lens, dtype=torch.int32, device=self.device)
@@ -200,8 +201,8 @@ class ModelRunner:
         with torch.inference_mode(), set_forward_context(meta, self.attn_backend):
             hidden = self.model(torch.zeros(num_tokens, dtype=torch.long, device=self.device), positions)
             logits = self.model.compute_logits(hidden[:self.config.max_num_seqs])  # None off the TP driver
-            if logits is not None:
-                logits.float().softmax(dim=-1)
+            if logits is not None:   # a sampler of its own: the engine's random stream stays untouched
+                Sampler(self.device, 0)(logits, worst_case_metadata(logits.shape[0], self.device))
         if self.kv_cache is not None:
             self._bind_kv_cache(self.kv_cache)
 

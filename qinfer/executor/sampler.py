@@ -2,7 +2,9 @@
 
 Order (vLLM's): raw logprobs -> penalties -> min_tokens mask -> greedy argmax
 | temperature -> min_p -> top_k / top_p -> random draw. Logprobs are of the raw
-model logits (log_softmax before any processing), like vLLM's default.
+model logits (log_softmax before any processing), like vLLM's default. min_p,
+top_k and top_p are one op (qinfer.ops.top_k_top_p_min_p, semantics in its torch
+twin): on a GPU a Triton threshold search per row, no sort of the vocabulary.
 
 Randomness: a request with a seed draws from its own torch.Generator (kept by
 the InputBatch until the request finishes, across preemptions), so its tokens
@@ -24,9 +26,22 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from qinfer import ops
 from qinfer.contracts.sampling_metadata import SamplingMetadata
 
 _NEG_INF = float("-inf")
+
+
+def worst_case_metadata(num_rows: int, device: torch.device) -> SamplingMetadata:
+    """Every stage on (penalties, min_p, top_k, top_p, random draws, logprobs): what memory
+    profiling runs, for the sampler's peak at num_rows rows."""
+    def full(value, dtype=torch.float32):
+        return torch.full((num_rows,), value, dtype=dtype, device=device)
+    no_tokens = torch.zeros(num_rows, 1, dtype=torch.long, device=device)
+    return SamplingMetadata(temperature=full(0.7), all_greedy=False, all_random=True, top_k=full(50, torch.long),
+                            top_p=full(0.9), min_p=full(0.01), repetition_penalty=full(1.1),
+                            presence_penalty=full(0.1), frequency_penalty=full(0.1),
+                            prompt_token_ids=no_tokens, output_token_ids=no_tokens, max_num_logprobs=20)
 
 
 class SamplerOutput(NamedTuple):
@@ -54,30 +69,6 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     logits = torch.where(seen, penalized, logits)
     logits = logits - md.frequency_penalty.unsqueeze(1) * output_counts
     return logits - md.presence_penalty.unsqueeze(1) * (output_counts > 0)
-
-
-def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
-    """Drop tokens whose probability is below min_p * the top token's probability."""
-    probs = logits.softmax(dim=-1)
-    threshold = min_p.unsqueeze(1) * probs.amax(dim=-1, keepdim=True)
-    return logits.masked_fill(probs < threshold, _NEG_INF)
-
-
-def apply_top_k_top_p(logits: torch.Tensor, top_k: Optional[torch.Tensor],
-                      top_p: Optional[torch.Tensor]) -> torch.Tensor:
-    """Keep each row's top_k most likely tokens, then the smallest most-likely set of mass >= top_p."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    rank = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)  # [1, V]
-    is_dropped = torch.zeros_like(sorted_logits, dtype=torch.bool)
-    if top_k is not None:
-        is_dropped |= rank >= top_k.unsqueeze(1)
-        sorted_logits = sorted_logits.masked_fill(is_dropped, _NEG_INF)
-    if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        is_dropped |= (mass_before >= top_p.unsqueeze(1)) & (rank > 0)
-    is_dropped_by_token = torch.empty_like(is_dropped).scatter_(1, order, is_dropped)
-    return logits.masked_fill(is_dropped_by_token, _NEG_INF)
 
 
 def random_sample(logits: torch.Tensor, md: SamplingMetadata, generator: torch.Generator) -> torch.Tensor:
@@ -131,9 +122,7 @@ class Sampler:
     def sample_random(self, logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
         """Draws [S] for the rows with temperature > 0 (any value where it is 0)."""
         temperature = md.temperature if md.all_random else torch.where(md.temperature == 0, 1.0, md.temperature)
-        logits = logits / temperature.unsqueeze(1)  # float32 [S, V] (temperature is float32)
-        if md.min_p is not None:
-            logits = apply_min_p(logits, md.min_p)
-        if md.top_k is not None or md.top_p is not None:
-            logits = apply_top_k_top_p(logits, md.top_k, md.top_p)
+        logits = logits / temperature.unsqueeze(1)  # float32 [S, V] (temperature is float32), ours to mask
+        if md.min_p is not None or md.top_k is not None or md.top_p is not None:
+            logits = ops.top_k_top_p_min_p(logits, md.top_k, md.top_p, md.min_p)
         return random_sample(logits, md, self.generator)

@@ -21,6 +21,11 @@ Op signatures (every implementation keeps them):
       rotary_embedding then reshape_and_cache of the rotated key and the value, in one pass
       (one launch instead of two; the attention layer runs it, the backend then skips its write)
 
+Sampling:
+  top_k_top_p_min_p(logits [S, V] float32, top_k [S] long | None, top_p [S] | None, min_p [S] | None)
+      -> logits with the tokens each row drops at -inf (semantics: reference.top_k_top_p_min_p);
+      may overwrite logits in place. Triton: a threshold search per row, no sort of the vocabulary
+
 Mixture of experts (torch twins in moe_reference.py; the Triton kernel in fused_moe_triton.py):
   topk_softmax(gating [T, E], top_k, renormalize) -> (topk_weights [T, k] float32, topk_ids [T, k] int32)
       softmax over the experts in float32, the k largest (ties: lower id), renormalised to sum 1
@@ -35,7 +40,7 @@ Mixture of experts (torch twins in moe_reference.py; the Triton kernel in fused_
 """
 from __future__ import annotations
 
-from qinfer.ops.registry import dispatch, implementations, register  # noqa: F401
+from qinfer.ops.registry import dispatch, implementations, register, use_implementation  # noqa: F401
 from qinfer.ops import moe_reference as _moe_reference  # noqa: F401  (registers the torch twins)
 from qinfer.ops import reference as _reference  # noqa: F401
 
@@ -50,7 +55,7 @@ def _load_gpu_implementations() -> None:
 
     compiled.load()
     try:
-        from qinfer.ops import fused_moe_triton, triton_ops  # noqa: F401  (register on import)
+        from qinfer.ops import fused_moe_triton, sampling_triton, triton_ops  # noqa: F401  (register on import)
     except ImportError:  # no triton: the torch reference serves
         pass
 
@@ -98,3 +103,7 @@ def moe_align_block_size(topk_ids, num_experts, block_size):
 
 def fused_experts(hidden, w13, w2, topk_weights, topk_ids):
     return dispatch("fused_experts", hidden)(hidden, w13, w2, topk_weights, topk_ids)
+
+
+def top_k_top_p_min_p(logits, top_k, top_p, min_p):
+    return dispatch("top_k_top_p_min_p", logits)(logits, top_k, top_p, min_p)

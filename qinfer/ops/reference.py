@@ -73,3 +73,32 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
     reshape_and_cache(key.view(-1, num_kv_heads, head_size), value.view(-1, num_kv_heads, head_size),
                       k_cache, v_cache, slot_mapping)
     return query, key
+
+
+@register("top_k_top_p_min_p", "torch", _DEVICES)
+def top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
+                      min_p: torch.Tensor | None) -> torch.Tensor:
+    """min-p, then top-k, then top-p, each row of logits [S, V] float32 (None: off for every row).
+    Tokens are ranked by logit, equal logits by token id (a stable sort):
+      min_p [S]: drop tokens whose probability is below min_p * the top token's, computed as
+        logit - max < log(min_p), which the Triton twin compares identically;
+      top_k [S] long: keep the k first (k >= V: all);
+      top_p [S]: keep, among those, the first tokens until their softmax mass reaches top_p: a
+        token stays if the mass ranked before it is below top_p; the first always stays; 1: all."""
+    neg_inf = float("-inf")
+    if min_p is not None:
+        below_min_p = logits - logits.amax(dim=-1, keepdim=True) < min_p.log().unsqueeze(1)
+        logits = logits.masked_fill(below_min_p, neg_inf)
+    if top_k is None and top_p is None:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)  # [1, V]
+    is_dropped = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if top_k is not None:
+        is_dropped |= rank >= top_k.unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill(is_dropped, neg_inf)
+    if top_p is not None:
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked before
+        is_dropped |= (mass_before >= top_p.unsqueeze(1)) & (rank > 0) & (top_p.unsqueeze(1) < 1)
+    return logits.masked_fill(torch.empty_like(is_dropped).scatter_(1, order, is_dropped), neg_inf)

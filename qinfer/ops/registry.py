@@ -9,6 +9,8 @@ _IMPLS: dict[str, list[tuple[int, str, tuple[str, ...], Callable]]] = {}
 _PRIORITY = {"cuda": 30, "triton": 20, "torch": 10}
 # (op, device type) -> the chosen (impl name, fn); cleared whenever an implementation registers.
 _CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
+# op -> impl name that use_implementation() forces (A/B timing of one op in a running engine).
+_OVERRIDES: dict[str, str] = {}
 
 
 def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")):
@@ -25,7 +27,7 @@ def _choice(op: str, device_type: str) -> tuple[str, Callable]:
     key = (op, device_type)
     if key not in _CACHE:
         # QINFER_OPS_IMPL=torch forces the reference everywhere (debugging, A/B timing).
-        forced = os.environ.get("QINFER_OPS_IMPL")
+        forced = _OVERRIDES.get(op) or os.environ.get("QINFER_OPS_IMPL")
         candidates = [e for e in _IMPLS.get(op, []) if device_type in e[2]]
         if forced:
             candidates = [e for e in candidates if e[1] == forced] or candidates
@@ -33,6 +35,16 @@ def _choice(op: str, device_type: str) -> tuple[str, Callable]:
             raise RuntimeError(f"no implementation of op {op!r} for device {device_type!r}")
         _CACHE[key] = (candidates[0][1], candidates[0][3])
     return _CACHE[key]
+
+
+def use_implementation(op: str, impl: str | None) -> None:
+    """Force `op` to implementation `impl` ("torch", "triton", "cuda") where it exists, or
+    back to the best one (None): benchmarks compare two implementations in one engine."""
+    if impl is None:
+        _OVERRIDES.pop(op, None)
+    else:
+        _OVERRIDES[op] = impl
+    _CACHE.clear()
 
 
 def dispatch(op: str, tensor) -> Callable:

@@ -8,7 +8,7 @@ from qinfer.config import Settings, settings_from_args
 from qinfer.contracts.engine_config import EngineConfig
 
 ENGINE_FLAGS = ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "block_size", "max_model_len",
-                "tensor_parallel_size", "dtype", "attention_backend", "async_scheduling")
+                "tensor_parallel_size", "dtype", "attention_backend", "async_scheduling", "gpu_memory_utilization")
 
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,8 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     for flag, kind in [("max-num-seqs", int), ("max-num-batched-tokens", int), ("num-kv-blocks", int),
                        ("block-size", int), ("max-model-len", int), ("dtype", str), ("attention-backend", str)]:
         p.add_argument(f"--{flag}", type=kind, help="engine setting (see EngineConfig)")
+    p.add_argument("--gpu-memory-utilization", type=float,
+                   help="share of GPU memory the engine may use: weights, activations, KV cache (0.90)")
     p.add_argument("--async-scheduling", dest="async_scheduling", action=argparse.BooleanOptionalAction,
                    default=None, help="overlap scheduling and output processing with the GPU "
                    "(EngineConfig.async_scheduling; default: on for one GPU)")

@@ -6,7 +6,6 @@ import signal
 import pytest
 
 from qinfer.client import Client
-from qinfer.config import Settings
 from qinfer.queue.lanes import lane_of, own_lanes
 from qinfer.schema import JobStatus
 from qinfer.worker.health import list_workers

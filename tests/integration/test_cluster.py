@@ -12,7 +12,6 @@ from qinfer.config import Settings
 from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
-from tests.fixtures_cluster import redis_cluster  # noqa: F401  (fixture)
 from tests.fixtures_redis import TEST_ENV, wait_until
 
 GREEDY = {"temperature": 0, "max_tokens": 10}
@@ -35,12 +34,12 @@ def _two_models_on_two_shards(cluster: RedisCluster) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def models(redis_cluster):  # noqa: F811
+def models(redis_cluster):
     return _two_models_on_two_shards(RedisCluster.from_url(redis_cluster.url))
 
 
 @pytest.fixture(scope="module")
-def fleets(redis_cluster, tiny_llama_dir, models):  # noqa: F811
+def fleets(redis_cluster, tiny_llama_dir, models):
     started = []
     for name, count in zip(models, (2, 1)):
         fleet = Fleet(tiny_llama_dir, redis_cluster.url, count, env={**TEST_ENV, "QINFER_REDIS_URL": redis_cluster.url, "QINFER_LEASE_SECONDS": "6"},
@@ -54,7 +53,7 @@ def fleets(redis_cluster, tiny_llama_dir, models):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def client(redis_cluster, fleets):  # noqa: F811
+def client(redis_cluster, fleets):
     return Client(settings=Settings(redis_url=redis_cluster.url, max_attempts=3))
 
 

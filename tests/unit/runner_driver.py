@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qinfer.contracts.engine_config import EngineConfig
+from qinfer.engine.device_defaults import sized_to_device
 from qinfer.contracts.scheduler_output import CachedRequestData, NewRequestData, SchedulerOutput
 from qinfer.executor.model_runner import ModelRunner
 from qinfer.sampling_params import SamplingParams
@@ -14,7 +15,7 @@ from qinfer.sampling_params import SamplingParams
 
 def make_runner(model_dir, num_kv_blocks=128, block_size=4, **kwargs) -> ModelRunner:
     config = EngineConfig(model=str(model_dir), num_kv_blocks=num_kv_blocks, block_size=block_size, **kwargs)
-    runner = ModelRunner(config)
+    runner = ModelRunner(sized_to_device(config))
     runner.init_kv_cache(runner.determine_num_kv_blocks())
     return runner
 

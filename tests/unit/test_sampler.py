@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from qinfer.contracts.sampling_metadata import SamplingMetadata
-from qinfer.executor.sampler import Sampler, apply_min_p, apply_penalties, apply_top_k_top_p
+from qinfer.executor.sampler import Sampler, apply_penalties
+from qinfer.ops.reference import top_k_top_p_min_p
 from qinfer.sampling_params import SamplingParams
 from tests.unit.runner_driver import RunnerDriver, make_runner
+from tests.unit.sampling_oracle import assert_kept_as_expected, cases
 
 VOCAB = 40
 
@@ -31,37 +33,10 @@ def test_greedy_is_argmax_and_top_k_1_is_greedy():
     assert torch.equal(sampler(logits, top_k_1).sampled_token_ids, logits.argmax(-1))
 
 
-@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 1.0])
-def test_top_p_keeps_smallest_most_likely_set_reaching_p(top_p):
-    logits = logits_batch()
-    kept = apply_top_k_top_p(logits, None, torch.full((4,), top_p)) > float("-inf")
-    for row in range(4):
-        probs = logits[row].softmax(-1)
-        order = probs.argsort(descending=True).tolist()
-        expected, mass = set(), 0.0
-        for token in order:
-            expected.add(token)
-            mass += probs[token].item()
-            if mass >= top_p:
-                break
-        assert set(kept[row].nonzero().flatten().tolist()) == expected
-
-
-def test_top_k_keeps_k_most_likely():
-    logits = logits_batch()
-    top_k = torch.tensor([1, 3, 7, VOCAB])
-    kept = apply_top_k_top_p(logits, top_k, None) > float("-inf")
-    for row, k in enumerate(top_k.tolist()):
-        assert set(kept[row].nonzero().flatten().tolist()) == set(logits[row].topk(k).indices.tolist())
-
-
-def test_min_p_keeps_tokens_above_fraction_of_top():
-    logits = logits_batch()
-    min_p = torch.tensor([0.0, 0.05, 0.3, 1.0])
-    kept = apply_min_p(logits, min_p) > float("-inf")
-    probs = logits.softmax(-1)
-    expected = probs >= min_p[:, None] * probs.max(-1, keepdim=True).values
-    assert torch.equal(kept, expected)
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_top_k_top_p_min_p_keep_what_the_direct_computation_keeps(case):
+    kept = top_k_top_p_min_p(case.logits.clone(), case.top_k, case.top_p, case.min_p) > float("-inf")
+    assert_kept_as_expected(kept, case, rounding=0.0 if case.exact else 1e-6)
 
 
 def test_penalties_follow_vllm_definitions():
@@ -82,15 +57,21 @@ def test_penalties_follow_vllm_definitions():
     torch.testing.assert_close(apply_penalties(logits, md), expected)
 
 
-def test_seeded_row_reproduces_alone_and_in_batch():
+FILTERS = {"none": {}, "top_k + top_p + min_p": dict(top_k=[VOCAB, 20, 5], top_p=[0.9, 0.95, 0.6],
+                                                     min_p=[0.0, 0.01, 0.02])}
+
+
+@pytest.mark.parametrize("filters", FILTERS.values(), ids=FILTERS.keys())
+def test_seeded_row_reproduces_alone_and_in_batch(filters):
     logits = logits_batch(3)
 
     def draws(rows: list[int], seeded_row_in_batch: int) -> list[int]:
         sampler = Sampler(torch.device("cpu"), seed=123)
         generator = torch.Generator().manual_seed(7)
+        per_row = {name: torch.tensor(values)[rows] for name, values in filters.items()}
         result = []
         for _ in range(20):
-            md = metadata(len(rows), generators={seeded_row_in_batch: generator})
+            md = metadata(len(rows), generators={seeded_row_in_batch: generator}, **per_row)
             result.append(sampler(logits[rows], md).sampled_token_ids[seeded_row_in_batch].item())
         return result
 

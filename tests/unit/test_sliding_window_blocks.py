@@ -1,7 +1,7 @@
 """Block freeing behind a sliding window: a running request holds only the blocks its next
 queries can see, the freed blocks serve other requests, and nothing is freed twice."""
 from qinfer.engine.block_manager import BlockManager
-from qinfer.engine.config import EngineConfig
+from qinfer.contracts.engine_config import EngineConfig
 from qinfer.engine.request import Request
 from qinfer.engine.scheduler import Scheduler
 from qinfer.sampling_params import SamplingParams
