@@ -14,11 +14,11 @@ NEXT_TOKEN = 7
 
 
 def make_scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=64,
-                   enable_prefix_caching=True, max_model_len=128) -> Scheduler:
+                   enable_prefix_caching=True, max_model_len=128, sliding_window=None) -> Scheduler:
     config = EngineConfig(model="unused", max_num_seqs=max_num_seqs, block_size=block_size,
                           max_num_batched_tokens=max_num_batched_tokens,
                           enable_prefix_caching=enable_prefix_caching)
-    return Scheduler(config, num_blocks, max_model_len)
+    return Scheduler(config, num_blocks, max_model_len, sliding_window=sliding_window)
 
 
 def make_request(request_id: str = "r", num_prompt_tokens: Optional[int] = None,
@@ -43,3 +43,11 @@ def step(scheduler: Scheduler, token_id: int = NEXT_TOKEN):
     scheduler_output = scheduler.schedule()
     return scheduler_output, scheduler.update_from_output(scheduler_output,
                                                           fake_runner_output(scheduler, scheduler_output, token_id))
+
+
+def run_to_completion(scheduler: Scheduler, max_steps: int = 1000) -> None:
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return
+        step(scheduler)
+    raise AssertionError("scheduler did not finish")

@@ -1,14 +1,6 @@
 """Scheduler (vLLM v1 style) on tiny block counts, with a fake runner: no model."""
 from qinfer.engine.request import RequestStatus
-from tests.factories import NEXT_TOKEN, fake_runner_output, make_request, make_scheduler, step
-
-def run_to_completion(scheduler, max_steps=1000):
-    for _ in range(max_steps):
-        if not scheduler.has_unfinished_requests():
-            return
-        step(scheduler)
-    raise AssertionError("scheduler did not finish")
-
+from tests.factories import NEXT_TOKEN, fake_runner_output, make_request, make_scheduler, run_to_completion, step
 
 def test_long_prompt_is_chunked_by_the_token_budget():
     scheduler = make_scheduler(max_num_batched_tokens=8)

@@ -1,16 +1,10 @@
 """Block freeing behind a sliding window: a running request holds only the blocks its next
 queries can see, the freed blocks serve other requests, and nothing is freed twice."""
 from qinfer.engine.block_manager import BlockManager
-from qinfer.contracts.engine_config import EngineConfig
 from qinfer.engine.request import Request
-from qinfer.engine.scheduler import Scheduler
 from qinfer.sampling_params import SamplingParams
-from tests.unit.test_scheduler import make_request, run_to_completion, step
+from tests.factories import make_request, make_scheduler, run_to_completion, step
 
-
-def make_scheduler(sliding_window, num_blocks=16, block_size=4, max_num_batched_tokens=64):
-    config = EngineConfig(model="unused", block_size=block_size, max_num_batched_tokens=max_num_batched_tokens)
-    return Scheduler(config, num_blocks, max_model_len=256, sliding_window=sliding_window)
 
 
 def num_held_blocks(scheduler) -> int:
@@ -19,15 +13,15 @@ def num_held_blocks(scheduler) -> int:
 
 def test_running_request_holds_only_its_window():
     window, block_size = 8, 4
-    scheduler = make_scheduler(window, max_num_batched_tokens=6)
+    scheduler = make_scheduler(sliding_window=window, max_num_batched_tokens=6, max_num_seqs=256, max_model_len=256)
     scheduler.add_request(make_request("a", 20, max_tokens=30))
     while scheduler.has_unfinished_requests():
-        so, _ = step(scheduler)
+        scheduler_output, _ = step(scheduler)
         request = scheduler.requests.get("a")
         if request is None:
             break
         # The step's first query (its oldest needed key: first - W + 1) through its last token.
-        first = request.num_computed_tokens - so.num_scheduled_tokens["a"]
+        first = request.num_computed_tokens - scheduler_output.num_scheduled_tokens["a"]
         oldest_block = max(0, first - window + 1) // block_size
         assert num_held_blocks(scheduler) == -(-request.num_computed_tokens // block_size) - oldest_block
     block_manager = scheduler.block_manager
@@ -38,7 +32,7 @@ def test_running_request_holds_only_its_window():
 
 
 def run_two_requests(sliding_window):
-    scheduler = make_scheduler(sliding_window, num_blocks=8)
+    scheduler = make_scheduler(sliding_window=sliding_window, num_blocks=8, max_num_seqs=256, max_model_len=256)
     for name in "ab":
         scheduler.add_request(make_request(name, 4, max_tokens=20))   # 6 blocks each, 12 > 8
     run_to_completion(scheduler)
