@@ -6,7 +6,6 @@ from qinfer.sampling_params import SamplingParams
 from tests.factories import make_request, make_scheduler, run_to_completion, step
 
 
-
 def num_held_blocks(scheduler) -> int:
     return scheduler.block_manager.num_blocks - scheduler.block_manager.num_free_blocks
 
