@@ -128,6 +128,14 @@ def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
     return out_dir
 
 
+def default_model_dir_or_exit() -> Path:
+    """default_model_dir() for commands: a missing package ends the program with the pip command."""
+    try:
+        return default_model_dir()
+    except ModelPackageMissing as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", choices=sorted(PACKAGED_MODELS))
