@@ -21,7 +21,7 @@ class EngineConfig:
     cpu_kv_cache_gb: float = 1.0                # KV cache size on the CPU when num_kv_blocks is None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False                 # True: no CUDA graphs
-    attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "reference" on cpu)
+    attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "sdpa" elsewhere); "reference": the per-request oracle
     # True: step N+1 is scheduled and launched before step N's sampled ids reach the host, so the
     # scheduling, stop checks and detokenization overlap the device; step() then returns the outputs
     # of the previous step. Same tokens as False for greedy and seeded requests. Only with

@@ -56,7 +56,7 @@ def select_attention_backend(config: EngineConfig, device: torch.device) -> str:
         return config.attention_backend
     if device.type == "cuda" and is_attention_backend_importable("triton"):
         return "triton"
-    return "reference"
+    return "sdpa"
 
 
 def eos_token_ids(model_dir: str, hf_config) -> list[int]:
@@ -142,10 +142,9 @@ class ModelRunner:
             self.cuda_graphs.capture()  # after the cache exists: graphs bake in its addresses
 
     def _use_cuda_graphs(self) -> bool:
-        # The reference backend reads lengths on the host (.tolist()), which graph capture forbids.
+        # Backends that read lengths on the host (.tolist()) cannot be captured.
         # Under TP every rank captures the same buckets in the same order, NCCL all-reduces included.
-        return (self.device.type == "cuda" and not self.config.enforce_eager
-                and self.attn_backend.name != "reference")
+        return self.device.type == "cuda" and not self.config.enforce_eager and self.attn_backend.is_graph_safe
 
     def _bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
         for layer, layer_cache in zip(self.attn_layers, kv_cache):

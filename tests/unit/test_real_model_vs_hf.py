@@ -21,8 +21,9 @@ PLAIN_PROMPTS = ["The capital of Germany is", "Once upon a time, a small robot",
 ENGINE_SETUPS = {
     "prefix-caching": dict(enable_prefix_caching=True, max_num_batched_tokens=32, max_num_seqs=4,
                            block_size=8, num_kv_blocks=12),
-    "no-prefix-caching": dict(enable_prefix_caching=False, max_num_batched_tokens=32, max_num_seqs=3,
-                              block_size=16, num_kv_blocks=5),
+    "no-prefix-caching-reference-attention": dict(enable_prefix_caching=False, max_num_batched_tokens=32,
+                                                  max_num_seqs=3, block_size=16, num_kv_blocks=5,
+                                                  attention_backend="reference"),
 }
 
 

@@ -34,6 +34,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 class ReferenceAttentionBackend(AttentionBackend):
     name = "reference"
+    is_graph_safe = False    # host copies of the lengths
 
     def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                 kv_written: bool = False):
