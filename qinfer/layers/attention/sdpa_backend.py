@@ -76,7 +76,8 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
     num_kv_heads, head_size = k_cache.shape[2], k_cache.shape[3]
     num_reqs, num_queries = g.slots.shape[0], g.num_queries
     group = query.shape[1] // num_kv_heads
-    q = query[g.token_index].view(num_reqs, num_queries, num_kv_heads, group, head_size)
+    q = query if g.out_index is None else query[g.token_index]   # every query of the batch, in order: no gather
+    q = q.view(num_reqs, num_queries, num_kv_heads, group, head_size)
     q = q.transpose(1, 2).reshape(num_reqs, num_kv_heads, num_queries * group, head_size)
     k = k_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)          # [R, Hk, L, D]
     v = v_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)
