@@ -122,9 +122,10 @@ def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
     model = packaged_model(name)
     out_dir = cache_root() / f"{model.distribution}-{model.version}" / model.directory_name
     if not (out_dir / "config.json").exists():
+        gguf_path = find_gguf(model)
         print(f"making {model.directory_name} from the {model.distribution} package into {out_dir} "
               "(once per machine) ...", file=sys.stderr, flush=True)
-        fetch(name, out_dir)
+        convert_gguf(gguf_path, out_dir)
     return out_dir
 
 
