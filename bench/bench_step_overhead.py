@@ -119,7 +119,7 @@ def stub_forward(runner, vocab_size: int) -> None:
 
     def forward(inputs):
         num_sampling = len(inputs.sampling_rows)
-        return pool[next(counter) % 4, :num_sampling] if num_sampling else None
+        return (pool[next(counter) % 4, :num_sampling] if num_sampling else None), None   # no prompt logprobs
 
     runner._forward = forward
 
@@ -170,7 +170,7 @@ class EmulatedDevice:
             return output
 
         runner._forward = launched_forward
-        runner.sampler = lambda logits, md: SamplerOutput(logits.argmax(dim=-1), None, None, None)
+        runner.sampler = lambda logits, md: SamplerOutput(logits.argmax(dim=-1), None)
         executor.execute_model, executor.execute_model_async = execute_model, execute_model_async
 
 

@@ -15,6 +15,7 @@ _LAZY = {
     "LLMEngine": ("qinfer.engine.llm_engine", "LLMEngine"),
     "Client": ("qinfer.client", "Client"),
     "AsyncClient": ("qinfer.client", "AsyncClient"),
+    "Logprob": ("qinfer.engine.outputs", "Logprob"),
 }
 
 __all__ = ["SamplingParams", "InvalidRequestError", "QinferError", *_LAZY]

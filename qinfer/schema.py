@@ -114,12 +114,26 @@ class JobError(BaseModel):
     message: str       # written for the user who sent the job
 
 
+class TokenLogprob(BaseModel):
+    """One token's entry at one position (vLLM's Logprob): raw-distribution logprob, rank in the
+    vocabulary (1 = most likely; the top-k hold 1..k), the token decoded alone."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
+# One position: token id (a JSON object key, so a string) -> its entry; the token at the position
+# (sampled, or the prompt's) and the top-k (SamplingParams.logprobs / prompt_logprobs).
+PositionLogprobs = dict[str, TokenLogprob]
+
+
 class Completion(BaseModel):
     index: int = 0
     text: str = ""
     token_ids: list[int] = Field(default_factory=list)
     finish_reason: Optional[str] = None
-    logprobs: Optional[list[dict[str, Any]]] = None
+    logprobs: Optional[list[PositionLogprobs]] = None      # one per token_ids entry
 
 
 class JobResult(BaseModel):
@@ -131,7 +145,8 @@ class JobResult(BaseModel):
     text: str = ""
     token_ids: list[int] = Field(default_factory=list)
     finish_reason: Optional[str] = None
-    logprobs: Optional[list[dict[str, Any]]] = None
+    logprobs: Optional[list[PositionLogprobs]] = None
+    prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None   # one per prompt token, the first None
     outputs: list[Completion] = Field(default_factory=list)   # all n completions
     error: Optional[JobError] = None
     usage: Usage = Field(default_factory=Usage)

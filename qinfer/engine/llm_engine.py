@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional, Union
 from qinfer.contracts.engine_config import EngineConfig
 from qinfer.engine.device_defaults import sized_to_device
 from qinfer.engine.detokenizer import IncrementalDetokenizer
+from qinfer.engine.logprobs import LogprobsBuilder
 from qinfer.engine.output_processor import OutputProcessor
 from qinfer.engine.outputs import RequestOutput
 from qinfer.engine.request import Request
@@ -49,7 +50,7 @@ class LLMEngine:
         self.num_kv_blocks = self.executor.determine_num_kv_blocks()
         self.executor.init_kv_cache(self.num_kv_blocks)
         self.scheduler = Scheduler(config, self.num_kv_blocks, self.max_model_len, self.executor.sliding_window)
-        self.output_processor = OutputProcessor()
+        self.output_processor = OutputProcessor(LogprobsBuilder(self.tokenizer))
         self._seed_rng = random.Random(config.seed)   # seeds the n children of unseeded requests
         self._num_steps = self._num_scheduled_tokens = 0
         self._step_time_s = self._executor_time_s = 0.0
@@ -74,7 +75,8 @@ class LLMEngine:
         token_ids = self.validate_request(prompt, params, prompt_token_ids)
         child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         self._check_new_ids([request_id, *child_ids])
-        self.output_processor.add(request_id, prompt, token_ids, child_ids, params.logprobs is not None)
+        self.output_processor.add(request_id, prompt, token_ids, child_ids, params.logprobs is not None,
+                                  params.prompt_logprobs is not None)
         for child_id, child_params in zip(child_ids, self._child_params(params)):
             self.scheduler.add_request(self._make_request(child_id, token_ids, child_params))
 

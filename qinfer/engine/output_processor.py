@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from qinfer.engine.outputs import CompletionOutput, RequestOutput
+from qinfer.engine.logprobs import LogprobsBuilder
+from qinfer.engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from qinfer.engine.request import Request, RequestDeltas
 
 
@@ -18,6 +19,8 @@ class ParentRequest:
     child_ids: list[str]
     completions: list[CompletionOutput]
     num_cached_tokens: int = 0
+    awaits_prompt_logprobs: bool = False        # asked for them, not filled in yet
+    prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None
 
     @property
     def finished(self) -> bool:
@@ -25,15 +28,17 @@ class ParentRequest:
 
 
 class OutputProcessor:
-    def __init__(self):
+    def __init__(self, logprobs: LogprobsBuilder):
         self.parents: dict[str, ParentRequest] = {}
         self.child_to_completion: dict[str, tuple[ParentRequest, CompletionOutput]] = {}
+        self.logprobs = logprobs
 
     def add(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
-            child_ids: list[str], want_logprobs: bool) -> None:
+            child_ids: list[str], want_logprobs: bool, want_prompt_logprobs: bool = False) -> None:
         completions = [CompletionOutput(index=i, logprobs=[] if want_logprobs else None)
                        for i in range(len(child_ids))]
-        parent = ParentRequest(request_id, prompt, prompt_token_ids, child_ids, completions)
+        parent = ParentRequest(request_id, prompt, prompt_token_ids, child_ids, completions,
+                               awaits_prompt_logprobs=want_prompt_logprobs)
         self.parents[request_id] = parent
         for child_id, completion in zip(child_ids, completions):
             self.child_to_completion[child_id] = (parent, completion)
@@ -50,6 +55,10 @@ class OutputProcessor:
         parents, child_to_completion = self.parents, self.child_to_completion
         for request, new_token_ids, new_text, new_logprobs in deltas:
             parent, completion = child_to_completion[request.request_id]
+            if parent.awaits_prompt_logprobs:
+                self._fill_prompt_logprobs(parent, request)
+            if new_logprobs:
+                new_logprobs = self.logprobs.positions(new_logprobs)
             if len(parent.completions) > 1:
                 _apply(completion, request, new_token_ids, new_text, new_logprobs)
                 if request.num_cached_tokens > parent.num_cached_tokens:
@@ -72,10 +81,17 @@ class OutputProcessor:
             snapshot = CompletionOutput(0, completion.token_ids, text, finish_reason, request.stop_reason,
                                         completion.logprobs, new_token_ids, new_text)
             outputs.append(RequestOutput(parent.request_id, parent.prompt_token_ids, [snapshot],
-                                         finish_reason is not None, request.num_cached_tokens, parent.prompt))
+                                         finish_reason is not None, request.num_cached_tokens, parent.prompt,
+                                         parent.prompt_logprobs))
         for index in pending.values():
             outputs[index] = self._emit(outputs[index])
         return outputs
+
+    def _fill_prompt_logprobs(self, parent: ParentRequest, request: Request) -> None:
+        """Once a sequence has them all (its n siblings compute the same ones)."""
+        if len(request.prompt_logprobs) == request.num_prompt_tokens - 1:
+            parent.prompt_logprobs = self.logprobs.prompt(request.prompt_logprobs)
+            parent.awaits_prompt_logprobs = False
 
     def _emit(self, parent: ParentRequest) -> RequestOutput:
         """The output of a request with n > 1 completions."""
@@ -86,7 +102,7 @@ class OutputProcessor:
         for completion in parent.completions:   # a sibling without a delta next step must show none
             completion.new_token_ids, completion.new_text = [], ""
         return RequestOutput(parent.request_id, parent.prompt_token_ids, outputs, finished,
-                             parent.num_cached_tokens, parent.prompt)
+                             parent.num_cached_tokens, parent.prompt, parent.prompt_logprobs)
 
 
 def _apply(completion: CompletionOutput, request: Request, new_token_ids: list[int], new_text: str,

@@ -4,7 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from qinfer.contracts.runner_output import TokenLogprobs
+
+@dataclass(slots=True)
+class Logprob:
+    """One token's entry at one position (vLLM's Logprob): logprob of the raw model distribution,
+    rank in the whole vocabulary (1 = most likely), the token decoded alone."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
+# Per position: token id -> Logprob; the token at the position (sampled, or the prompt's) and the top-k.
+PositionLogprobs = dict[int, Logprob]
 
 
 @dataclass(slots=True)   # built once per request per step: slots make that cheaper
@@ -20,7 +32,7 @@ class CompletionOutput:
     text: str = ""
     finish_reason: Optional[str] = None        # "stop" | "length" | "abort" | None while running
     stop_reason: Optional[object] = None       # the stop string or stop token id that matched
-    logprobs: Optional[list[TokenLogprobs]] = None
+    logprobs: Optional[list[PositionLogprobs]] = None        # one per token_ids entry (SamplingParams.logprobs)
     new_token_ids: list[int] = field(default_factory=list)   # added by the last step
     new_text: str = ""                                       # added by the last step
 
@@ -37,3 +49,6 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0                 # prompt tokens served from the prefix cache
     prompt: Optional[str] = None
+    # SamplingParams.prompt_logprobs: one per prompt token, the first None (nothing predicts it);
+    # set once the prompt is computed.
+    prompt_logprobs: Optional[list[Optional[PositionLogprobs]]] = None

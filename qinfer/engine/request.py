@@ -21,6 +21,12 @@ class RequestStatus(enum.IntEnum):
     FINISHED_ABORTED = 5
 
     @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Asked for prompt logprobs and does not have them all: its prefill must run in full."""
+        return (self.sampling_params.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < self.num_prompt_tokens - 1)
+
+    @property
     def is_finished(self) -> bool:
         return self >= RequestStatus.FINISHED_STOPPED
 
@@ -62,7 +68,8 @@ class Request:
         self.num_hashed_blocks = 0         # leading blocks of block_ids registered in the prefix cache
         self.num_freed_blocks = 0          # leading blocks of block_ids released behind a sliding window
         self.stop_reason: Optional[object] = None
-        self.logprobs: list["TokenLogprobs"] = []
+        # SamplingParams.prompt_logprobs: entry i is of prompt token i + 1, as the runner computes them.
+        self.prompt_logprobs: list["TokenLogprobs"] = []
 
     @property
     def num_tokens(self) -> int:
@@ -75,6 +82,12 @@ class Request:
     @property
     def output_token_ids(self) -> list[int]:
         return self.all_token_ids[self.num_prompt_tokens:]
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Asked for prompt logprobs and does not have them all: its prefill must run in full."""
+        return (self.sampling_params.prompt_logprobs is not None
+                and len(self.prompt_logprobs) < self.num_prompt_tokens - 1)
 
     @property
     def is_finished(self) -> bool:

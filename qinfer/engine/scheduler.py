@@ -174,7 +174,8 @@ class Scheduler:
     def _schedule_waiting(self, scheduler_output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            computed_blocks = self.block_manager.get_computed_blocks(request)
+            # Prompt logprobs need the LM head on every prompt position: no prefix-cache hits (vLLM's rule).
+            computed_blocks = [] if request.needs_prompt_logprobs else self.block_manager.get_computed_blocks(request)
             num_computed_tokens = len(computed_blocks) * self.block_manager.block_size
             num_new_tokens = min(request.num_tokens - num_computed_tokens, budget)
             if not self.block_manager.can_allocate(request, num_new_tokens, computed_blocks):
@@ -212,6 +213,8 @@ class Scheduler:
         add_request, add_token_ids = deltas.requests.append, deltas.new_token_ids.append
         add_text, add_logprobs = deltas.new_texts.append, deltas.new_logprobs.append
         requests, step_id = self.requests, scheduler_output.step_id
+        if runner_output.prompt_logprobs:   # before the tokens: the step that ends a prompt samples too
+            self._add_prompt_logprobs(runner_output.prompt_logprobs, step_id)
         for request_id, token_ids, logprobs in zip(runner_output.req_ids, runner_output.sampled_token_ids,
                                                    runner_output.logprobs or itertools.repeat(None)):
             request = requests.get(request_id)
@@ -221,8 +224,6 @@ class Scheduler:
                 continue
             request.num_output_placeholders -= len(token_ids)
             request.all_token_ids.extend(token_ids)
-            if logprobs is not None:
-                request.logprobs.append(logprobs)
             status = None
             if token_ids[-1] in request.stopping_ids or len(request.all_token_ids) >= request.max_num_tokens:
                 status = self._check_stop(request, token_ids[-1])   # it may stop: the exact reason
@@ -242,6 +243,16 @@ class Scheduler:
             add_text(new_text)
             add_logprobs([logprobs] if logprobs is not None else _NO_LOGPROBS)
         return deltas
+
+    def _add_prompt_logprobs(self, prompt_logprobs: dict, step_id: int) -> None:
+        for request_id, chunk in prompt_logprobs.items():
+            request = self.requests.get(request_id)
+            if request is None or request.admitted_step_id > step_id:
+                continue
+            # A prefill recomputed after preemption gives positions again: each is kept once.
+            num_known = len(request.prompt_logprobs) + 1 - chunk.start
+            if 0 <= num_known < len(chunk.positions):
+                request.prompt_logprobs.extend(chunk.positions[num_known:])
 
     def _detokenize_with_stops(self, request: Request, detokenizer, text_ids: list[int],
                                status: Optional[RequestStatus]) -> tuple[Optional[RequestStatus], str]:

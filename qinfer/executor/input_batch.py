@@ -37,6 +37,20 @@ class StepInputs:
     logits_indices: torch.Tensor    # [S] long, device: rows of the hidden states that sample
     is_sampling: np.ndarray         # [R] bool: request r samples a token this step
     sampling_rows: np.ndarray       # [S] batch rows of the sampling requests
+    prompt_logprobs: Optional["PromptLogprobsPlan"] = None   # None: no request wants prompt logprobs now
+
+
+@dataclass
+class PromptLogprobsPlan:
+    """The step's prompt positions whose logprobs were asked (SamplingParams.prompt_logprobs)."""
+
+    logits_indices: torch.Tensor    # [P] long, device: rows of the hidden states
+    next_token_ids: torch.Tensor    # [P] long, device: the prompt token each of them predicts
+    max_num_logprobs: int           # the largest k asked
+    req_ids: list[str]              # the requests, each owning a run of consecutive rows:
+    starts: list[int]               #   prompt index of the token its first row predicts
+    counts: list[int]               #   its number of rows
+    num_logprobs: list[int]         #   its k
 
 
 @dataclass
@@ -112,6 +126,7 @@ class InputBatch:
         self.neutral_values[_SAMPLING_FIELDS.index("top_k")] = vocab_size
         self.min_tokens = np.zeros(max_num_seqs, dtype=np.int64)
         self.num_logprobs = np.full(max_num_seqs, -1, dtype=np.int64)  # -1: logprobs not asked
+        self.num_prompt_logprobs = np.full(max_num_seqs, -1, dtype=np.int64)  # -1: not asked
         self.is_seeded = np.zeros(max_num_seqs, dtype=bool)
         self.sampling_params: list[SamplingParams | None] = [None] * max_num_seqs
         self.req_ids: list[str | None] = [None] * max_num_seqs
@@ -169,6 +184,7 @@ class InputBatch:
                                      params.frequency_penalty]
         self.min_tokens[row] = params.min_tokens
         self.num_logprobs[row] = -1 if params.logprobs is None else params.logprobs
+        self.num_prompt_logprobs[row] = -1 if params.prompt_logprobs is None else params.prompt_logprobs
         self.is_seeded[row] = params.seed is not None
         self.sampling_params[row] = params
         if params.seed is not None and req_id not in self.generators:
@@ -204,7 +220,7 @@ class InputBatch:
     def _move_row(self, src: int, dst: int) -> None:
         for array in (self.token_ids, self.num_tokens, self.num_prompt_tokens, self.num_computed_tokens,
                       self.block_table, self.num_blocks, self.sampling_values, self.min_tokens,
-                      self.num_logprobs, self.is_seeded, self.serials):
+                      self.num_logprobs, self.num_prompt_logprobs, self.is_seeded, self.serials):
             array[dst] = array[src]
         self.sampling_params[dst], self.sampling_params[src] = self.sampling_params[src], None
         req_id = self.req_ids[src]
@@ -257,9 +273,35 @@ class InputBatch:
             attn_metadata=meta,
             logits_indices=self.staging.to_device("logits_indices", query_ends[is_sampling] - 1, torch.long),
             is_sampling=is_sampling,
-            sampling_rows=rows[is_sampling])
+            sampling_rows=rows[is_sampling],
+            prompt_logprobs=self._prompt_logprobs_plan(req_ids, rows, num_scheduled, query_ends))
         self.staging.mark_copied()
         return inputs
+
+    def _prompt_logprobs_plan(self, req_ids: list[str], rows: np.ndarray, num_scheduled: np.ndarray,
+                              query_ends: np.ndarray) -> Optional[PromptLogprobsPlan]:
+        """Position p predicts token p + 1: a prompt token for p < num_prompt_tokens - 1."""
+        num_logprobs = self.num_prompt_logprobs[rows]
+        if num_logprobs.max() < 0:   # the common case: nobody asked
+            return None
+        computed = self.num_computed_tokens[rows]
+        counts = np.minimum(computed + num_scheduled, self.num_prompt_tokens[rows] - 1) - computed
+        asking = np.flatnonzero((num_logprobs >= 0) & (counts > 0))
+        if not len(asking):
+            return None
+        counts, computed = counts[asking], computed[asking]
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)   # 0.. per request
+        positions = np.repeat(computed, counts) + offsets
+        query_starts = (query_ends - num_scheduled)[asking]
+        next_token_ids = self.token_ids[np.repeat(rows[asking], counts), positions + 1]
+        return PromptLogprobsPlan(
+            logits_indices=self.staging.to_device("prompt_logits_indices",
+                                                  np.repeat(query_starts, counts) + offsets, torch.long),
+            next_token_ids=self.staging.to_device("prompt_next_ids", next_token_ids, torch.long),
+            max_num_logprobs=int(num_logprobs[asking].max()),
+            req_ids=[req_ids[i] for i in asking.tolist()],
+            starts=(computed + 1).tolist(), counts=counts.tolist(),
+            num_logprobs=num_logprobs[asking].tolist())
 
     def _feed_in_flight(self, input_ids: torch.Tensor, req_ids: list[str], rows: np.ndarray,
                         query_ends: np.ndarray, in_flight: InFlightIds) -> None:

@@ -21,17 +21,20 @@ from transformers import AutoConfig, GenerationConfig
 
 from qinfer.distributed.parallel_state import rank_device, set_tp_group
 from qinfer.contracts.engine_config import EngineConfig
-from qinfer.executor.sampler import Sampler, SamplerOutput, worst_case_metadata
+from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, PromptLogprobs, TokenLogprobs
 from qinfer.contracts.scheduler_output import SchedulerOutput
 from qinfer.executor.cuda_graphs import StepCudaGraphs
-from qinfer.executor.input_batch import InFlightIds, InputBatch, StepInputs
-from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput, TokenLogprobs
+from qinfer.executor.input_batch import InFlightIds, InputBatch, PromptLogprobsPlan, StepInputs
+from qinfer.executor.sampler import LogprobsTensors, Sampler, SamplerOutput, prompt_logprobs, worst_case_metadata
 from qinfer.executor.weight_loader import load_weights
 from qinfer.layers.attention import get_attention_backend, is_attention_backend_importable
 from qinfer.layers.attention.backend import AttentionMetadata
 from qinfer.layers.attention.forward_context import set_forward_context
 from qinfer.layers.attention.layer import Attention
 from qinfer.models.registry import get_model_class
+
+# Prompt positions whose logprobs one LM-head call computes: bounds the [rows, vocab] float32 blocks.
+_PROMPT_LOGITS_CHUNK = 256
 
 
 # Mixed steps of up to this many tokens run from CUDA graphs by default; larger ones keep the GPU
@@ -58,7 +61,7 @@ def select_attention_backend(config: EngineConfig, device: torch.device) -> str:
         return config.attention_backend
     if device.type == "cuda" and is_attention_backend_importable("triton"):
         return "triton"
-    return "reference"
+    return "sdpa"
 
 
 def eos_token_ids(model_dir: str, hf_config) -> list[int]:
@@ -152,10 +155,9 @@ class ModelRunner:
             self.cuda_graphs.capture()  # after the cache exists: graphs bake in its addresses
 
     def _use_cuda_graphs(self) -> bool:
-        # The reference backend reads lengths on the host (.tolist()), which graph capture forbids.
+        # Backends that read lengths on the host (.tolist()) cannot be captured.
         # Under TP every rank captures the same buckets in the same order, NCCL all-reduces included.
-        return (self.device.type == "cuda" and not self.config.enforce_eager
-                and self.attn_backend.name != "reference")
+        return self.device.type == "cuda" and not self.config.enforce_eager and self.attn_backend.is_graph_safe
 
     def _max_cudagraph_tokens(self) -> int:
         limit = self.config.max_cudagraph_tokens
@@ -211,12 +213,14 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
         """The step on the driver (rank 0, or the only rank): forward, sample, return the ids."""
-        inputs, sampler_output = self._run_step(scheduler_output)
+        inputs, sampler_output, prompt_tensors = self._run_step(scheduler_output)
         if inputs is None:
             return ModelRunnerOutput()
         sampled = sampler_output.sampled_token_ids.tolist() if sampler_output else []  # the one host transfer
         self.input_batch.append_sampled(inputs.sampling_rows, sampled)
-        return self._runner_output(inputs, sampled, self._host_logprobs(inputs, sampler_output))
+        sampled_logprobs = sampler_output.logprobs if sampler_output else None
+        return self._runner_output(inputs, sampled, self._sampled_logprobs(inputs, sampled_logprobs),
+                                   _prompt_logprobs(inputs.prompt_logprobs, prompt_tensors))
 
     @torch.inference_mode()
     def execute_model_async(self, scheduler_output: SchedulerOutput) -> AsyncModelRunnerOutput:
@@ -226,44 +230,49 @@ class ModelRunner:
         of one step at most are in flight.
         """
         in_flight, self.in_flight = self.in_flight, None
-        inputs, sampler_output = self._run_step(scheduler_output, in_flight)
+        inputs, sampler_output, prompt_tensors = self._run_step(scheduler_output, in_flight)
         if sampler_output is None:   # nothing sampled: an empty plan, or prefill chunks only
-            output = self._runner_output(inputs, [], []) if inputs else ModelRunnerOutput()
+            output = ModelRunnerOutput()
+            if inputs:
+                output = self._runner_output(inputs, [], [], _prompt_logprobs(inputs.prompt_logprobs, prompt_tensors))
             return AsyncModelRunnerOutput(lambda: output)
         sampling_req_ids = [inputs.req_ids[i] for i in np.flatnonzero(inputs.is_sampling).tolist()]
         serials = self.input_batch.serials[inputs.sampling_rows]
-        output = AsyncModelRunnerOutput(self._resolver(inputs, sampler_output, sampling_req_ids, serials))
+        output = AsyncModelRunnerOutput(self._resolver(inputs, sampler_output, prompt_tensors, sampling_req_ids,
+                                                       serials))
         self.in_flight = InFlightIds(sampler_output.sampled_token_ids, sampling_req_ids, serials, output.get)
         return output
 
-    def _resolver(self, inputs: StepInputs, sampler_output: SamplerOutput, sampling_req_ids: list[str],
-                  serials: np.ndarray) -> Callable[[], ModelRunnerOutput]:
+    def _resolver(self, inputs: StepInputs, sampler_output: SamplerOutput, prompt_tensors: Optional[LogprobsTensors],
+                  sampling_req_ids: list[str], serials: np.ndarray) -> Callable[[], ModelRunnerOutput]:
         """Start the host copy of the step's sampled ids; the returned call waits for it and
         writes the ids into the persistent batch (by request: rows move before it runs)."""
-        host_copy = _copy_to_host(sampler_output)
+        host_copy = _copy_to_host(sampler_output, prompt_tensors)
         positions = self.input_batch.reserve_sampled(inputs.sampling_rows)
         logprobs_k = self.input_batch.num_logprobs[inputs.sampling_rows]
 
         def resolve() -> ModelRunnerOutput:
-            host_sampler_output = host_copy.wait()
+            host_sampler_output, host_prompt_tensors = host_copy.wait()
             sampled = host_sampler_output.sampled_token_ids.tolist()
             self.input_batch.write_sampled(sampling_req_ids, serials, positions, sampled)
-            return self._runner_output(inputs, sampled, _logprobs(host_sampler_output, logprobs_k))
+            return self._runner_output(inputs, sampled, _logprobs(host_sampler_output.logprobs, logprobs_k),
+                                       _prompt_logprobs(inputs.prompt_logprobs, host_prompt_tensors))
 
         return resolve
 
     def _run_step(self, scheduler_output: SchedulerOutput, in_flight: Optional[InFlightIds] = None
-                  ) -> tuple[Optional[StepInputs], Optional[SamplerOutput]]:
-        """Apply the plan, run the forward and the sampler: (None, None) for an empty plan, no
-        SamplerOutput when nothing samples."""
+                  ) -> tuple[Optional[StepInputs], Optional[SamplerOutput], Optional[LogprobsTensors]]:
+        """Apply the plan, run the forward and the sampler: all None for an empty plan, no
+        SamplerOutput when nothing samples; the prompt logprobs asked for this step's positions."""
         self.input_batch.update(scheduler_output)
         if scheduler_output.is_empty:
-            return None, None
+            return None, None, None
         inputs = self.input_batch.prepare(scheduler_output, in_flight)
-        logits = self._forward(inputs)
+        logits, prompt_tensors = self._forward(inputs)
         if logits is None:
-            return inputs, None
-        return inputs, self.sampler(logits, self.input_batch.sampling_metadata(inputs.sampling_rows, in_flight))
+            return inputs, None, prompt_tensors
+        md = self.input_batch.sampling_metadata(inputs.sampling_rows, in_flight)
+        return inputs, self.sampler(logits, md), prompt_tensors
 
     @torch.inference_mode()
     def execute_model_follower(self, scheduler_output: SchedulerOutput, driver_sampled_ids: list[int]) -> None:
@@ -284,12 +293,27 @@ class ModelRunner:
         self._forward(inputs)
         self.follower_sampling_rows = inputs.sampling_rows
 
-    def _forward(self, inputs: StepInputs) -> Optional[torch.Tensor]:
-        """Logits [S, V] of the positions that sample; None if none does, or off the TP driver."""
+    def _forward(self, inputs: StepInputs) -> tuple[Optional[torch.Tensor], Optional[LogprobsTensors]]:
+        """Logits [S, V] of the positions that sample (None if none does, or off the TP driver),
+        and the logprobs of the prompt positions that asked (None if none did, or off the driver)."""
         hidden = self._run_model(inputs)
+        prompt_tensors = self._prompt_logprobs(hidden, inputs.prompt_logprobs) if inputs.prompt_logprobs else None
         if not len(inputs.sampling_rows):
+            return None, prompt_tensors
+        return self.model.compute_logits(hidden[inputs.logits_indices]), prompt_tensors
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, plan: PromptLogprobsPlan) -> Optional[LogprobsTensors]:
+        """The LM head on the plan's prompt positions (only there: the fast path runs it on the last
+        position of each request), chunk by chunk; every TP rank takes part in each call."""
+        chunks = []
+        for start in range(0, len(plan.next_token_ids), _PROMPT_LOGITS_CHUNK):
+            rows = slice(start, start + _PROMPT_LOGITS_CHUNK)
+            logits = self.model.compute_logits(hidden[plan.logits_indices[rows]])
+            if logits is not None:
+                chunks.append(prompt_logprobs(logits, plan.next_token_ids[rows], plan.max_num_logprobs))
+        if not chunks:
             return None
-        return self.model.compute_logits(hidden[inputs.logits_indices])
+        return LogprobsTensors(*(torch.cat(parts) for parts in zip(*chunks)))
 
     def _run_model(self, inputs: StepInputs) -> torch.Tensor:
         meta = inputs.attn_metadata
@@ -298,51 +322,67 @@ class ModelRunner:
         with set_forward_context(meta, self.attn_backend):
             return self.model(inputs.input_ids, inputs.positions)
 
-    def _runner_output(self, inputs: StepInputs, sampled: list[int],
-                       logprobs: list[Optional[TokenLogprobs]]) -> ModelRunnerOutput:
+    def _runner_output(self, inputs: StepInputs, sampled: list[int], logprobs: list[Optional[TokenLogprobs]],
+                       prompt_logprobs: dict[str, PromptLogprobs]) -> ModelRunnerOutput:
         if len(sampled) == len(inputs.req_ids):   # every request sampled (any decode-only step)
-            return ModelRunnerOutput(inputs.req_ids, [[t] for t in sampled], logprobs)
+            return ModelRunnerOutput(inputs.req_ids, [[t] for t in sampled], logprobs, prompt_logprobs)
         sampled_iter, logprobs_iter = iter(sampled), iter(logprobs)
-        output = ModelRunnerOutput(req_ids=inputs.req_ids)
+        output = ModelRunnerOutput(req_ids=inputs.req_ids, prompt_logprobs=prompt_logprobs)
         for is_sampling in inputs.is_sampling.tolist():   # Python bools: numpy scalars iterate slowly
             output.sampled_token_ids.append([next(sampled_iter)] if is_sampling else [])
             output.logprobs.append(next(logprobs_iter) if is_sampling else None)
         return output
 
-    def _host_logprobs(self, inputs: StepInputs, sampler_output) -> list[Optional[TokenLogprobs]]:
-        return _logprobs(sampler_output, self.input_batch.num_logprobs[inputs.sampling_rows])
+    def _sampled_logprobs(self, inputs: StepInputs, tensors: Optional[LogprobsTensors]) -> list[Optional[TokenLogprobs]]:
+        return _logprobs(tensors, self.input_batch.num_logprobs[inputs.sampling_rows])
 
 
-def _logprobs(sampler_output: Optional[SamplerOutput], logprobs_k: np.ndarray) -> list[Optional[TokenLogprobs]]:
-    """TokenLogprobs per sampling request (None where not asked: k < 0); copied only when someone asked."""
-    if sampler_output is None or sampler_output.sampled_logprobs is None:
-        return [None] * len(logprobs_k)
-    sampled_lp = sampler_output.sampled_logprobs.tolist()
-    top_lp = sampler_output.top_logprobs.tolist() if sampler_output.top_logprobs is not None else None
-    top_ids = sampler_output.top_token_ids.tolist() if sampler_output.top_token_ids is not None else None
-    result = []
-    for i, k in enumerate(logprobs_k.tolist()):
-        top = dict(zip(top_ids[i][:k], top_lp[i][:k])) if k > 0 else {}
-        result.append(None if k < 0 else TokenLogprobs(sampled_lp[i], top))
-    return result
+def _logprobs(tensors: Optional[LogprobsTensors], num_logprobs) -> list[Optional[TokenLogprobs]]:
+    """TokenLogprobs per row, its first num_logprobs[i] top entries (None where k < 0: not asked);
+    copied to Python only when someone asked."""
+    if tensors is None:
+        return [None] * len(num_logprobs)
+    token_ids, logprobs, ranks = tensors.token_ids.tolist(), tensors.logprobs.tolist(), tensors.ranks.tolist()
+    return [None if k < 0 else TokenLogprobs(token_ids[i][:k + 1], logprobs[i][:k + 1], ranks[i])
+            for i, k in enumerate(np.asarray(num_logprobs).tolist())]
+
+
+def _prompt_logprobs(plan: Optional[PromptLogprobsPlan], tensors: Optional[LogprobsTensors]
+                     ) -> dict[str, PromptLogprobs]:
+    """The plan's rows, on the host, as PromptLogprobs per request."""
+    if plan is None or tensors is None:
+        return {}
+    positions = _logprobs(tensors, np.repeat(plan.num_logprobs, plan.counts))
+    ends = np.cumsum(plan.counts).tolist()
+    return {req_id: PromptLogprobs(start, positions[end - count:end])
+            for req_id, start, count, end in zip(plan.req_ids, plan.starts, plan.counts, ends)}
+
+
+def _to_host(tensors):
+    """A NamedTuple of device tensors (or None) copied to the host without waiting."""
+    return None if tensors is None else type(tensors)(*(t.to("cpu", non_blocking=True) for t in tensors))
 
 
 class _HostCopy(NamedTuple):
-    sampler_output: SamplerOutput            # on the host (pinned memory on cuda), complete once event is
+    # On the host (pinned memory on cuda), complete once `event` is.
+    sampler_output: SamplerOutput
+    prompt_logprobs: Optional[LogprobsTensors]
     event: Optional[torch.cuda.Event]        # None: the copy was synchronous (CPU device)
 
-    def wait(self) -> SamplerOutput:
+    def wait(self) -> tuple[SamplerOutput, Optional[LogprobsTensors]]:
         if self.event is not None:
             self.event.synchronize()
-        return self.sampler_output
+        return self.sampler_output, self.prompt_logprobs
 
 
-def _copy_to_host(sampler_output: SamplerOutput) -> _HostCopy:
+def _copy_to_host(sampler_output: SamplerOutput, prompt_tensors: Optional[LogprobsTensors]) -> _HostCopy:
     """Start copying the sampler's tensors to the host without waiting (non_blocking device-to-host
     copies land in pinned memory); the event says when they are there."""
-    host = SamplerOutput(*(None if t is None else t.to("cpu", non_blocking=True) for t in sampler_output))
+    host = SamplerOutput(sampler_output.sampled_token_ids.to("cpu", non_blocking=True),
+                         _to_host(sampler_output.logprobs))
+    host_prompt = _to_host(prompt_tensors)
     event = None
     if sampler_output.sampled_token_ids.is_cuda:
         event = torch.cuda.Event()
         event.record()
-    return _HostCopy(host, event)
+    return _HostCopy(host, host_prompt, event)

@@ -44,11 +44,18 @@ def worst_case_metadata(num_rows: int, device: torch.device) -> SamplingMetadata
                             prompt_token_ids=no_tokens, output_token_ids=no_tokens, max_num_logprobs=20)
 
 
+class LogprobsTensors(NamedTuple):
+    """Logprobs at N positions: column 0 is the token at the position (sampled, or the prompt's),
+    columns 1..k the k most likely, descending (vLLM's layout)."""
+
+    token_ids: torch.Tensor     # [N, 1 + k] long
+    logprobs: torch.Tensor      # [N, 1 + k] float32
+    ranks: torch.Tensor         # [N] long: rank of column 0's token in the whole vocabulary (1 = most likely)
+
+
 class SamplerOutput(NamedTuple):
     sampled_token_ids: torch.Tensor                  # [S] long
-    sampled_logprobs: Optional[torch.Tensor]         # [S] float: logprob of the sampled token
-    top_logprobs: Optional[torch.Tensor]             # [S, k] float, descending
-    top_token_ids: Optional[torch.Tensor]            # [S, k] long
+    logprobs: Optional[LogprobsTensors]              # None: no row asked
 
 
 def token_counts(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -79,10 +86,22 @@ def random_sample(logits: torch.Tensor, md: SamplingMetadata, generator: torch.G
     return (logits - q.log_()).argmax(dim=-1)
 
 
-def gather_logprobs(raw_logprobs: torch.Tensor, sampled: torch.Tensor, k: int):
-    sampled_logprobs = raw_logprobs.gather(1, sampled.unsqueeze(1)).squeeze(1)
-    top_logprobs, top_token_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
-    return sampled_logprobs, top_logprobs, top_token_ids
+def gather_logprobs(raw_logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> LogprobsTensors:
+    """raw_logprobs [N, V], token_ids [N] -> each token's logprob and rank, and the top k.
+    The rank counts the tokens at least as likely (vLLM's: ties share the lower rank)."""
+    token_ids = token_ids.unsqueeze(1)
+    token_logprobs = raw_logprobs.gather(1, token_ids)
+    ranks = (raw_logprobs >= token_logprobs).sum(dim=-1)
+    if k:
+        top_logprobs, top_token_ids = raw_logprobs.topk(k, dim=-1)
+        token_ids = torch.cat([token_ids, top_token_ids], dim=1)
+        token_logprobs = torch.cat([token_logprobs, top_logprobs], dim=1)
+    return LogprobsTensors(token_ids, token_logprobs, ranks)
+
+
+def prompt_logprobs(logits: torch.Tensor, next_token_ids: torch.Tensor, k: int) -> LogprobsTensors:
+    """logits [P, V] of prompt positions, next_token_ids [P] the prompt token each predicts."""
+    return gather_logprobs(logits.log_softmax(dim=-1, dtype=torch.float32), next_token_ids, k)
 
 
 class Sampler:
@@ -103,8 +122,8 @@ class Sampler:
         else:
             sampled = torch.where(md.temperature == 0, logits.argmax(dim=-1), self.sample_random(logits, md))
         if raw_logprobs is None:
-            return SamplerOutput(sampled, None, None, None)
-        return SamplerOutput(sampled, *gather_logprobs(raw_logprobs, sampled, md.max_num_logprobs))
+            return SamplerOutput(sampled, None)
+        return SamplerOutput(sampled, gather_logprobs(raw_logprobs, sampled, md.max_num_logprobs))
 
     @staticmethod
     def process_logits(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Job hash fields: request (JSON), status, model, priority, queued_at, started_at,
 first_token_at, finished_at, attempts, duplicates, worker, tokens (admission
-size), output (JSON: completions + usage), error (JSON), last_error (text).
+size), output (JSON: completions + usage + prompt_logprobs if asked), error (JSON),
+last_error (text).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def result_from_hash(job_id: str, raw: dict) -> JobResult:
     return JobResult(
         id=job_id, status=JobStatus(h.get("status", "queued")), model=h.get("model"),
         text=first.text, token_ids=first.token_ids, finish_reason=first.finish_reason,
-        logprobs=first.logprobs, outputs=outputs,
+        logprobs=first.logprobs, prompt_logprobs=output.get("prompt_logprobs"), outputs=outputs,
         error=JobError(**json.loads(h["error"])) if h.get("error") else None,
         usage=Usage(**output.get("usage", {})),
         timings=Timings(**{k: _float(h.get(k)) for k in Timings.model_fields}),
@@ -47,8 +48,12 @@ def error_json(code: str, message: str) -> str:
     return JobError(code=code, message=message).model_dump_json()
 
 
-def output_json(outputs: list[Completion], usage: Usage) -> str:
-    return json.dumps({"outputs": [c.model_dump() for c in outputs], "usage": usage.model_dump()})
+def output_json(outputs: list[Completion], usage: Usage, prompt_logprobs: Optional[list] = None) -> str:
+    """prompt_logprobs: JSON-ready (jobs.prompt_logprobs), None when the job asked for none."""
+    body = {"outputs": [c.model_dump() for c in outputs], "usage": usage.model_dump()}
+    if prompt_logprobs is not None:
+        body["prompt_logprobs"] = prompt_logprobs
+    return json.dumps(body)
 
 
 def delta_fields(index: int, text: str, token_ids: list[int]) -> dict:

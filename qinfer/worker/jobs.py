@@ -88,10 +88,18 @@ def completions(output) -> list[Completion]:
                        logprobs=_logprobs(c.logprobs)) for c in output.outputs]
 
 
-def _logprobs(items) -> Optional[list[dict]]:
-    if items is None:
+def _logprobs(positions) -> Optional[list[dict]]:
+    """vLLM-shaped logprobs (list of dict[int, Logprob]) as JSON-ready dicts, token ids as strings."""
+    if positions is None:
         return None
-    return [{"logprob": lp.sampled_logprob, "top": {str(t): v for t, v in lp.top.items()}} for lp in items]
+    return [None if position is None else
+            {str(token_id): {"logprob": lp.logprob, "rank": lp.rank, "decoded_token": lp.decoded_token}
+             for token_id, lp in position.items()}
+            for position in positions]
+
+
+def prompt_logprobs(output) -> Optional[list]:
+    return _logprobs(output.prompt_logprobs)
 
 
 def usage(output) -> Usage:

@@ -274,7 +274,7 @@ class Worker:
             fields["error"] = error_json("run_timeout", "stopped at its run timeout; the partial output is kept")
         usage = jobs.usage(out)
         self._observe_tokens(job, usage)
-        fields["output"] = output_json(self._completions(job, out), usage)
+        fields["output"] = output_json(self._completions(job, out), usage, jobs.prompt_logprobs(out))
         fields["started_at"] = f"{job.started_at:.6f}"
         fields["finished_at"] = f"{time.time():.6f}"      # the engine's finish, before the write
         if job.first_token_at is not None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from qinfer import LLM, SamplingParams
+from tests.logprobs_support import sampled_logprobs
 
 MAX_TOKENS = 10
 MODELS = {
@@ -100,8 +101,7 @@ def test_tp_tokens_equal_single_rank_and_transformers(single_rank, name, tp_size
     assert token_ids(greedy) == hf_ids
     assert token_ids(greedy) == token_ids(greedy_tp1)
     for got, expected in zip(greedy, greedy_tp1):
-        assert [lp.sampled_logprob for lp in got.logprobs] == pytest.approx(
-            [lp.sampled_logprob for lp in expected.logprobs], abs=1e-4)
+        assert sampled_logprobs(got) == pytest.approx(sampled_logprobs(expected), abs=1e-4)
     assert token_ids(sampled) == token_ids(sampled_tp1)
     assert stats.num_preemptions > 0 and stats.prefix_cache_hits > 0
     assert not multiprocessing.active_children()      # close() ended every rank

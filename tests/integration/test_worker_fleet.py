@@ -77,6 +77,25 @@ def test_chat_messages_and_callback_outbox(client):
     assert [e for _, e in outbox if job_id.encode() in e.values()]    # enqueued in the terminal MULTI/EXEC
 
 
+def test_logprobs_and_prompt_logprobs_in_the_job_result_equal_offline_generate(client, tiny_llama_dir):
+    from qinfer import LLM, SamplingParams
+
+    sampling = {"temperature": 0, "max_tokens": 5, "logprobs": 2, "prompt_logprobs": 1}
+    r = client.wait(client.submit(model=MODEL, prompt=PROMPTS[0], sampling=sampling), timeout=60)
+    [out] = LLM(str(tiny_llama_dir), num_kv_blocks=64).generate(PROMPTS[0], SamplingParams(**sampling),
+                                                                 use_tqdm=False)
+    assert r.token_ids == out.outputs[0].token_ids and r.logprobs == r.outputs[0].logprobs
+    assert r.prompt_logprobs[0] is None and out.prompt_logprobs[0] is None
+    got_positions = r.logprobs + r.prompt_logprobs[1:]
+    expected_positions = out.outputs[0].logprobs + out.prompt_logprobs[1:]
+    assert len(got_positions) == len(expected_positions) == 5 + len(out.prompt_token_ids) - 1
+    for got, expected in zip(got_positions, expected_positions):   # JSON keys: token ids as strings
+        assert list(got) == [str(t) for t in expected]
+        for token_id, entry in expected.items():
+            assert got[str(token_id)].rank == entry.rank and got[str(token_id)].decoded_token == entry.decoded_token
+            assert got[str(token_id)].logprob == pytest.approx(entry.logprob, abs=1e-5)
+
+
 def test_streaming_deltas_concatenate_to_final_text(client):
     job_id = client.submit(model=MODEL, prompt="The night train", stream=True,
                            sampling={"temperature": 0, "max_tokens": 40, "ignore_eos": True})

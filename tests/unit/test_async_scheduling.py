@@ -7,6 +7,7 @@ nothing of it may leak into other requests, the prefix cache or a later request 
 import pytest
 
 from qinfer import LLM, SamplingParams
+from tests.logprobs_support import sampled_logprobs
 
 SHARED_PREFIX = "Once upon a time, in a city of glass and rain, people wrote letters to machines."
 PROMPTS = [SHARED_PREFIX + " The first", "The quick brown fox", SHARED_PREFIX + " Then", "Hello",
@@ -96,6 +97,5 @@ def test_penalties_logprobs_and_min_tokens_match_sync(tiny_llama_dir):
     for got, expected in zip(run(True), run(False)):
         assert got.token_ids == expected.token_ids
         # Batches differ between the modes: logits may differ in the last bits.
-        assert [lp.sampled_logprob for lp in got.logprobs] == pytest.approx(
-            [lp.sampled_logprob for lp in expected.logprobs], abs=1e-5)
-        assert [list(lp.top) for lp in got.logprobs] == [list(lp.top) for lp in expected.logprobs]
+        assert sampled_logprobs(got) == pytest.approx(sampled_logprobs(expected), abs=1e-5)
+        assert [list(lp) for lp in got.logprobs] == [list(lp) for lp in expected.logprobs]   # same top ids

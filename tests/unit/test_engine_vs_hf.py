@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from qinfer import LLM, SamplingParams
+from tests.logprobs_support import sampled_logprobs
 
 MAX_TOKENS = 12
 SHAPES = {
@@ -122,8 +123,7 @@ def test_greedy_tokens_and_logprobs_equal_transformers(model_and_reference, setu
         completion = output.outputs[0]
         assert completion.token_ids == expected_ids
         assert completion.finish_reason == "length"
-        got_logprobs = [lp.sampled_logprob for lp in completion.logprobs]
-        assert got_logprobs == pytest.approx(expected_logprobs, abs=1e-4)
+        assert sampled_logprobs(completion) == pytest.approx(expected_logprobs, abs=1e-4)
     stats = llm.engine.stats
     assert stats.num_preemptions > 0
     if ENGINE_SETUPS[setup]["enable_prefix_caching"]:

@@ -89,14 +89,21 @@ def test_sampling_frequencies_follow_softmax_with_temperature():
 
 def test_logprobs_are_raw_log_softmax():
     logits = logits_batch()
+    logits[0, 1] = logits[0].max() + 0.5   # raw argmax of row 0 is a prompt token: penalized away
     md = metadata(4, 0.0, max_num_logprobs=5, repetition_penalty=torch.full((4,), 2.0),
                   presence_penalty=torch.zeros(4), frequency_penalty=torch.zeros(4),
                   prompt_token_ids=torch.tensor([[0, 1]] * 4), output_token_ids=torch.tensor([[2]] * 4))
     out = Sampler(torch.device("cpu"), 0)(logits, md)
     logprobs = logits.log_softmax(-1)
-    torch.testing.assert_close(out.sampled_logprobs, logprobs.gather(1, out.sampled_token_ids[:, None])[:, 0])
-    torch.testing.assert_close(out.top_logprobs, logprobs.topk(5).values)
-    assert torch.equal(out.top_token_ids, logprobs.topk(5).indices)
+    sampled = out.sampled_token_ids
+    torch.testing.assert_close(out.logprobs.logprobs[:, 0], logprobs.gather(1, sampled[:, None])[:, 0])
+    torch.testing.assert_close(out.logprobs.logprobs[:, 1:], logprobs.topk(5).values)
+    assert torch.equal(out.logprobs.token_ids[:, 0], sampled)
+    assert torch.equal(out.logprobs.token_ids[:, 1:], logprobs.topk(5).indices)
+    # The sampled token's rank in the full vocabulary, 1-based: one plus the tokens more likely.
+    expected_ranks = [1 + int((row > row[t]).sum()) for row, t in zip(logprobs, sampled.tolist())]
+    assert out.logprobs.ranks.tolist() == expected_ranks
+    assert max(expected_ranks) > 1   # the penalties moved some choices off the raw argmax
 
 
 def test_banned_tokens_are_never_sampled():
@@ -168,4 +175,4 @@ def test_seeded_request_same_tokens_alone_batched_and_preempted(tiny_llama_dir):
     preempted = run_seeded(tiny_llama_dir, others=1, preempt_at=5)[0]
     assert len(batched) >= 4 and batched == alone[:len(batched)]
     assert len(preempted) >= 4 and preempted == alone[:len(preempted)]
-    assert all(len(lp.top) == 3 and lp.sampled_logprob <= 0 for lp in logprobs)
+    assert all(len(lp.token_ids) == 4 and lp.logprobs[0] <= 0 and lp.rank >= 1 for lp in logprobs)

@@ -1,4 +1,5 @@
-"""Attention backends by name: "reference" (torch, CPU+GPU) and "triton" (GPU, qinfer.kernels).
+"""Attention backends by name: "reference" (torch, per request: the oracle), "sdpa" (torch,
+batched: the CPU default) and "triton" (GPU, qinfer.kernels).
 
 Backends are imported lazily so importing this package pulls in neither triton nor kernels.
 """
@@ -11,6 +12,7 @@ from qinfer.layers.attention.backend import AttentionBackend, AttentionMetadata 
 # name -> "module:Class"
 _BACKENDS = {
     "reference": "qinfer.layers.attention.reference:ReferenceAttentionBackend",
+    "sdpa": "qinfer.layers.attention.sdpa_backend:SdpaAttentionBackend",
     "triton": "qinfer.layers.attention.triton_backend:TritonAttentionBackend",
 }
 

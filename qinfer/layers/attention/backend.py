@@ -52,6 +52,7 @@ class AttentionBackend(ABC):
     """Writes the step's new K/V into the cache (unless the caller already did), then attends."""
 
     name: str = "abstract"
+    is_graph_safe: bool = True   # False: reads step sizes on the host, so no CUDA graph capture
 
     @abstractmethod
     def forward(

@@ -48,6 +48,7 @@ def first_visible_key(seq_len: int, query_len: int, sliding_window: int | None) 
 
 class ReferenceAttentionBackend(AttentionBackend):
     name = "reference"
+    is_graph_safe = False    # host copies of the lengths
 
     def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float,
                 kv_written: bool = False, sliding_window: int | None = None):

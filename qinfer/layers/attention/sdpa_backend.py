@@ -1,0 +1,112 @@
+"""Batched torch attention over the paged KV cache: the CPU default (runs anywhere torch does).
+
+No Python loop over requests: a step's requests form at most two groups, the decodes (one
+query each) and the rest (prefill chunks, any mix of lengths), and each group is one
+scaled_dot_product_attention call over its contexts gathered by block table into a padded
+[R, L] slot matrix, with a mask for keys past a query's position (causal within a chunk,
+nothing past the request's length). Query heads are stacked per KV head, [R, Hk, Q * group, D],
+so GQA never repeats K or V. The gather indices and masks depend on the step only: built by
+the first layer that sees the step's metadata, reused by the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from qinfer import ops
+from qinfer.layers.attention.backend import AttentionBackend, AttentionMetadata
+
+
+@dataclass
+class _Group:
+    """Requests attended in one call: R of them, queries padded to Q, contexts to L."""
+
+    token_index: torch.Tensor            # [R * Q] long: flat-batch row of query (r, i) (padding: row 0)
+    out_index: Optional[torch.Tensor]    # [N] long: rows of the flat output the real queries fill; None: all, in order
+    is_real: Optional[torch.Tensor]      # [R * Q] bool: query (r, i) exists; None: every one does
+    slots: torch.Tensor                  # [R, L] long: cache slot of context token (r, j)
+    mask: torch.Tensor                   # [R, 1, Q * group or 1, L] bool: True = attend
+    num_queries: int                     # Q
+
+
+def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, group: int,
+                 block_size: int, covers_batch: bool) -> _Group:
+    """rows: the requests of the group (indices into the batch), each with <= num_queries queries."""
+    seq_lens = meta.seq_lens[rows].long()
+    query_starts = meta.query_start_loc[rows].long()
+    query_lens = meta.query_start_loc[rows + 1].long() - query_starts
+    max_len = int(seq_lens.max())
+    context = torch.arange(max_len, device=rows.device)
+    blocks = meta.block_tables[rows][:, context // block_size].long()
+    slots = blocks * block_size + context % block_size                                  # [R, L]
+    query = torch.arange(num_queries, device=rows.device)
+    query_positions = (seq_lens - query_lens).unsqueeze(1) + query                       # [R, Q]
+    mask = context[None, None, :] <= query_positions[:, :, None]                        # [R, Q, L]
+    is_real = (query < query_lens.unsqueeze(1)).flatten()
+    token_index = (query_starts.unsqueeze(1) + query).flatten().masked_fill(~is_real, 0)
+    if num_queries == 1:
+        mask = mask.unsqueeze(1)                          # one row, broadcast over the head group
+        is_real = None
+    else:
+        mask = mask.repeat_interleave(group, dim=1).unsqueeze(1)   # row i * group + g is query i's
+    out_index = None if covers_batch else token_index if is_real is None else token_index[is_real]
+    return _Group(token_index, out_index, is_real, slots, mask, num_queries)
+
+
+def build_groups(meta: AttentionMetadata, group: int, block_size: int) -> list[_Group]:
+    query_lens = meta.query_start_loc.diff()
+    is_decode = query_lens == 1
+    num_decodes = int(is_decode.sum())
+    groups = []
+    if num_decodes:
+        rows = torch.nonzero(is_decode).flatten()
+        groups.append(_build_group(meta, rows, 1, group, block_size, covers_batch=num_decodes == meta.num_reqs))
+    if num_decodes < meta.num_reqs:
+        rows = torch.nonzero(~is_decode).flatten()
+        groups.append(_build_group(meta, rows, meta.max_query_len, group, block_size, covers_batch=False))
+    return groups
+
+
+def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: _Group,
+           scale: float) -> torch.Tensor:
+    """The group's real queries' outputs [N, Hq, D], in token_index order."""
+    num_kv_heads, head_size = k_cache.shape[2], k_cache.shape[3]
+    num_reqs, num_queries = g.slots.shape[0], g.num_queries
+    group = query.shape[1] // num_kv_heads
+    q = query if g.out_index is None else query[g.token_index]   # every query of the batch, in order: no gather
+    q = q.view(num_reqs, num_queries, num_kv_heads, group, head_size)
+    q = q.transpose(1, 2).reshape(num_reqs, num_kv_heads, num_queries * group, head_size)
+    k = k_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)          # [R, Hk, L, D]
+    v = v_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)      # [R, Hk, Q * group, D]
+    out = out.view(num_reqs, num_kv_heads, num_queries, group, head_size).transpose(1, 2)
+    out = out.reshape(num_reqs * num_queries, num_kv_heads * group, head_size)
+    return out if g.is_real is None else out[g.is_real]
+
+
+class SdpaAttentionBackend(AttentionBackend):
+    name = "sdpa"
+    is_graph_safe = False    # the per-step groups read sizes on the host
+
+    def __init__(self):
+        self._step: Optional[tuple[AttentionMetadata, int, list[_Group]]] = None
+
+    def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                kv_written: bool = False):
+        if not kv_written:
+            ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        groups = self._groups(meta, query.shape[1] // k_cache.shape[2], k_cache.shape[1])
+        if len(groups) == 1 and groups[0].out_index is None:   # decode-only step: outputs in order
+            return attend(query, k_cache, v_cache, groups[0], scale)
+        out = torch.empty_like(query)
+        for g in groups:    # two at most: decodes, and the requests with longer queries
+            out[g.out_index] = attend(query, k_cache, v_cache, g, scale)
+        return out
+
+    def _groups(self, meta: AttentionMetadata, group: int, block_size: int) -> list[_Group]:
+        if self._step is None or self._step[0] is not meta or self._step[1] != group:
+            self._step = (meta, group, build_groups(meta, group, block_size))
+        return self._step[2]
