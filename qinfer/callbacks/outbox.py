@@ -39,8 +39,9 @@ return #due
 
 
 def enqueue_delivery(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> None:
-    """Queue a callback delivery for `job_id` on the worker's terminal MULTI/EXEC (commands only)."""
-    pipe.hset(keys.job(job_id), mapping={
+    """Queue a callback delivery for `job_id` on the worker's terminal MULTI/EXEC (commands only).
+    A batch id (the gateway's terminal batch write) queues the batch's webhook the same way."""
+    pipe.hset(keys.callback_subject(job_id), mapping={
         "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
     pipe.xadd(keys.callback_outbox(), {"job_id": job_id})
 

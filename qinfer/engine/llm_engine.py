@@ -191,10 +191,16 @@ class LLMEngine:
         num_waiting_blocks = sum(block_manager.num_blocks_for(r.num_tokens) for r in scheduler.waiting)
         return max(0, min(num_free_slots, block_manager.num_free_blocks - num_waiting_blocks))
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            chat_template: Optional[str] = None) -> list[int]:
+        """Prompt ids of a chat; `chat_template` (jinja) replaces the tokenizer's own."""
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                     tokenize=True, return_dict=True)
+                                                     tokenize=True, return_dict=True, chat_template=chat_template)
         return list(encoded["input_ids"])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def stats(self) -> EngineStats:

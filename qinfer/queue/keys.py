@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONSUMER_GROUP = "workers"
+BATCH_ID_PREFIX = "batch_"      # batch ids; job ids are uuid hex, so the two never meet
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,29 @@ class Keys:
     def cancel_channel(self) -> str:              # pub/sub: job ids being cancelled
         return f"{self._p}cancel"
 
+    # --- batches (the gateway's Batch API) ---
+    def batch(self, batch_id: str) -> str:        # hash: the batch object's fields + runner state
+        return f"{self._p}batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:   # hash: custom_id -> job id (one job per line, ever)
+        return f"{self._p}batch:{batch_id}:jobs"
+
+    def batch_open(self, batch_id: str) -> str:   # set: job ids not yet counted as finished
+        return f"{self._p}batch:{batch_id}:open"
+
+    def batch_lease(self, batch_id: str) -> str:  # string with TTL: the gateway runner advancing it
+        return f"{self._p}batch:{batch_id}:lease"
+
+    def batches(self, owner: str) -> str:         # sorted set: batch id -> created_at, per API key name
+        return f"{self._p}batches:owner:{owner}"
+
+    def batches_active(self) -> str:              # set: batches not yet terminal (the runners' work)
+        return f"{self._p}batches:active"
+
     # --- callbacks (webhook delivery) ---
+    def callback_subject(self, subject_id: str) -> str:   # the hash a delivery reads and records on
+        return self.batch(subject_id) if subject_id.startswith(BATCH_ID_PREFIX) else self.job(subject_id)
+
     def callback_outbox(self) -> str:             # stream: job ids awaiting a webhook delivery
         return f"{self._p}callbacks:outbox"
 

@@ -81,23 +81,36 @@ def add_to_engine(engine, req: JobRequest, request_id: str) -> None:
         raise JobRejected("invalid_request", str(e)) from None
 
 
+# For models whose tokenizer has no chat template: ChatML, the format many open models use.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def render_chat(engine, req: JobRequest) -> list[int]:
     messages = [m.model_dump() for m in req.messages]
+    template = None if engine.has_chat_template else FALLBACK_CHAT_TEMPLATE
     try:
-        return engine.apply_chat_template(messages)
-    except Exception as e:      # jinja / missing template: the user's messages cannot be rendered
+        return engine.apply_chat_template(messages, chat_template=template)
+    except Exception as e:      # jinja errors: the user's messages cannot be rendered
         raise JobRejected("invalid_request", f"cannot render messages with the model's chat template: {e}")
 
 
-def completions(output) -> list[Completion]:
+def completions(output, tokenizer) -> list[Completion]:
     return [Completion(index=c.index, text=c.text, token_ids=list(c.token_ids), finish_reason=c.finish_reason,
-                       logprobs=_logprobs(c.logprobs)) for c in output.outputs]
+                       logprobs=_logprobs(c.token_ids, c.logprobs, tokenizer)) for c in output.outputs]
 
 
-def _logprobs(items) -> Optional[list[dict]]:
+def _logprobs(token_ids: list[int], items, tokenizer) -> Optional[list[dict]]:
+    """Per generated token: its text and logprob, and the top ones by id (`top`) with their
+    texts (`top_tokens`), so producers without a tokenizer (the gateway) can show them."""
     if items is None:
         return None
-    return [{"logprob": lp.sampled_logprob, "top": {str(t): v for t, v in lp.top.items()}} for lp in items]
+    return [{"token": tokenizer.decode([token_id]), "logprob": lp.sampled_logprob,
+             "top": {str(t): v for t, v in lp.top.items()},
+             "top_tokens": {str(t): tokenizer.decode([t]) for t in lp.top}}
+            for token_id, lp in zip(token_ids, items)]
 
 
 def usage(output) -> Usage:
