@@ -132,14 +132,16 @@ class BatchStore:
             self._settle(keys, [x for pair in counters.items() for x in pair])
 
     def line_jobs(self, batch_id: str, count: int) -> Iterator[list[tuple[str, str]]]:
-        """(custom_id, job id) of every enqueued line, in chunks of about `count`."""
-        cursor = 0
-        while True:
-            cursor, chunk = self.redis.hscan(self.keys.batch_jobs(batch_id), cursor, count=count)
-            if chunk:
-                yield list(chunk.items())
-            if cursor == 0:
-                return
+        """(custom_id, job id) of every enqueued line, in chunks of `count` (HSCAN returns a
+        small hash whole, whatever its COUNT: the chunks are cut here)."""
+        chunk = []
+        for pair in self.redis.hscan_iter(self.keys.batch_jobs(batch_id), count=count):
+            chunk.append(pair)
+            if len(chunk) == count:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def recorded(self, batch_id: str, custom_ids: list[str]) -> list[bool]:
         if not custom_ids:

@@ -31,7 +31,8 @@ class GatewayProcess:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **GATEWAY_ENV, **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "GatewayProcess":
+    def start(self, timeout: float = 30.0, healthy: bool = True) -> "GatewayProcess":
+        """Start and wait until /health answers (200, or any answer when not `healthy`)."""
         self.process = subprocess.Popen(self.command, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -39,6 +40,9 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited with {self.process.returncode} while starting")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1):
+                    return self
+            except urllib.error.HTTPError:
+                if not healthy:
                     return self
             except (urllib.error.URLError, ConnectionError):
                 pass
