@@ -52,7 +52,8 @@ def batch_args(p: argparse.ArgumentParser) -> None:
     submit.add_argument("--completion-window", default="24h")
     submit.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--callback-url", help="webhook POSTed when the batch ends")
-    submit.add_argument("--wait", action="store_true", help="show progress until it ends; print the batch")
+    submit.add_argument("--wait", action="store_true",
+                        help="show progress until it ends; exit 1 unless it completed")
     for name, help_text in (("status", "print a batch"), ("cancel", "cancel a batch")):
         sub.add_parser(name, help=help_text).add_argument("batch_id")
     results = sub.add_parser("results", help="download a finished batch's output (and error) file")
@@ -130,12 +131,13 @@ def _submit(api: GatewayAPI, args) -> int:
             "completion_window": args.completion_window, "metadata": _metadata(args.metadata) or None,
             "callback_url": args.callback_url}
     created = api.call("POST", "/v1/batches", {k: v for k, v in body.items() if v is not None})
-    if not args.wait:
-        print(created["id"])
-        return 0
-    final = _wait(api, created["id"])
-    _print(final)
-    return 0 if final["status"] == "completed" else 1
+    if args.wait:
+        final = _wait(api, created["id"])
+        counts = final["request_counts"]
+        print(f"{final['id']} {final['status']}: {counts['completed']} completed, {counts['failed']} failed "
+              f"of {counts['total']}", file=sys.stderr)
+    print(created["id"])        # stdout holds only the id: BATCH=$(qinfer batch submit ...)
+    return 0 if not args.wait or final["status"] == "completed" else 1
 
 
 def _metadata(pairs: list[str]) -> dict:
