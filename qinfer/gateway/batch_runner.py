@@ -31,7 +31,7 @@ from qinfer.callbacks.outbox import enqueue_delivery
 from qinfer.client import Client
 from qinfer.config import Settings
 from qinfer.errors import JobNotFoundError, QueueFullError
-from qinfer.gateway.batch_lines import BatchLine, line_job, parse_input
+from qinfer.gateway.batch_lines import BatchLine, ParsedInput, line_job, parse_input
 from qinfer.gateway.batch_output import answered_line, unfinished_line
 from qinfer.gateway.file_store import FileStore, FileWriter
 from qinfer.gateway.models import ModelDirectory
@@ -106,8 +106,9 @@ class BatchRunner:
                       {"failed_at": now, "errors": BatchErrors(data=errors).model_dump_json()})
             return
         models = sorted({line.body.model for line in parsed.lines})
-        self.store.transition(batch["id"], (S.VALIDATING,), S.IN_PROGRESS,
-                              {"in_progress_at": now, "total": len(parsed.lines), "model": ",".join(models)})
+        if self.store.transition(batch["id"], (S.VALIDATING,), S.IN_PROGRESS,
+                                 {"in_progress_at": now, "total": len(parsed.lines), "model": ",".join(models)}):
+            self._progress(self.store.get(batch["id"]), parsed)      # enqueue now, not a poll later
 
     def _parse(self, batch: dict, check_models: bool = False):
         """The input file's lines (None if the file is gone). Resuming skips the model
@@ -121,13 +122,13 @@ class BatchRunner:
             return None
 
     # --- in_progress ---
-    def _progress(self, batch: dict) -> None:
+    def _progress(self, batch: dict, parsed: Optional[ParsedInput] = None) -> None:
         batch_id = batch["id"]
         if time.time() >= float(batch["expires_at"]):
             self._expire(batch)
             return
         if int(batch.get("enqueued") or 0) < int(batch["total"]):
-            self._enqueue(batch)
+            self._enqueue(batch, parsed or self._parse(batch))
         num_open = self._settle(batch_id)
         batch = self.store.get(batch_id)
         if num_open == 0 and int(batch.get("enqueued") or 0) >= int(batch["total"]):
@@ -135,9 +136,8 @@ class BatchRunner:
                                      {"finalizing_at": f"{time.time():.3f}", "outcome": S.COMPLETED.value}):
                 self._finalize(self.store.get(batch_id))
 
-    def _enqueue(self, batch: dict) -> None:
+    def _enqueue(self, batch: dict, parsed: Optional[ParsedInput]) -> None:
         """Submit the lines after the cursor, a chunk per round trip, while still in_progress."""
-        parsed = self._parse(batch)
         if parsed is None:
             return
         enqueued = int(batch.get("enqueued") or 0)
@@ -150,21 +150,22 @@ class BatchRunner:
             except QueueFullError as e:
                 log.info("batch %s: admission refused (%s); retrying next pass", batch["id"], e)
                 return
+            lines = [(line.custom_id, job_id, enqueued + i) for i, (line, job_id) in enumerate(zip(chunk, job_ids))]
             enqueued += len(chunk)
-            self.store.record_jobs(batch["id"], enqueued, [(line.custom_id, j) for line, j in zip(chunk, job_ids)])
+            self.store.record_jobs(batch["id"], enqueued, lines)
             self._pause()
 
     def _settle(self, batch_id: str) -> int:
-        """Count the jobs that finished since the last pass; returns how many are still open."""
-        num_open = 0
-        for chunk in chunks(self.store.open_jobs(batch_id), self.settings.batch_chunk_size):
-            statuses = self.store.job_statuses(chunk)
-            finished = {job_id: "completed" if status == "succeeded" else "failed"
-                        for job_id, status in zip(chunk, statuses)
-                        if status is None or status in TERMINAL_STATUSES}
-            self.store.settle(batch_id, finished)
-            num_open += len(chunk) - len(finished)
-        return num_open
+        """Count the jobs that finished since the last pass; returns how many are still open.
+        A pass looks at the earliest chunk of open lines only: jobs finish about in queue
+        order, so that keeps up with them at a bounded cost per pass however big the batch
+        (a job finishing out of order is counted once the ones before it are)."""
+        window = self.store.open_jobs(batch_id, self.settings.batch_chunk_size)
+        statuses = self.store.job_statuses(window)
+        self.store.settle(batch_id, {job_id: "completed" if status == "succeeded" else "failed"
+                                     for job_id, status in zip(window, statuses)
+                                     if status is None or status in TERMINAL_STATUSES})
+        return self.store.num_open(batch_id)
 
     def _expire(self, batch: dict) -> None:
         self._cancel_open(batch)
@@ -195,9 +196,11 @@ class BatchRunner:
         unsent = self._unsent(batch)[:self.settings.batch_chunk_size]
         jobs = [line_job(line, self.settings, batch) for line in unsent]
         found = self.store.submitted_jobs([(job.model, job.idempotency_key) for job in jobs])
-        pairs = [(line.custom_id, job_id) for line, job_id in zip(unsent, found) if job_id]
-        if pairs:
-            self.store.record_jobs(batch["id"], 0, pairs)
+        enqueued = int(batch.get("enqueued") or 0)
+        lines = [(line.custom_id, job_id, enqueued + i) for i, (line, job_id) in enumerate(zip(unsent, found))
+                 if job_id]
+        if lines:
+            self.store.record_jobs(batch["id"], 0, lines)
 
     def _unsent(self, batch: dict) -> list[BatchLine]:
         """Lines past the cursor with no recorded job."""

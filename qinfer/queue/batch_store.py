@@ -117,13 +117,18 @@ class BatchStore:
             pipe.expire(key, self.ttl_s)
 
     # --- lines and their jobs ---
-    def record_jobs(self, batch_id: str, enqueued: int, pairs: list[tuple[str, str]]) -> None:
-        """Map custom_id -> job id for newly enqueued lines and move the cursor to `enqueued`."""
+    def record_jobs(self, batch_id: str, enqueued: int, lines: list[tuple[str, str, int]]) -> None:
+        """Map custom_id -> job id (and open the job, by line index) for newly enqueued lines,
+        (custom_id, job id, line index) each, and move the cursor to `enqueued`."""
         keys = [self.keys.batch_jobs(batch_id), self.keys.batch_open(batch_id), self.keys.batch(batch_id)]
-        self._record(keys, [enqueued, *(x for pair in pairs for x in pair)])
+        self._record(keys, [enqueued, *(x for line in lines for x in line)])
 
-    def open_jobs(self, batch_id: str) -> list[str]:
-        return list(self.redis.smembers(self.keys.batch_open(batch_id)))
+    def open_jobs(self, batch_id: str, limit: Optional[int] = None) -> list[str]:
+        """Unfinished jobs, earliest lines first; the first `limit` of them if given."""
+        return self.redis.zrange(self.keys.batch_open(batch_id), 0, -1 if limit is None else limit - 1)
+
+    def num_open(self, batch_id: str) -> int:
+        return self.redis.zcard(self.keys.batch_open(batch_id))
 
     def settle(self, batch_id: str, counters: dict[str, str]) -> None:
         """Count finished jobs (job id -> 'completed' | 'failed'), each once."""

@@ -70,7 +70,7 @@ class Keys:
     def batch_jobs(self, batch_id: str) -> str:   # hash: custom_id -> job id (one job per line, ever)
         return f"{self._p}batch:{batch_id}:jobs"
 
-    def batch_open(self, batch_id: str) -> str:   # set: job ids not yet counted as finished
+    def batch_open(self, batch_id: str) -> str:   # sorted set: job id -> line index, not yet counted finished
         return f"{self._p}batch:{batch_id}:open"
 
     def batch_lease(self, batch_id: str) -> str:  # string with TTL: the gateway runner advancing it

@@ -183,13 +183,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: line -> job map, open set, batch hash. ARGV: enqueued cursor, then custom_id, job_id pairs
+# KEYS: line -> job map, open jobs (sorted set), batch hash.
+# ARGV: enqueued cursor, then custom_id, job_id, line index triples
 # Record enqueued lines once: a line re-submitted after a crash (the same job id, through its
 # idempotency key) is neither mapped nor opened again, so it is never counted twice.
 BATCH_RECORD = """
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    redis.call('SADD', KEYS[2], ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 1])
   end
 end
 if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[3], 'enqueued') or '0') then
@@ -197,11 +198,11 @@ if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[3], 'enqueued') or '0') 
 end
 """
 
-# KEYS: open set, batch hash. ARGV: job_id, counter ('completed' | 'failed') pairs
+# KEYS: open jobs (sorted set), batch hash. ARGV: job_id, counter ('completed' | 'failed') pairs
 # Count each finished job once, however many runners see it finish.
 BATCH_SETTLE = """
 for i = 1, #ARGV, 2 do
-  if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
   end
 end
