@@ -157,15 +157,18 @@ class BatchRunner:
 
     def _settle(self, batch_id: str) -> int:
         """Count the jobs that finished since the last pass; returns how many are still open.
-        A pass looks at the earliest chunk of open lines only: jobs finish about in queue
-        order, so that keeps up with them at a bounded cost per pass however big the batch
-        (a job finishing out of order is counted once the ones before it are)."""
-        window = self.store.open_jobs(batch_id, self.settings.batch_chunk_size)
-        statuses = self.store.job_statuses(window)
-        self.store.settle(batch_id, {job_id: "completed" if status == "succeeded" else "failed"
-                                     for job_id, status in zip(window, statuses)
-                                     if status is None or status in TERMINAL_STATUSES})
-        return self.store.num_open(batch_id)
+        A pass looks at the earliest open lines, a chunk at a time, and stops at the first
+        chunk with an unfinished job: jobs finish about in queue order, so the cost follows
+        the jobs that finished, not the batch's size (a job finishing out of order is
+        counted once the chunk before it has finished)."""
+        while True:
+            window = self.store.open_jobs(batch_id, self.settings.batch_chunk_size)
+            finished = {job_id: "completed" if status == "succeeded" else "failed"
+                        for job_id, status in zip(window, self.store.job_statuses(window))
+                        if status is None or status in TERMINAL_STATUSES}
+            self.store.settle(batch_id, finished)
+            if not window or len(finished) < len(window):
+                return self.store.num_open(batch_id)
 
     def _expire(self, batch: dict) -> None:
         self._cancel_open(batch)
