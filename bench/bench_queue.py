@@ -139,11 +139,16 @@ def report(args, rate, t_local, t_fleet, admission, visible) -> None:
         "finish_to_visible_ms_p50": round(ms(visible, 50), 3),
         "finish_to_visible_ms_p99": round(ms(visible, 99), 3),
     }
+    write_figures(figures, args.out)
+
+
+def write_figures(figures: dict, out: str) -> None:
+    """Print `figures` as a two-column table and write them as JSON to `out`."""
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key.ljust(width)}  {value}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,33 @@ def cmd_workers(args) -> int:
     return 0
 
 
+# --- gateway (qinfer/gateway/commands.py) ---------------------------------------------------
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    from qinfer.gateway.commands import serve_args
+
+    serve_args(p)
+
+
+@command("serve", "run the OpenAI-compatible gateway (chat/completions, models, files, batches)", _serve_args)
+def cmd_serve(args) -> int:
+    from qinfer.gateway.commands import serve
+
+    return serve(settings_from_args(args), args)
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    from qinfer.gateway.commands import batch_args
+
+    batch_args(p)
+
+
+@command("batch", "OpenAI Batch API through a gateway: submit, status, cancel, results", _batch_args)
+def cmd_batch(args) -> int:
+    from qinfer.gateway.commands import batch
+
+    return batch(settings_from_args(args), args)
+
+
 @command("demo", "the main job: fleet up, a batch of jobs with a progress bar, answers, fleet down")
 def cmd_demo(args) -> int:
     from qinfer.demo import main as demo_main

@@ -53,6 +53,25 @@ class Settings(BaseSettings):
     callback_relay_claim_idle_s: float = 30.0       # outbox entries a dead relay held this long are taken over
     callback_metrics_port: Optional[int] = None     # Prometheus port of the callbacks worker
 
+    # --- OpenAI-compatible gateway and Batch API (docs/gateway.md) ---
+    gateway_host: str = "127.0.0.1"        # `qinfer serve` binds here
+    gateway_port: int = 8000
+    gateway_url: str = "http://127.0.0.1:8000"   # where `qinfer batch` finds a gateway
+    api_keys: Annotated[dict[str, str], NoDecode] = {}   # name:key,name:key; empty: no auth
+    api_key: Optional[str] = None          # the bearer key `qinfer batch` sends
+    gateway_priority: int = 5              # job priority of interactive requests that name none
+    gateway_default_max_tokens: int = 512  # max_tokens of requests that give neither max_tokens field
+    gateway_models_cache_s: float = 1.0    # /v1/models and the unknown-model check reuse heartbeats this long
+    files_dir: str = "qinfer-files"        # the file store's directory (a shared volume for replicas)
+    max_file_bytes: int = 200 * 2**20      # largest upload
+    batch_priority: int = 0                # job priority of batch lines: below interactive traffic
+    batch_max_lines: int = 50_000          # lines per batch input file
+    batch_completion_window_s: Optional[float] = None   # set: overrides every batch's window (tests)
+    batch_chunk_size: int = 500            # lines per enqueue / finalize round trip
+    batch_chunk_delay_s: float = 0.0       # pause after each chunk: paces big batches; tests slow it
+    batch_poll_interval_s: float = 0.5     # how often a gateway's batch runner advances its batches
+    batch_lease_s: float = 30.0            # a runner's claim on a batch; a dead gateway's batches move after it
+
     @field_validator("callback_retry_delays", mode="before")
     @classmethod
     def _split_delays(cls, value):
@@ -61,12 +80,25 @@ class Settings(BaseSettings):
             return tuple(float(v) for v in value.split(",") if v.strip())
         return value
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value):
+        return parse_api_keys(value) if isinstance(value, str) else value
+
     @field_validator("callback_retry_delays")
     @classmethod
     def _non_negative_delays(cls, value):
         if any(d < 0 for d in value):
             raise ValueError("callback_retry_delays must be >= 0 seconds")
         return value
+
+
+def parse_api_keys(spec: str) -> dict[str, str]:
+    """"alice:sk-1,bob:sk-2" -> {"alice": "sk-1", ...}; the name goes into its jobs' metadata."""
+    pairs = [item.strip().partition(":") for item in spec.split(",") if item.strip()]
+    if any(not name or not key for name, _, key in pairs):
+        raise ValueError("API keys must be name:key pairs, comma-separated")
+    return {name: key for name, _, key in pairs}
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""Every Prometheus metric of qinfer, defined once: the GPU worker's and the callbacks worker's.
+"""Every Prometheus metric of qinfer, defined once: the GPU worker's, the callbacks worker's
+and the gateway's.
 
 Names mirror vLLM's, prefixed `qinfer:`. Label `model_name` is the served model
 name on every worker metric; the callback metrics are per callbacks worker.
@@ -61,6 +62,17 @@ callback_delivery_latency = Histogram(
     "qinfer:callback_delivery_latency_seconds",
     "From the job's terminal write to the receiver's 2xx, retries included.",
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 4 * 3600, 12 * 3600))
+
+# --- OpenAI-compatible gateway (docs/gateway.md), per gateway replica ---
+gateway_requests = Counter("qinfer:gateway_requests", "HTTP requests by route and status code.",
+                           ["route", "status"])
+gateway_request_latency = Histogram("qinfer:gateway_request_latency_seconds",
+                                    "Request to response headers, by route (streams: to the first byte).",
+                                    ["route"], buckets=_LATENCY_BUCKETS)
+gateway_batches = Counter("qinfer:gateway_batches", "Batches this replica ended, by terminal status.", ["status"])
+gateway_batch_lines = Counter("qinfer:gateway_batch_lines",
+                              "Lines of batches this replica finalized: completed (output file) or failed "
+                              "(error file).", ["outcome"])
 
 
 def set_queue_gauges(stats: dict) -> None:

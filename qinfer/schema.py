@@ -32,8 +32,10 @@ TERMINAL_STATUSES = frozenset(s.value for s in JobStatus if s.is_terminal)
 
 
 class ChatMessage(BaseModel):
+    """One chat turn; extra keys (name, ...) reach the chat template untouched."""
+
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: str = Field(min_length=1, description="system | user | assistant | ... (the template decides)")
     content: str
 
 
@@ -46,7 +48,8 @@ class JobRequest(BaseModel):
                        description="Served model name (a worker's --served-model-name).")
     prompt: Optional[str] = None
     prompt_token_ids: Optional[list[int]] = None
-    messages: Optional[list[ChatMessage]] = Field(None, description="Chat, rendered with the model's template.")
+    messages: Optional[list[ChatMessage]] = Field(None, min_length=1, description=(
+        "Chat, rendered by the worker with the model's chat template (ChatML if it has none)."))
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     priority: int = Field(0, ge=0, description="Higher runs first; 0..QINFER_MAX_PRIORITY.")
     callback_url: Optional[str] = Field(None, description="Webhook POSTed on the terminal state.")
@@ -134,6 +137,7 @@ class Completion(BaseModel):
     token_ids: list[int] = Field(default_factory=list)
     finish_reason: Optional[str] = None
     logprobs: Optional[list[PositionLogprobs]] = None      # one per token_ids entry
+    num_top_logprobs: Optional[int] = None   # with logprobs: the k asked; a position holds the token and the top k
 
 
 class JobResult(BaseModel):

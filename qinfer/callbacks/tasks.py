@@ -1,8 +1,9 @@
 """The Celery task that makes one delivery attempt and records what happened.
 
 State lives in the job hash (callback: pending | delivered | failed,
-callback_attempts, callback_last_status, callback_last_error); a retry is a
-due time in the retries sorted set, not a Celery countdown (see outbox.py).
+callback_attempts, callback_last_status, callback_last_error), or for a batch's
+webhook in the batch hash; a retry is a due time in the retries sorted set, not
+a Celery countdown (see outbox.py).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def deliver(job_id: str) -> str:
 
 def attempt_delivery(rt: Runtime, job_id: str) -> str:
     """POST the job's webhook once; returns the step taken (delivered, retry, gone, ...)."""
-    fields = rt.client.hgetall(rt.keys.job(job_id))
+    fields = rt.client.hgetall(rt.keys.callback_subject(job_id))
     if not fields:
         return _dead_letter_missing(rt, job_id)
     delivery = build_delivery(job_id, fields)
@@ -104,7 +105,7 @@ def _record(rt: Runtime, delivery: WebhookDelivery, fields: dict, result: Attemp
         step = "exhausted" if result.outcome == RETRY else result.outcome
         state["callback"] = "failed"
         pipe.lpush(rt.keys.callback_dead_letters(), _dead_letter_entry(delivery, attempts, result, step))
-    pipe.hset(rt.keys.job(delivery.job_id), mapping=state)
+    pipe.hset(rt.keys.callback_subject(delivery.job_id), mapping=state)
     pipe.execute()
     if step != "retry":
         metrics.callback_deliveries.labels(step).inc()

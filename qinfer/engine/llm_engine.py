@@ -183,10 +183,16 @@ class LLMEngine:
         """New requests the engine can take now without queueing: free sequence slots and KV blocks."""
         return self.scheduler.num_admissible()
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            chat_template: Optional[str] = None) -> list[int]:
+        """Prompt ids of a chat; `chat_template` (jinja) replaces the tokenizer's own."""
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                                     tokenize=True, return_dict=True)
+                                                     tokenize=True, return_dict=True, chat_template=chat_template)
         return list(encoded["input_ids"])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def stats(self) -> EngineStats:

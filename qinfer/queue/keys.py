@@ -33,6 +33,7 @@ def job_id_tag(job_id: str) -> Optional[str]:
     if dot and len(tag) == _TAG_LEN and all(c in "0123456789abcdef" for c in tag):
         return tag
     return None
+BATCH_ID_PREFIX = "batch_"      # batch ids; job ids are <tag>.<uuid hex>, so the two never meet
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,29 @@ class Keys:
     def cancel_channel(self) -> str:              # pub/sub: job ids being cancelled
         return f"{self._p}cancel"
 
+    # --- batches (the gateway's Batch API) ---
+    def batch(self, batch_id: str) -> str:        # hash: the batch object's fields + runner state
+        return f"{self._p}batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:   # hash: custom_id -> job id (one job per line, ever)
+        return f"{self._p}batch:{batch_id}:jobs"
+
+    def batch_open(self, batch_id: str) -> str:   # sorted set: job id -> line index, not yet counted finished
+        return f"{self._p}batch:{batch_id}:open"
+
+    def batch_lease(self, batch_id: str) -> str:  # string with TTL: the gateway runner advancing it
+        return f"{self._p}batch:{batch_id}:lease"
+
+    def batches(self, owner: str) -> str:         # sorted set: batch id -> created_at, per API key name
+        return f"{self._p}batches:owner:{owner}"
+
+    def batches_active(self) -> str:              # set: batches not yet terminal (the runners' work)
+        return f"{self._p}batches:active"
+
     # --- callbacks (webhook delivery): outbox and retries live in the slot of the job's model ---
+    def callback_subject(self, subject_id: str) -> str:   # the hash a delivery reads and records on
+        return self.batch(subject_id) if subject_id.startswith(BATCH_ID_PREFIX) else self.job(subject_id)
+
     def callback_outbox(self, job_id: str) -> str:    # stream: job ids awaiting a webhook delivery
         return f"{self._j(job_id)}callbacks:outbox"
 

@@ -167,3 +167,43 @@ redis.call('DEL', KEYS[4])
 redis.call('XACK', KEYS[5], ARGV[4], ARGV[5])
 redis.call('XDEL', KEYS[5], ARGV[5])
 """
+
+# --- batches (queue/batch_store.py) ---
+
+# KEYS: lease. ARGV: runner, lease_ms
+# Take a batch's lease if free, or extend it if this runner holds it; 1 when held.
+BATCH_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: line -> job map, open jobs (sorted set), batch hash.
+# ARGV: enqueued cursor, then custom_id, job_id, line index triples
+# Record enqueued lines once: a line re-submitted after a crash (the same job id, through its
+# idempotency key) is neither mapped nor opened again, so it is never counted twice.
+BATCH_RECORD = """
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[2], ARGV[i + 2], ARGV[i + 1])
+  end
+end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[3], 'enqueued') or '0') then
+  redis.call('HSET', KEYS[3], 'enqueued', ARGV[1])
+end
+"""
+
+# KEYS: open jobs (sorted set), batch hash. ARGV: job_id, counter ('completed' | 'failed') pairs
+# Count each finished job once, however many runners see it finish.
+BATCH_SETTLE = """
+for i = 1, #ARGV, 2 do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+  end
+end
+"""

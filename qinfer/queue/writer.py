@@ -37,10 +37,10 @@ class Final:
 
 
 def enqueue_callback(pipe: redis.client.Pipeline, keys: Keys, job_id: str) -> None:
-    """Record "deliver this job's webhook" in the callbacks outbox, on the caller's MULTI/EXEC:
+    """Record "deliver this job's (or batch's) webhook" in the callbacks outbox, on the caller's MULTI/EXEC:
     no result is written without its delivery queued, nor the reverse (the relay in the
     callbacks worker turns outbox entries into Celery tasks)."""
-    pipe.hset(keys.job(job_id), mapping={
+    pipe.hset(keys.callback_subject(job_id), mapping={
         "callback": "pending", "callback_attempts": 0, "callback_enqueued_at": time.time()})
     pipe.xadd(keys.callback_outbox(job_id), {"job_id": job_id})
 

@@ -75,17 +75,29 @@ def add_to_engine(engine: Engine, req: JobRequest, request_id: str) -> None:
         raise JobRejected("invalid_request", str(e)) from None
 
 
+# For models whose tokenizer has no chat template: ChatML, the format many open models use.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def render_chat(engine: Engine, req: JobRequest) -> list[int]:
     messages = [m.model_dump() for m in req.messages]
+    template = None if engine.has_chat_template else FALLBACK_CHAT_TEMPLATE
     try:
-        return engine.apply_chat_template(messages)
-    except Exception as e:      # jinja / missing template: the user's messages cannot be rendered
+        return engine.apply_chat_template(messages, chat_template=template)
+    except Exception as e:      # jinja errors: the user's messages cannot be rendered
         raise JobRejected("invalid_request", f"cannot render messages with the model's chat template: {e}")
 
 
-def completions(output) -> list[Completion]:
+def completions(output, num_top_logprobs: Optional[int]) -> list[Completion]:
+    """num_top_logprobs: the request's SamplingParams.logprobs (each position then holds the
+    sampled token and the k most likely)."""
     return [Completion(index=c.index, text=c.text, token_ids=list(c.token_ids), finish_reason=c.finish_reason,
-                       logprobs=_logprobs(c.logprobs)) for c in output.outputs]
+                       logprobs=_logprobs(c.logprobs),
+                       num_top_logprobs=num_top_logprobs if c.logprobs is not None else None)
+            for c in output.outputs]
 
 
 def _logprobs(positions) -> Optional[list[dict]]:

@@ -293,7 +293,7 @@ class Worker:
                     (time.time() - job.first_token_at) / (usage.completion_tokens - 1))
 
     def _completions(self, job: InFlight, out):
-        done = jobs.completions(out)
+        done = jobs.completions(out, job.request.sampling.logprobs)
         if job.stop_reason == "timeout":
             for c in done:
                 c.finish_reason = "timeout"

@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"ops"},
     {"kernels", "distributed"},
     {"contracts"},
+    {"batch_types"},
     {"schema"},
     {"signing", "ssrf"},
     {"metrics", "embedded_redis", "config", "sampling_params"},

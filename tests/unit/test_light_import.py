@@ -20,3 +20,18 @@ print(",".join(heavy))
 def test_import_qinfer_and_submit_path_leave_heavy_modules_out():
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+GATEWAY_CHECK = """
+import sys
+import qinfer.gateway.app
+import qinfer.gateway.commands
+heavy = sorted(m for m in ("torch", "triton", "transformers", "celery") if m in sys.modules)
+print(",".join(heavy))
+"""
+
+
+def test_gateway_stays_light():
+    """The gateway needs neither the engine nor Celery: it runs on the light install + `gateway`."""
+    result = subprocess.run([sys.executable, "-c", GATEWAY_CHECK], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
