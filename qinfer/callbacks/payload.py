@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from qinfer.queue.records import result_from_hash
+from qinfer.queue.records import load_request_json, result_from_hash
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class WebhookDelivery:
 
 def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[WebhookDelivery]:
     """The delivery for a job hash, or None when the job asked for no callback."""
-    request = _request(fields)
+    request = load_request_json(fields.get("request"))
     url = request.get("callback_url")
     if not url:
         return None
@@ -36,10 +36,3 @@ def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[WebhookDe
     body = json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
     return WebhookDelivery(job_id, url, f"msg_{job_id}_{event}", body, request.get("callback_secret"))
 
-
-def _request(fields: Mapping[str, str]) -> dict:
-    try:
-        request = json.loads(fields.get("request") or "{}")
-    except ValueError:
-        return {}      # a malformed request never had a usable callback_url
-    return request if isinstance(request, dict) else {}

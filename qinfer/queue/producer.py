@@ -26,12 +26,29 @@ def as_request(req: RequestLike, settings: Settings) -> JobRequest:
     """A request checked for this deployment, before anything is written (submit_many checks
     every request first, so one refused request leaves the whole batch unwritten)."""
     req = req if isinstance(req, JobRequest) else JobRequest.model_validate(req)
-    if req.priority > settings.max_priority:
-        raise InvalidRequestError(f"priority {req.priority} is above the maximum {settings.max_priority}")
+    check_request(req, settings)
     if req.callback_url is not None:
-        # a literal refused address (or scheme) fails here; host names are checked at delivery
+        # a literal refused address (or scheme) fails here; the callbacks worker checks every
+        # address again when it delivers (raw jobs included), with its own allowlist
         check_callback_url(req.callback_url, Allowlist.parse(settings.callback_allow))
     return req
+
+
+def check_request(req: JobRequest, settings: Settings) -> None:
+    """Every bound a request must meet in this queue, or InvalidRequestError saying which.
+    The client checks before writing; the worker checks again (raw producers bypass the client)."""
+    problem = req.wire_problem()
+    if problem:
+        raise InvalidRequestError(f"invalid job request: {problem}")
+    if req.priority > settings.max_priority:
+        raise InvalidRequestError(f"priority {req.priority} is above the maximum {settings.max_priority} "
+                                  "(QINFER_MAX_PRIORITY)")
+    tokens = req.estimated_tokens()
+    if tokens > settings.max_queued_tokens:
+        # not QueueFullError: no amount of waiting admits it, so a client retrying on "full" would spin
+        raise InvalidRequestError(
+            f"this job alone is about {tokens} tokens (prompt + max_tokens * n), above the queue's bound "
+            f"of {settings.max_queued_tokens} (QINFER_MAX_QUEUED_TOKENS): lower max_tokens or n")
 
 
 def submit_call(keys: Keys, settings: Settings, req: JobRequest) -> tuple[list[str], list[Any]]:

@@ -81,11 +81,18 @@ end
 return out
 """
 
-# KEYS: job, cancel flag. ARGV: worker, now
+# KEYS: job, cancel flag. ARGV: worker, now, payload ('' = none), enqueued_at, model, priority
 # Mark a delivered job running and count the delivery; report terminal ones untouched.
+# A raw producer's entry (a payload, no job hash yet) first gets the job hash a submit writes
+# (without `tokens`: it was not admitted by submit), so it is counted and dead-lettered alike.
 START = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {false} end
+if not st then
+  if ARGV[3] == '' then return {false} end
+  redis.call('HSET', KEYS[1], 'request', ARGV[3], 'status', 'queued', 'model', ARGV[5],
+             'priority', ARGV[6], 'queued_at', ARGV[4], 'attempts', '0')
+  st = 'queued'
+end
 if st ~= 'queued' and st ~= 'running' then return {st} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])

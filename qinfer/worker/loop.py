@@ -21,7 +21,7 @@ from typing import Optional
 from qinfer import metrics
 from qinfer.config import Settings
 from qinfer.queue.consumer import Consumer, Delivery
-from qinfer.queue.records import delta_fields, error_json, output_json
+from qinfer.queue.records import delta_fields, error_json, output_json, safe_text
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.worker import jobs
 from qinfer.worker.engine_protocol import Engine
@@ -166,11 +166,12 @@ class Worker:
     def _try_start(self, d: Delivery) -> Optional[Final]:
         """Start d in the engine; or the Final that ends it without running."""
         if d.job_id is None:
-            return self._fail(d, "malformed_payload", "stream entry has no job id", dead_letter=True)
+            return self._fail(d, "malformed_payload", "stream entry has no job id (field 'id': 1-128 letters, "
+                                                      "digits, '.', '_' or '-')", dead_letter=True)
         if d.attempts > self.settings.max_attempts:
             return self._dead_letter(d)
         try:
-            return self._start(d, jobs.parse_request(d, self.model_name))
+            return self._start(d, jobs.parse_request(d, self.model_name, self.settings))
         except JobRejected as e:
             metrics.jobs_rejected.labels(code=e.code, **self._labels).inc()
             log.info("job %s rejected: %s", d.job_id, e.message)
@@ -178,7 +179,7 @@ class Worker:
         except Exception as e:      # the engine failed on this job alone: retry it, then dead-letter
             log.exception("job %s: engine error on admission; handing it back", d.job_id)
             metrics.engine_errors.labels(**self._labels).inc()
-            d.last_error = f"{type(e).__name__}: {e}"
+            d.last_error = safe_text(f"{type(e).__name__}: {e}")
             self.consumer.hand_back([d], graceful=False)
             return None
 
@@ -231,7 +232,7 @@ class Worker:
         if self.num_engine_failures > 2 and not live:
             raise SystemExit("engine keeps failing with no job of its own: exiting for a fresh start")
         for job in live:
-            job.delivery.last_error = f"{type(e).__name__}: {e}"
+            job.delivery.last_error = safe_text(f"{type(e).__name__}: {e}")
             self._abort(job, "handback")
         self.consumer.hand_back([j.delivery for j in live], graceful=False)
 
@@ -264,8 +265,6 @@ class Worker:
         fields["finished_at"] = f"{time.time():.6f}"      # the engine's finish, before the write
         if job.first_token_at is not None:
             fields["first_token_at"] = f"{job.first_token_at:.6f}"
-        if job.delivery.request_json is None:       # a raw payload: keep the request next to its result
-            fields["request"] = job.request.model_dump_json()
         return Final(job.delivery, status, fields)
 
     def _observe_tokens(self, job: InFlight, usage) -> None:
@@ -300,8 +299,8 @@ class Worker:
                      final.delivery.job_id)
             return
         metrics.request_success.labels(status=final.status, **self._labels).inc()
-        if job is not None:
-            metrics.e2e_request_latency.labels(**self._labels).observe(time.time() - (job.delivery.queued_at or 0))
+        if job is not None and job.delivery.queued_at:
+            metrics.e2e_request_latency.labels(**self._labels).observe(time.time() - job.delivery.queued_at)
 
     def _forget(self, job: InFlight) -> None:
         self.in_flight.pop(job.request_id, None)
