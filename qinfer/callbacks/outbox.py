@@ -21,6 +21,7 @@ from typing import Callable
 import redis
 
 from qinfer.queue.keys import Keys
+from qinfer.queue.outage import REDIS_DOWN, Outage
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class OutboxRelay:
     """Moves outbox entries (and due retries) into Celery via `publish(job_id)`."""
 
     def __init__(self, client: redis.Redis, keys: Keys, publish: Callable[[str], None],
-                 claim_idle_s: float, block_s: float = 0.5):
+                 claim_idle_s: float, block_s: float = 0.5, outage_limit_s: float = 300.0):
         self.client, self.keys, self.publish = client, keys, publish
+        self.outage = Outage(outage_limit_s, "callbacks relay")
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.block_ms = int(block_s * 1000)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -62,14 +64,21 @@ class OutboxRelay:
                 raise
 
     def run(self, stop: threading.Event) -> None:
-        self.ensure_group()
+        """Relay until `stop`; Redis away: retry with backoff (logged once), and raise
+        RedisUnavailableError past the outage limit."""
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:   # a broker or Redis outage must not end the relay thread
+                self.outage.ended()
+            except REDIS_DOWN as e:
+                stop.wait(self.outage.failed(e))
+            except Exception:   # a broker failure must not end the relay thread
                 log.exception("callback relay step failed; retrying")
                 stop.wait(1.0)
-        self.close()
+        try:
+            self.close()
+        except REDIS_DOWN:
+            pass                # our pending entries are reclaimed by the next relay
 
     def run_once(self) -> int:
         """One pass: due retries -> outbox, reclaim entries of dead relays, relay new ones."""
@@ -88,17 +97,28 @@ class OutboxRelay:
             self.client.xgroup_delconsumer(self.keys.callback_outbox(), RELAY_GROUP, self.consumer)
 
     def _read_new(self) -> list:
-        reply = self.client.xreadgroup(RELAY_GROUP, self.consumer, {self.keys.callback_outbox(): ">"},
-                                       count=BATCH, block=self.block_ms)
+        reply = self._in_group(lambda: self.client.xreadgroup(
+            RELAY_GROUP, self.consumer, {self.keys.callback_outbox(): ">"}, count=BATCH, block=self.block_ms))
         return reply[0][1] if reply else []
 
     def _reclaim(self) -> list:
         if time.monotonic() < self._next_claim_at:
             return []
         self._next_claim_at = time.monotonic() + self.claim_idle_ms / 2000
-        reply = self.client.xautoclaim(self.keys.callback_outbox(), RELAY_GROUP, self.consumer,
-                                       self.claim_idle_ms, "0-0", count=BATCH)
-        return [e for e in reply[1] if e[1]]   # entries deleted meanwhile come back empty
+        reply = self._in_group(lambda: self.client.xautoclaim(
+            self.keys.callback_outbox(), RELAY_GROUP, self.consumer, self.claim_idle_ms, "0-0", count=BATCH))
+        return [e for e in reply[1] if e[1]] if reply else []   # entries deleted meanwhile come back empty
+
+    def _in_group(self, read: Callable[[], list]) -> list:
+        """read(), creating the group first when it is missing (the first run, or a Redis that
+        came back without its data); then nothing was read."""
+        try:
+            return read()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.ensure_group()
+            return []
 
     def _relay(self, entry_id: str, fields: dict) -> None:
         self.publish(fields["job_id"])

@@ -25,6 +25,7 @@ from qinfer.signing import parse_secrets, sign
 from qinfer.ssrf import Allowlist
 from qinfer.config import Settings
 from qinfer.queue.keys import Keys
+from qinfer.queue.outage import connection_options
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> "Runtime":
         secrets = tuple((settings.webhook_secret or "").replace(",", " ").split())
         parse_secrets(secrets)   # fail at start-up, not at the first delivery
-        return cls(redis.Redis.from_url(settings.redis_url, decode_responses=True),
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True, **connection_options(settings))
+        return cls(client,
                    Keys(settings.key_prefix), secrets, Allowlist.parse(settings.callback_allow),
                    tuple(settings.callback_retry_delays), settings.callback_timeout_s)
 

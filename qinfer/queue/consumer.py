@@ -22,6 +22,10 @@ from qinfer.queue.records import load_request_json
 _JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+def is_job_id(text: str) -> bool:
+    return bool(_JOB_ID.match(text))
+
+
 def as_str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -55,7 +59,7 @@ class Delivery:
     def job_id(self) -> Optional[str]:
         """The entry's job id; None when missing or not a usable id (such an entry is dead-lettered)."""
         job_id = self.fields.get("id", "")
-        return job_id if _JOB_ID.match(job_id) else None
+        return job_id if is_job_id(job_id) else None
 
     @property
     def enqueued_at(self) -> float:

@@ -8,6 +8,12 @@ Retries run alone: a delivery with attempts > 1 may be what crashed the last
 worker, so it waits for an empty engine and nothing joins it. A poison job
 then only ever takes itself down and reaches the dead-letter stream; its
 batch mates of the first crash finish on their retry.
+
+Redis outages are ridden out: while Redis is away the engine keeps stepping its
+running jobs, their results wait in memory (`unwritten`), and the worker retries
+with backoff (queue/outage.py); on reconnect it writes them (idempotent by job
+id), reads the cancel flags it may have missed and renews its leases at once. It
+exits (code 18) only past QINFER_REDIS_OUTAGE_LIMIT_S.
 """
 from __future__ import annotations
 
@@ -20,8 +26,11 @@ from typing import Optional
 
 from qinfer import metrics
 from qinfer.config import Settings
+from qinfer.errors import RedisUnavailableError
 from qinfer.queue.consumer import Consumer, Delivery
+from qinfer.queue.outage import REDIS_DOWN, REDIS_OUTAGE_EXIT_CODE, Outage
 from qinfer.queue.records import delta_fields, error_json, output_json, safe_text
+from qinfer.queue.unserved import UnservedSweep
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.worker import jobs
 from qinfer.worker.engine_protocol import Engine
@@ -42,6 +51,12 @@ class Worker:
         self.isolated: Optional[str] = None              # request id of the retry running alone
         self.draining_until: Optional[float] = None
         self.num_engine_failures = 0
+        # terminal writes and stream deltas not yet in Redis; each final with its job (None: never ran)
+        self.unwritten: list[tuple[Final, Optional[InFlight]]] = []
+        self.unwritten_deltas: list[tuple[str, dict]] = []
+        self.is_connected = False
+        self.outage = Outage(settings.redis_outage_limit_s, f"worker {consumer.name}")
+        self.sweep = UnservedSweep(consumer.redis, consumer.keys, settings, model_name)
         self._next_lease_tick = self._next_reclaim = 0.0
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
@@ -51,8 +66,6 @@ class Worker:
         """Serve until SIGTERM/SIGINT, then drain: finish or hand back within the grace period."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.consumer.ensure_groups()
-        self._pubsub.subscribe(self.consumer.keys.cancel_channel())
         # The model, tokenizer and imports live as long as the worker: keep their ~300k objects out
         # of full collections, which the per-job garbage (deliveries, requests, replies) triggers:
         # one took ~0.2 s per 1,000 tiny-model jobs, where LLM.generate on the same jobs ran none.
@@ -70,19 +83,63 @@ class Worker:
     def _done(self) -> bool:
         if self.draining_until is None:
             return False
-        return not self.in_flight or time.monotonic() >= self.draining_until
+        idle = not self.in_flight and not self.unwritten
+        return idle or time.monotonic() >= self.draining_until
 
     def _shutdown(self) -> None:
-        leftovers = self._held()
-        if leftovers:
-            log.info("handing back %d jobs", len(leftovers))
-            self.consumer.hand_back(leftovers, graceful=True)
-        self.heartbeat.stop()
-        self.consumer.forget()
+        try:
+            self._flush()
+            leftovers = self._held()
+            if leftovers:
+                log.info("handing back %d jobs", len(leftovers))
+                self.consumer.hand_back(leftovers, graceful=True)
+            self.heartbeat.stop()
+            self.consumer.forget()
+        except REDIS_DOWN as e:     # nothing is lost: the entries stay pending and are reclaimed
+            log.warning("Redis unreachable while stopping (%s): %d results unwritten; other workers "
+                        "rerun these jobs once their leases run out", e, len(self.unwritten))
         self._pubsub.close()
 
     # --- one turn of the loop ---
     def _tick(self) -> None:
+        try:
+            if not self.is_connected:
+                if not self.outage.retry_due():
+                    self._offline_tick()
+                    return
+                self._connect()
+            self._online_tick()
+        except REDIS_DOWN as e:
+            self.is_connected = False
+            try:
+                self.outage.failed(e)
+            except RedisUnavailableError as gone:
+                log.critical("%s; exiting with code %d (held jobs are reclaimed by other workers once "
+                             "Redis is back)", gone, REDIS_OUTAGE_EXIT_CODE)
+                raise SystemExit(REDIS_OUTAGE_EXIT_CODE) from None
+
+    def _connect(self) -> None:
+        """(Re)join Redis: groups and cancel channel (redis-py re-subscribes a dropped one), the
+        results computed meanwhile, cancellations published meanwhile, leases renewed at once."""
+        self.consumer.ensure_groups()
+        if not self._pubsub.channels:
+            self._pubsub.subscribe(self.consumer.keys.cancel_channel())
+        self._flush()
+        for d in self.consumer.cancel_flags([j.delivery for j in self._live()]):
+            self._cancel(d.job_id)
+        self._next_lease_tick = 0.0
+        self.is_connected = True
+        self.outage.ended()
+
+    def _offline_tick(self) -> None:
+        """Redis is away: running jobs go on; their results wait for the reconnect."""
+        self._enforce_run_timeouts()
+        if self.engine.has_unfinished_requests():
+            self._step()
+        else:
+            time.sleep(min(self.outage.seconds_until_retry(), self.settings.idle_block_s))
+
+    def _online_tick(self) -> None:
         self._lease_tick()
         self._read_cancels()
         self._enforce_run_timeouts()
@@ -102,6 +159,9 @@ class Worker:
         for d in self.consumer.renew(self._held()):
             self._lost(d)
         self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog))
+        if num_failed := self.sweep.maybe_run():
+            log.info("failed %d jobs of models no worker served for %.0fs (unknown_model)", num_failed,
+                     self.settings.unknown_model_timeout_s)
         self._update_gauges()
         depth, pending = self.consumer.depth()
         metrics.queue_depth.labels(**self._labels).set(depth)
@@ -111,7 +171,8 @@ class Worker:
         return [j for j in self.in_flight.values() if j.stop_reason is None]
 
     def _held(self) -> list[Delivery]:
-        return [j.delivery for j in self._live()] + list(self.backlog)
+        """Entries this worker holds: in the engine, waiting to run alone, or finished and unwritten."""
+        return [j.delivery for j in self._live()] + list(self.backlog) + [f.delivery for f, _ in self.unwritten]
 
     def _lost(self, d: Delivery) -> None:
         log.warning("job %s: lease lost to another worker", d.job_id)
@@ -159,9 +220,9 @@ class Worker:
                 finals.append((final, None))
             elif alone and jobs.engine_request_id(d) in self.in_flight:
                 self.isolated = jobs.engine_request_id(d)
+        self._write([], finals)       # first: these must survive a failing ack below
         if skipped:
             self.writer.ack_skipped(skipped)
-        self._write([], finals)
 
     def _try_start(self, d: Delivery) -> Optional[Final]:
         """Start d in the engine; or the Final that ends it without running."""
@@ -244,10 +305,9 @@ class Worker:
                           for c in out.outputs if c.new_text or c.new_token_ids)
         if out.finished:
             final = self._final(job, out)
+            self._forget(job)       # out of the engine; its final is held until written
             if final is not None:
                 finals.append((final, job))
-            else:
-                self._forget(job)
 
     def _final(self, job: InFlight, out) -> Optional[Final]:
         if job.stop_reason in ("lease_lost", "handback"):
@@ -285,12 +345,20 @@ class Worker:
 
     # --- writes and bookkeeping ---
     def _write(self, deltas: list, finals: list[tuple[Final, Optional[InFlight]]]) -> None:
-        """Write deltas and terminals; each final travels with its in-flight job (None: never ran)."""
-        written = self.writer.flush(deltas, [final for final, _ in finals])
+        """Queue deltas and terminals for writing, and write them unless Redis is away."""
+        self.unwritten_deltas += deltas
+        self.unwritten += finals
+        if self.is_connected:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what waits, in one round trip; kept for the next try if Redis fails meanwhile."""
+        if not self.unwritten and not self.unwritten_deltas:
+            return
+        written = self.writer.flush(self.unwritten_deltas, [final for final, _ in self.unwritten])
+        finals, self.unwritten, self.unwritten_deltas = self.unwritten, [], []
         for (final, job), ok in zip(finals, written):
             self._observe(final, job, ok)
-            if job is not None:
-                self._forget(job)
 
     def _observe(self, final: Final, job: Optional[InFlight], written: bool) -> None:
         if not written:
@@ -314,11 +382,13 @@ class Worker:
 
     def _read_cancels(self) -> None:
         while (msg := self._pubsub.get_message(timeout=0)) is not None:
-            job_id = msg["data"].decode()
-            for job in self.in_flight.values():
-                if job.delivery.job_id == job_id:
-                    log.info("job %s: cancelled while running", job_id)
-                    self._abort(job, "cancel")
+            self._cancel(msg["data"].decode())
+
+    def _cancel(self, job_id: str) -> None:
+        for job in self.in_flight.values():
+            if job.delivery.job_id == job_id:
+                log.info("job %s: cancelled while running", job_id)
+                self._abort(job, "cancel")
 
     def _enforce_run_timeouts(self) -> None:
         now = time.monotonic()
