@@ -28,9 +28,9 @@ class RestartableRedis:
     """A redis-server that a test kills (-9) and restarts on the same port and AOF directory.
     `appendfsync always`: every acknowledged write survives the kill."""
 
-    def __init__(self, data_dir: Path, binary: str | None = None):
+    def __init__(self, data_dir: Path, binary: str | None = None, appendonly: str = "yes"):
         self.port, self.data_dir = free_port(), Path(data_dir)
-        self.binary = binary or redis_server_binary()
+        self.binary, self.appendonly = binary or redis_server_binary(), appendonly
         self.process: subprocess.Popen | None = None
 
     @property
@@ -40,7 +40,7 @@ class RestartableRedis:
     def start(self) -> "RestartableRedis":
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--appendonly", self.appendonly, "--appendfsync", "always",
              "--logfile", str(self.data_dir / "redis.log")], stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         wait_until(lambda: _answers(client), timeout=20)
