@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     worker_args = ("--served-model-name", "bench", "--device", args.device,
                    *(x for k, v in ENGINE_SETTINGS.items() for x in (f"--{k.replace('_', '-')}", str(v))))
     with EmbeddedRedis() as server:
-        client = Client(settings=Settings(redis_url=server.url, max_queued_jobs=10**7))
+        client = Client(settings=Settings(redis_url=server.url, max_queued_jobs=10**7), require_live_model=False)
         rate = enqueue_rate(client, args.enqueue_jobs)
         t_local = in_process(model, args.device, args.threads, args.jobs, args.max_tokens, args.repeats)
         # OMP_NUM_THREADS sets the worker's torch thread count, as set_num_threads did in-process

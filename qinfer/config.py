@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     submit_chunk_size: int = 500           # jobs per pipelined round trip in submit_many
     affinity_routing: bool = True          # jobs sharing a prompt prefix go to one worker by preference
     affinity_prefix_chars: int = 256       # leading prompt characters that make the affinity key
+    redis_timeout_s: float = 10.0          # connect / reply timeout of one Redis call (a silent network)
+    redis_outage_limit_s: float = 300.0    # Redis away this long: workers exit, wait/stream raise
+    require_live_model: bool = True        # submit refuses a model no live worker serves
+    unknown_model_timeout_s: float = 600.0  # queued jobs of a model unserved this long fail; 0 = never
+    submit_wait_aof: bool = False          # submit returns once Redis fsynced the job (WAITAOF, >= 7.2)
+    submit_wait_aof_replicas: int = 0      # ... and this many replicas did too
 
     # --- worker ---
     served_model_name: Optional[str] = None   # None: the model directory's base name

@@ -33,3 +33,23 @@ class IdempotencyConflictError(QinferError):
 
 class NoRedisError(QinferError):
     """No Redis URL was given and QINFER_REDIS_URL is not set."""
+
+
+class UnknownModelError(InvalidRequestError):
+    """No live worker serves the requested model (checked at submit; opt out with
+    QINFER_REQUIRE_LIVE_MODEL=0 or Client(require_live_model=False)); nothing was written."""
+
+
+class RedisUnavailableError(QinferError, ConnectionError):
+    """Redis could not be reached (down, restarting, failing over, or the network between):
+    raised by the client after its own timeout instead of a raw redis-py exception."""
+
+
+class DurabilityError(QinferError):
+    """A submit could not be made durable as configured (QINFER_SUBMIT_WAIT_AOF): the server
+    cannot WAITAOF, or did not confirm the fsync in time. `job_ids`: jobs already enqueued
+    (empty when nothing was written)."""
+
+    def __init__(self, message: str, job_ids: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.job_ids = job_ids

@@ -1,4 +1,7 @@
-"""LLM: the offline API, generate() over a list of prompts on one in-process engine."""
+"""LLM: the offline API, generate() over a list of prompts on one in-process engine.
+
+`with LLM(...) as llm:` (or llm.close()) stops its tensor-parallel ranks when done.
+"""
 from __future__ import annotations
 
 import itertools
@@ -24,6 +27,19 @@ class LLM:
                               seed=seed, **engine_kwargs)
         self.engine = LLMEngine(config)
         self._request_counter = itertools.count()
+        self.is_closed = False
+
+    def close(self) -> None:
+        """Stop the engine's tensor-parallel ranks and free their process group; safe to call twice.
+        Another LLM with tensor_parallel_size > 1 can then be made in this process."""
+        self.engine.close()
+        self.is_closed = True
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def get_tokenizer(self):
         return self.engine.tokenizer
@@ -32,6 +48,8 @@ class LLM:
                  sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         """Complete every prompt; outputs in input order. Bad prompts raise before anything runs."""
+        if self.is_closed:
+            raise RuntimeError("this LLM is closed: make a new one")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         params = _params_per_prompt(sampling_params, len(prompts))
         token_ids = [self._validate(prompt, p) for prompt, p in zip(prompts, params)]

@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from qinfer.signing import SECRET_PREFIX, parse_secrets
 from qinfer.sampling_params import SamplingParams
 
+# Bounds every request meets before it is written (the worker checks them again: raw producers
+# bypass the client). Deeper nesting breaks JSON tools (Python's json raises RecursionError near
+# 1,000 levels); a lone UTF-16 surrogate cannot be encoded as UTF-8 at all.
+MAX_NESTING_DEPTH = 32              # levels of JSON objects / arrays in any field
+MAX_METADATA_BYTES = 64 * 1024      # metadata as JSON
+
 
 class JobStatus(str, enum.Enum):
     QUEUED = "queued"
@@ -82,6 +88,17 @@ class JobRequest(BaseModel):
                              "(qinfer.callbacks.generate_secret())")
         return value
 
+    def wire_problem(self) -> Optional[str]:
+        """Why this request cannot travel as JSON (invalid Unicode, too deep, metadata too big), or None."""
+        for name, value in self:
+            problem = _container_problem(value)
+            if problem:
+                return f"{name}: {problem}"
+        size = len(json.dumps(self.metadata))
+        if size > MAX_METADATA_BYTES:
+            return f"metadata: {size} bytes of JSON, above the limit of {MAX_METADATA_BYTES}"
+        return None
+
     def estimated_tokens(self) -> int:
         """Admission-control size: prompt (ids exact, text ~4 bytes/token) + max_tokens per completion."""
         if self.prompt_token_ids is not None:
@@ -95,6 +112,33 @@ class JobRequest(BaseModel):
         """Digest of everything but the idempotency key: same key + other request is a conflict."""
         body = self.model_dump(mode="json", exclude={"idempotency_key"})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _container_problem(value: Any) -> Optional[str]:
+    """Walks `value` without recursion (it may be nested far too deep for that)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, BaseModel):
+            stack.extend((v, depth) for _, v in item)
+        elif isinstance(item, str):
+            if not is_valid_unicode(item):
+                return ("text is not valid Unicode (a lone UTF-16 surrogate such as half an emoji, "
+                        "or bytes that are not UTF-8); send well-formed UTF-8")
+        elif isinstance(item, (dict, list, tuple)):
+            if depth >= MAX_NESTING_DEPTH:
+                return f"nested deeper than {MAX_NESTING_DEPTH} levels of objects / arrays"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Usage(BaseModel):

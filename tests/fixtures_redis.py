@@ -1,13 +1,16 @@
 """A private redis-server per test session (never the machine's own Redis), and worker helpers."""
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from qinfer.config import Settings
-from qinfer.embedded_redis import EmbeddedRedis
+from qinfer.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 from qinfer.fleet import Fleet
 from qinfer.queue.keys import NUM_LANES, Keys
 
@@ -22,6 +25,51 @@ def redis_server():
         yield server
 
 
+class RestartableRedis:
+    """A redis-server that a test kills (-9) and restarts on the same port and AOF directory.
+    `appendfsync always`: every acknowledged write survives the kill."""
+
+    def __init__(self, data_dir: Path, binary: str | None = None, appendonly: str = "yes"):
+        self.port, self.data_dir = free_port(), Path(data_dir)
+        self.binary, self.appendonly = binary or redis_server_binary(), appendonly
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RestartableRedis":
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--save", "", "--appendonly", self.appendonly, "--appendfsync", "always",
+             "--logfile", str(self.data_dir / "redis.log")], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        wait_until(lambda: _answers(client), timeout=20)
+        return self
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.kill()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:     # not listening yet, or still loading its AOF
+        return False
+
+
+@pytest.fixture
+def restartable_redis(tmp_path):
+    server = RestartableRedis(tmp_path).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server):
     """URL of the session's private Redis, emptied before each test."""
@@ -31,7 +79,9 @@ def redis_url(redis_server):
 
 @pytest.fixture
 def test_settings(redis_url) -> Settings:
-    return Settings(redis_url=redis_url, **{k[len("QINFER_"):].lower(): v for k, v in TEST_ENV.items()})
+    # require_live_model off: these tests submit ahead of (or without) workers
+    return Settings(redis_url=redis_url, require_live_model=False,
+                    **{k[len("QINFER_"):].lower(): v for k, v in TEST_ENV.items()})
 
 
 @pytest.fixture

@@ -26,13 +26,21 @@ def configure_app(settings: Settings) -> Celery:
     visibility_s = settings.callback_visibility_timeout_s
     app.conf.update(
         broker_url=broker_url,
+        # a Redis restart or failover is ridden out: Celery reconnects for as long as it takes;
+        # the relay thread ends the worker past QINFER_REDIS_OUTAGE_LIMIT_S (worker.py)
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
         broker_transport_options={
             "visibility_timeout": visibility_s,
             "global_keyprefix": Keys(settings.key_prefix).celery_prefix(),
             # look for abandoned messages a few times per visibility timeout
             "unacked_restore_interval": max(1.0, visibility_s / 4),
             "unacked_restore_throttle": 1,
+            # a silent network fails a call instead of hanging the consumer
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            "retry_on_timeout": True,
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
+from qinfer.queue.outage import REDIS_DOWN, Outage
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class OutboxRelay:
     """
 
     def __init__(self, client: redis.Redis, keys: Keys, publish: Callable[[str], None],
-                 claim_idle_s: float, block_s: float = 0.5):
+                 claim_idle_s: float, block_s: float = 0.5, outage_limit_s: float = 300.0):
         self.client, self.keys, self.publish = client, keys, publish
+        self.outage = Outage(outage_limit_s, "callbacks relay")
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.block_ms = int(block_s * 1000)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -65,20 +67,34 @@ class OutboxRelay:
         self._single_node = not isinstance(client, RedisCluster)
 
     def run(self, stop: threading.Event) -> None:
+        """Relay until `stop`; Redis away: retry with backoff (logged once), and raise
+        RedisUnavailableError past the outage limit."""
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:   # a broker or Redis outage must not end the relay thread
+                self.outage.ended()
+            except REDIS_DOWN as e:
+                stop.wait(self.outage.failed(e))
+            except Exception:   # a broker failure must not end the relay thread
                 log.exception("callback relay step failed; retrying")
                 stop.wait(1.0)
-        self.close()
+        try:
+            self.close()
+        except REDIS_DOWN:
+            pass                # our pending entries are reclaimed by the next relay
 
     def run_once(self) -> int:
         """One pass: due retries -> outbox, reclaim entries of dead relays, relay new ones."""
         slots = self.ensure_groups()
         for outbox, retries in slots:
             self._move_due(keys=[retries, outbox], args=[time.time(), BATCH])
-        entries = self._reclaim() + self._read_new()
+        try:
+            entries = self._reclaim() + self._read_new()
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self._outboxes = []          # a Redis back without its data: the next pass makes the groups
+            return 0
         for outbox, entry_id, fields in entries:
             self._relay(outbox, entry_id, fields)
         return len(entries)

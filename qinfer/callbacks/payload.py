@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 from qinfer.queue.batch_store import batch_from_hash
 from qinfer.queue.keys import BATCH_ID_PREFIX
-from qinfer.queue.records import result_from_hash
+from qinfer.queue.records import load_request_json, result_from_hash
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def build_delivery(job_id: str, fields: Mapping[str, str]) -> Optional[WebhookDe
     """The delivery for a job hash (or a batch hash), or None when it asked for no callback."""
     if job_id.startswith(BATCH_ID_PREFIX):
         return _batch_delivery(job_id, fields)
-    request = _request(fields)
+    request = load_request_json(fields.get("request"))
     url = request.get("callback_url")
     if not url:
         return None
@@ -55,10 +55,3 @@ def _batch_delivery(batch_id: str, fields: Mapping[str, str]) -> Optional[Webhoo
 def _body(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
 
-
-def _request(fields: Mapping[str, str]) -> dict:
-    try:
-        request = json.loads(fields.get("request") or "{}")
-    except ValueError:
-        return {}      # a malformed request never had a usable callback_url
-    return request if isinstance(request, dict) else {}

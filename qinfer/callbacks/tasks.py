@@ -27,6 +27,7 @@ from qinfer.ssrf import Allowlist
 from qinfer.config import Settings
 from qinfer.queue.connection import connect
 from qinfer.queue.keys import Keys
+from qinfer.queue.outage import connection_options
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> "Runtime":
         secrets = tuple((settings.webhook_secret or "").replace(",", " ").split())
         parse_secrets(secrets)   # fail at start-up, not at the first delivery
-        return cls(connect(settings.redis_url, decode_responses=True),
+        client = connect(settings.redis_url, decode_responses=True, **connection_options(settings))
+        return cls(client,
                    Keys(settings.key_prefix), secrets, Allowlist.parse(settings.callback_allow),
                    tuple(settings.callback_retry_delays), settings.callback_timeout_s)
 

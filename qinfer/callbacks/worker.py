@@ -12,6 +12,8 @@ from qinfer.callbacks.app import QUEUE, configure_app
 from qinfer.callbacks.outbox import OutboxRelay
 from qinfer.callbacks.tasks import deliver, runtime
 from qinfer.config import Settings, get_settings
+from qinfer.errors import RedisUnavailableError
+from qinfer.queue.outage import REDIS_OUTAGE_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,9 @@ def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Option
     rt = runtime()   # validates the secrets before any delivery is taken
     metrics.serve(settings.callback_metrics_port)
     relay = OutboxRelay(rt.client, rt.keys, lambda job_id: deliver.apply_async((job_id,)),
-                        settings.callback_relay_claim_idle_s)
+                        settings.callback_relay_claim_idle_s, outage_limit_s=settings.redis_outage_limit_s)
     stop = threading.Event()
-    relay_thread = threading.Thread(target=relay.run, args=(stop,), name="callbacks-relay", daemon=True)
+    relay_thread = threading.Thread(target=_relay_main, args=(relay, stop), name="callbacks-relay", daemon=True)
     relay_thread.start()
     try:
         app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", QUEUE,
@@ -41,6 +43,16 @@ def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Option
     finally:
         stop.set()
         relay_thread.join(timeout=5)
+
+
+def _relay_main(relay: OutboxRelay, stop: threading.Event) -> None:
+    try:
+        relay.run(stop)
+    except RedisUnavailableError as gone:
+        # past the outage limit: end the whole worker (its unacked deliveries are redelivered)
+        log.critical("%s; exiting with code %d", gone, REDIS_OUTAGE_EXIT_CODE)
+        logging.shutdown()
+        os._exit(REDIS_OUTAGE_EXIT_CODE)
 
 
 def _with_overrides(settings: Settings, **overrides) -> Settings:

@@ -173,6 +173,10 @@ class LLMEngine:
         self._executor_time_s += time.perf_counter() - start
         return result
 
+    def close(self) -> None:
+        """Stop the executor's tensor-parallel ranks and leave their process group (idempotent)."""
+        self.executor.close()
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 

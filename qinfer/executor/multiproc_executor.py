@@ -17,6 +17,10 @@ naming the rank; a worker's in-flight jobs are then reclaimed by other workers
 when their leases run out. The driver's own thread does the same if it finds a
 follower's pipe closed first (so the exit code never depends on that race). A
 follower whose driver dies exits on its own.
+
+One TP group per process (torch.distributed has one default group): a new
+FollowerRanks closes the one before it if its owner never did (an `LLM` replaced
+without close()); using the closed one then raises a clear error.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import os
 import operator
 import pickle
 import threading
-from typing import Any
+import weakref
+from typing import Any, Optional
 
 import torch
 
@@ -42,12 +47,15 @@ log = logging.getLogger(__name__)
 RANK_DIED_EXIT_CODE = 17
 _JOIN_TIMEOUT_S = 30
 _STEP = "execute_model_follower"
+_open_group: Optional["weakref.ref[FollowerRanks]"] = None    # this process's TP group, while open
 
 
 class FollowerRanks:
     def __init__(self, config: EngineConfig):
         """Spawn ranks 1..N-1, then join the group as rank 0 (returns once every rank has joined)."""
+        global _open_group
         world_size, device_type = config.tensor_parallel_size, torch.device(config.device).type
+        _close_open_group()
         disable_multicast()    # before the spawn: the followers inherit the environment
         store = create_store(world_size)
         self.pipes, self.processes = [], []
@@ -59,6 +67,7 @@ class FollowerRanks:
         atexit.register(self.close)
         init_tp_group(0, world_size, device_type, store=store)
         self._store = store   # kept alive: the group's rendezvous store lives in rank 0
+        _open_group = weakref.ref(self)
 
     def _spawn(self, config: EngineConfig, rank: int, store_port: int) -> None:
         context = mp.get_context("spawn")   # never fork a process that may hold CUDA or gloo state
@@ -79,6 +88,9 @@ class FollowerRanks:
         self._send((_STEP, (_compact(scheduler_output), driver_sampled_ids)))
 
     def _send(self, message: Any) -> None:
+        if self._closing.is_set():
+            raise RuntimeError("this tensor-parallel engine is closed (close() was called, or a newer "
+                               "tensor-parallel engine in this process replaced it: one TP group per process)")
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)   # once for every follower
         for rank, pipe in enumerate(self.pipes, start=1):
             try:
@@ -109,6 +121,11 @@ class FollowerRanks:
             if process.is_alive():
                 process.kill()
         destroy_tp_group()
+        atexit.unregister(self.close)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closing.is_set()
 
     def _watch(self) -> None:
         by_sentinel = {p.sentinel: rank for rank, p in enumerate(self.processes, start=1)}
@@ -126,6 +143,14 @@ class FollowerRanks:
             if other.is_alive():
                 other.kill()
         os._exit(RANK_DIED_EXIT_CODE)
+
+
+def _close_open_group() -> None:
+    previous = _open_group() if _open_group is not None else None
+    if previous is not None and not previous.is_closed:
+        log.warning("closing the tensor-parallel engine made before this one, which was never closed "
+                    "(one TP group per process: call LLM.close(), or use `with LLM(...)`)")
+        previous.close()
 
 
 # ---- the follower process ------------------------------------------------------------------

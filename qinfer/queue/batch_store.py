@@ -18,6 +18,7 @@ import redis
 
 from qinfer.batch_types import Batch, BatchErrors, BatchRequestCounts, BatchStatus
 from qinfer.queue import scripts
+from qinfer.queue.connection import register_script
 from qinfer.queue.keys import Keys
 
 TIME_FIELDS = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",
@@ -44,9 +45,9 @@ class BatchStore:
 
     def __init__(self, r: redis.Redis, keys: Keys, ttl_s: int):
         self.redis, self.keys, self.ttl_s = r, keys, ttl_s
-        self._claim = r.register_script(scripts.BATCH_CLAIM)
-        self._record = r.register_script(scripts.BATCH_RECORD)
-        self._settle = r.register_script(scripts.BATCH_SETTLE)
+        self._claim = register_script(r, scripts.BATCH_CLAIM)
+        self._record = register_script(r, scripts.BATCH_RECORD)
+        self._settle = register_script(r, scripts.BATCH_SETTLE)
 
     # --- the batch hash ---
     def create(self, fields: dict, owner: str) -> None:

@@ -6,7 +6,7 @@ go idle and are reclaimed by any worker once idle past the lease.
 """
 from __future__ import annotations
 
-import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -16,12 +16,30 @@ import redis
 from qinfer.config import Settings
 from qinfer.queue import scripts
 from qinfer.queue.connection import register_script
-from qinfer.queue.keys import CONSUMER_GROUP, Keys
+from qinfer.queue.keys import CONSUMER_GROUP, NUM_LANES, Keys
 from qinfer.queue.lanes import pull_order
+from qinfer.queue.records import load_request_json
+
+# A job id is part of key names: no ":" (job:<id>:events must not be another job's key), no braces.
+_JOB_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def is_job_id(text: str) -> bool:
+    return bool(_JOB_ID.match(text))
 
 
 def as_str(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _raw_text(v) -> str:
+    """What a producer wrote, decoded losslessly: bytes that are not UTF-8 become lone surrogates,
+    which the request checks refuse, and encode back to the same bytes."""
+    return v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+
+
+def _raw_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -41,7 +59,14 @@ class Delivery:
 
     @property
     def job_id(self) -> Optional[str]:
-        return self.fields.get("id") or None
+        """The entry's job id; None when missing or not a usable id (such an entry is dead-lettered)."""
+        job_id = self.fields.get("id", "")
+        return job_id if is_job_id(job_id) else None
+
+    @property
+    def enqueued_at(self) -> float:
+        """When the entry was added: stream entry ids start with the server's clock in ms."""
+        return int(self.entry_id.split("-")[0]) / 1000
 
     @property
     def payload(self) -> Optional[str]:
@@ -121,13 +146,23 @@ class Consumer:
         with_job = [d for d in deliveries if d.job_id]
         pipe = self.redis.pipeline(transaction=False)
         for d in with_job:
+            # a raw producer's entry gets the job hash a client's submit would have written
+            raw_job = [_raw_bytes(d.payload or ""), f"{d.enqueued_at:.6f}", self.model, self._priority(d)]
             self._start([self.keys.job(d.job_id), self.keys.job_cancel(d.job_id)],
-                        [self.name, f"{time.time():.6f}"], client=pipe)
+                        [self.name, f"{time.time():.6f}", *raw_job], client=pipe)
         for d, reply in zip(with_job, pipe.execute() if with_job else []):
             _fill(d, reply)
         for d in deliveries:
-            d.has_callback = _asks_for_callback(d)
+            d.has_callback = bool(load_request_json(d.request_json or d.payload).get("callback_url"))
         return deliveries
+
+    def cancel_flags(self, held: list[Delivery]) -> list[Delivery]:
+        """Held jobs whose cancel flag is set: after a reconnect, the cancellations published
+        while this worker was not subscribed."""
+        pipe = self.redis.pipeline(transaction=False)
+        for d in held:
+            pipe.exists(self.keys.job_cancel(d.job_id))
+        return [d for d, flagged in zip(held, pipe.execute() if held else []) if flagged]
 
     def renew(self, held: list[Delivery]) -> list[Delivery]:
         """Extend the lease of held entries; returns those another worker took over."""
@@ -156,25 +191,24 @@ class Consumer:
 
     def _delivery(self, key, entry_id, flat) -> Delivery:
         if isinstance(flat, dict):
-            fields = {as_str(k): as_str(v) for k, v in flat.items()}
+            fields = {_raw_text(k): _raw_text(v) for k, v in flat.items()}
         else:
-            fields = {as_str(flat[i]): as_str(flat[i + 1]) for i in range(0, len(flat), 2)}
+            fields = {_raw_text(flat[i]): _raw_text(flat[i + 1]) for i in range(0, len(flat), 2)}
         return Delivery(stream=as_str(key), entry_id=as_str(entry_id), fields=fields)
+
+    def _priority(self, d: Delivery) -> int:
+        return self.settings.max_priority - self.streams.index(d.stream) // NUM_LANES   # lanes in order per priority
 
 
 def _asks_for_callback(d: Delivery) -> bool:
-    try:
-        request = json.loads(d.request_json or d.payload or "{}")
-    except ValueError:
-        return False       # a malformed request never had a usable callback_url
-    return isinstance(request, dict) and bool(request.get("callback_url"))
+    return bool(load_request_json(d.request_json or d.payload).get("callback_url"))
 
 
 def _fill(d: Delivery, reply: list) -> None:
     d.status = as_str(reply[0]) if reply[0] else None
     if len(reply) > 1:
         d.attempts = int(reply[1])
-        d.request_json = as_str(reply[2]) if reply[2] else None
+        d.request_json = _raw_text(reply[2]) if reply[2] else None
         d.queued_at = float(reply[3] or 0)
-        d.last_error = as_str(reply[4])
+        d.last_error = _raw_text(reply[4])
         d.cancel_requested = bool(reply[5])

@@ -90,6 +90,9 @@ class Keys:
     def models(self) -> str:                      # set of model names that have queues
         return f"{self._p}models"
 
+    def models_seen(self) -> str:                 # hash: served model name -> last worker heartbeat (unix s)
+        return f"{self._p}models:seen"
+
     # --- workers ---
     def worker(self, name: str) -> str:           # hash with TTL: heartbeat / health
         return f"{self._p}worker:{name}"

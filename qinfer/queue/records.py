@@ -14,7 +14,8 @@ from qinfer.schema import Completion, JobError, JobResult, JobStatus, StreamDelt
 
 
 def _text(v: Any) -> Optional[str]:
-    return v.decode() if isinstance(v, bytes) else v
+    # "replace": a raw producer may have stored bytes that are not UTF-8 (the job fails, readably)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
 def _float(v: Any) -> Optional[float]:
@@ -34,18 +35,26 @@ def result_from_hash(job_id: str, raw: dict) -> JobResult:
         usage=Usage(**output.get("usage", {})),
         timings=Timings(**{k: _float(h.get(k)) for k in Timings.model_fields}),
         attempts=int(h.get("attempts") or 0), duplicates=int(h.get("duplicates") or 0),
-        worker=h.get("worker"), metadata=_metadata(h.get("request")))
+        worker=h.get("worker"), metadata=load_request_json(h.get("request")).get("metadata") or {})
 
 
-def _metadata(request_json: Optional[str]) -> dict:
+def load_request_json(request_json: Optional[str]) -> dict:
+    """A stored request as a dict; {} for one that is not a JSON object (a raw producer's malformed
+    payload, reported through the job's `error`), however deeply it nests."""
     try:
-        return json.loads(request_json).get("metadata") or {}
-    except (TypeError, ValueError, AttributeError):
-        return {}      # malformed requests are reported through `error`
+        request = json.loads(request_json or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+def safe_text(text: str) -> str:
+    """`text` as valid Unicode: an error message may quote a user's broken input."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_json(code: str, message: str) -> str:
-    return JobError(code=code, message=message).model_dump_json()
+    return JobError(code=code, message=safe_text(message)).model_dump_json()
 
 
 def output_json(outputs: list[Completion], usage: Usage, prompt_logprobs: Optional[list] = None) -> str:

@@ -4,11 +4,12 @@ Every key a script touches is passed in KEYS (built by queue/keys.py), and every
 list stays within one model's hash tag, so the scripts are legal on Redis Cluster.
 """
 
-# KEYS: job, queue stream, queued counts, idempotency key (the models set is added to beside it:
-# it lives in the deployment's slot, not the model's)
+# KEYS: job, queue stream, queued counts (its 'seen' field: the model's last worker heartbeat),
+# idempotency key. The models set is added to beside the call: it lives in the deployment's slot.
 # ARGV: job_id, request_json, tokens, max_jobs, max_tokens, now, model, priority,
-#       fingerprint ('' = no idempotency key), idempotency ttl, group
-# Check the idempotency key and the admission bounds before writing anything.
+#       fingerprint ('' = no idempotency key), idempotency ttl, group,
+#       live window s ('' = do not require a live worker for the model)
+# Check the idempotency key, the model's liveness and the admission bounds before writing anything.
 SUBMIT = """
 if ARGV[9] ~= '' then
   local prev = redis.call('GET', KEYS[4])
@@ -19,6 +20,12 @@ if ARGV[9] ~= '' then
     return {'conflict', prev_id}
   end
 end
+if ARGV[12] ~= '' then
+  local seen = tonumber(redis.call('HGET', KEYS[3], 'seen') or '0')
+  if tonumber(ARGV[6]) - seen > tonumber(ARGV[12]) then
+    return {'unknown_model', ''}     -- the client lists the live models (a cross-slot read)
+  end
+end
 local jobs = tonumber(redis.call('HGET', KEYS[3], 'jobs') or '0')
 local tokens = tonumber(redis.call('HGET', KEYS[3], 'tokens') or '0')
 if jobs + 1 > tonumber(ARGV[4]) then return {'full_jobs', tostring(jobs)} end
@@ -26,9 +33,10 @@ if tokens + tonumber(ARGV[3]) > tonumber(ARGV[5]) then return {'full_tokens', to
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[11], '0', 'MKSTREAM')
 end
+local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
 redis.call('HSET', KEYS[1], 'request', ARGV[2], 'status', 'queued', 'model', ARGV[7],
-           'priority', ARGV[8], 'queued_at', ARGV[6], 'attempts', '0', 'tokens', ARGV[3])
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[1])
+           'priority', ARGV[8], 'queued_at', ARGV[6], 'attempts', '0', 'tokens', ARGV[3], 'entry', entry,
+           'stream', KEYS[2])
 redis.call('HINCRBY', KEYS[3], 'jobs', 1)
 redis.call('HINCRBY', KEYS[3], 'tokens', ARGV[3])
 if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10]) end
@@ -81,11 +89,18 @@ end
 return out
 """
 
-# KEYS: job, cancel flag. ARGV: worker, now
+# KEYS: job, cancel flag. ARGV: worker, now, payload ('' = none), enqueued_at, model, priority
 # Mark a delivered job running and count the delivery; report terminal ones untouched.
+# A raw producer's entry (a payload, no job hash yet) first gets the job hash a submit writes
+# (without `tokens`: it was not admitted by submit), so it is counted and dead-lettered alike.
 START = """
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {false} end
+if not st then
+  if ARGV[3] == '' then return {false} end
+  redis.call('HSET', KEYS[1], 'request', ARGV[3], 'status', 'queued', 'model', ARGV[5],
+             'priority', ARGV[6], 'queued_at', ARGV[4], 'attempts', '0')
+  st = 'queued'
+end
 if st ~= 'queued' and st ~= 'running' then return {st} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
@@ -131,11 +146,11 @@ end
 return {cursors, found}
 """
 
-# KEYS: job hashes. Status and admission size of each, read under WATCH.
+# KEYS: job hashes. Status, admission size, last writer and attempts of each, read under WATCH.
 STATUSES = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  out[i] = redis.call('HMGET', key, 'status', 'tokens', 'model')
+  out[i] = redis.call('HMGET', key, 'status', 'tokens', 'model', 'worker', 'attempts')
 end
 return out
 """
@@ -166,6 +181,46 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 redis.call('DEL', KEYS[4])
 redis.call('XACK', KEYS[5], ARGV[4], ARGV[5])
 redis.call('XDEL', KEYS[5], ARGV[5])
+"""
+
+# KEYS: job, queued counts (its 'seen' field: the model's last worker heartbeat), queue stream,
+#       done list, events stream, queued counts, the callback outbox of the job's slot
+# ARGV: now, timeout_s, ttl, group, entry id ('' = the job hash's), model, error JSON,
+#       raw payload ('' = none), job id
+# Fail a job still queued for a model no worker has served for timeout_s (a typo, or workers
+# never came): called by the client's wait/stream and by every worker's sweep, so it works with
+# no worker at all. Returns 1 if it failed the job. A raw entry first gets its job hash.
+FAIL_UNSERVED = """
+local now, timeout = tonumber(ARGV[1]), tonumber(ARGV[2])
+local seen = tonumber(redis.call('HGET', KEYS[2], 'seen') or '0')
+if now - seen < timeout then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'status', 'queued_at', 'tokens', 'request', 'entry')
+if not h[1] then
+  if ARGV[8] == '' or ARGV[5] == '' then return 0 end
+  h = {'queued', tostring(tonumber(string.match(ARGV[5], '^%d+')) / 1000), false, ARGV[8], ARGV[5]}
+  redis.call('HSET', KEYS[1], 'request', ARGV[8], 'model', ARGV[6], 'queued_at', h[2], 'attempts', '0')
+end
+if h[1] ~= 'queued' or now - tonumber(h[2] or now) < timeout then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[7], 'finished_at', ARGV[1])
+if h[3] then
+  redis.call('HINCRBY', KEYS[6], 'jobs', -1)
+  redis.call('HINCRBY', KEYS[6], 'tokens', -tonumber(h[3]))
+end
+redis.call('XADD', KEYS[5], '*', 'type', 'end', 'status', 'failed')
+redis.call('LPUSH', KEYS[4], 'failed')
+for _, key in ipairs({KEYS[1], KEYS[4], KEYS[5]}) do redis.call('EXPIRE', key, ARGV[3]) end
+local entry = ARGV[5] ~= '' and ARGV[5] or h[5]
+if entry then
+  redis.call('XACK', KEYS[3], ARGV[4], entry)
+  redis.call('XDEL', KEYS[3], entry)
+end
+local ok, request = pcall(cjson.decode, h[4] or '')
+if ok and type(request) == 'table' and type(request.callback_url) == 'string' and request.callback_url ~= '' then
+  -- what queue/writer.py enqueue_callback writes, in this same atomic step
+  redis.call('HSET', KEYS[1], 'callback', 'pending', 'callback_attempts', '0', 'callback_enqueued_at', ARGV[1])
+  redis.call('XADD', KEYS[7], '*', 'job_id', ARGV[9])
+end
+return 1
 """
 
 # --- batches (queue/batch_store.py) ---

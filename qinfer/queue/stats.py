@@ -62,8 +62,8 @@ def model_stats(r: redis.Redis, keys: Keys, model: str, max_priority: int) -> di
     pipe.xlen(keys.dead_letters(model))
     pipe.hgetall(keys.queued_counts(model))
     dead, counts = pipe.execute(raise_on_error=False)
-    counts = {k.decode(): int(v) for k, v in (counts or {}).items()}
-    jobs, tokens = counts.get("jobs", 0), counts.get("tokens", 0)
+    counts = counts if isinstance(counts, dict) else {}
+    jobs, tokens = (int(counts.get(field, 0)) for field in (b"jobs", b"tokens"))
     return {"model": model, "queued": int(waiting), "pending": int(pending),
             "oldest_queued_age_s": round(_age_s(oldest), 3),
             "queued_tokens_estimate": tokens * int(waiting) // jobs if jobs else 0,

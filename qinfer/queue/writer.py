@@ -93,8 +93,11 @@ class ResultWriter:
         return written
 
     def _final(self, pipe, f: Final, state) -> bool:
-        status, tokens, model = (as_str(v) if v is not None else None for v in (state or (None,) * 3))
+        status, tokens, model, worker, attempts = (as_str(v) if v is not None else None
+                                                   for v in (state or (None,) * 5))
         if status in TERMINAL_STATUSES:
+            if worker == self.worker and attempts == str(f.delivery.attempts):
+                return True     # our own write of this attempt, whose reply a dropped connection lost
             pipe.hincrby(self.keys.job(f.delivery.job_id), "duplicates", 1)
             self._ack(pipe, f.delivery)
             return False

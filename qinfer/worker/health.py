@@ -12,7 +12,7 @@ from qinfer.queue.keys import Keys
 
 class Heartbeat:
     def __init__(self, r: redis.Redis, keys: Keys, name: str, model: str, ttl_s: float):
-        self.redis, self.keys, self.name, self.ttl_s = r, keys, name, ttl_s
+        self.redis, self.keys, self.name, self.model, self.ttl_s = r, keys, name, model, ttl_s
         self.static = {"model": model, "pid": os.getpid(), "host": socket.gethostname(),
                        "started_at": f"{time.time():.3f}"}
 
@@ -22,6 +22,8 @@ class Heartbeat:
         pipe.hset(self.keys.worker(self.name), mapping={**self.static, **status, "last_seen": f"{now:.3f}"})
         pipe.expire(self.keys.worker(self.name), max(1, int(self.ttl_s)))
         pipe.zadd(self.keys.workers(), {self.name: now})
+        pipe.hset(self.keys.models_seen(), self.model, f"{now:.3f}")   # the live models submit lists
+        pipe.hset(self.keys.queued_counts(self.model), "seen", f"{now:.3f}")   # what SUBMIT checks, in the model's slot
         pipe.execute()
 
     def stop(self) -> None:

@@ -11,9 +11,11 @@ from typing import Optional
 
 from pydantic import ValidationError
 
+from qinfer.config import Settings
 from qinfer.errors import InvalidRequestError
 from qinfer.queue.consumer import Delivery
-from qinfer.schema import Completion, JobRequest, Usage
+from qinfer.queue.producer import check_request
+from qinfer.schema import MAX_NESTING_DEPTH, Completion, JobRequest, Usage
 from qinfer.worker.engine_protocol import Engine
 
 
@@ -41,7 +43,8 @@ def engine_request_id(d: Delivery) -> str:
     return f"{d.job_id}:{d.attempts}"
 
 
-def parse_request(d: Delivery, served_model: str) -> JobRequest:
+def parse_request(d: Delivery, served_model: str, settings: Settings) -> JobRequest:
+    """The delivery's request, checked against every bound a client's submit checks."""
     raw = d.request_json or d.payload
     if raw is None:
         raise JobRejected("malformed_payload", "no job request found: the job hash has no 'request' "
@@ -50,11 +53,18 @@ def parse_request(d: Delivery, served_model: str) -> JobRequest:
         req = JobRequest.model_validate(json.loads(raw))
     except json.JSONDecodeError as e:
         raise JobRejected("malformed_payload", f"job payload is not valid JSON: {e}") from None
+    except RecursionError:
+        raise JobRejected("malformed_payload", "job payload nests too deeply to parse (requests may nest "
+                                               f"at most {MAX_NESTING_DEPTH} levels)") from None
     except ValidationError as e:
         raise JobRejected("invalid_request", f"invalid job request: {_summary(e)}") from None
     if req.model != served_model:
         raise JobRejected("unknown_model", f"model {req.model!r} is not served on this queue "
                                            f"(its workers serve {served_model!r})")
+    try:
+        check_request(req, settings)
+    except InvalidRequestError as e:
+        raise JobRejected("invalid_request", str(e)) from None
     return req
 
 

@@ -8,6 +8,12 @@ Retries run alone: a delivery with attempts > 1 may be what crashed the last
 worker, so it waits for an empty engine and nothing joins it. A poison job
 then only ever takes itself down and reaches the dead-letter stream; its
 batch mates of the first crash finish on their retry.
+
+Redis outages are ridden out: while Redis is away the engine keeps stepping its
+running jobs, their results wait in memory (`unwritten`), and the worker retries
+with backoff (queue/outage.py); on reconnect it writes them (idempotent by job
+id), reads the cancel flags it may have missed and renews its leases at once. It
+exits (code 18) only past QINFER_REDIS_OUTAGE_LIMIT_S.
 """
 from __future__ import annotations
 
@@ -20,10 +26,13 @@ from typing import Optional
 
 from qinfer import metrics
 from qinfer.config import Settings
+from qinfer.errors import RedisUnavailableError
 from qinfer.queue.consumer import Consumer, Delivery
 from qinfer.queue.lanes import own_lanes
-from qinfer.queue.records import delta_fields, error_json, output_json
+from qinfer.queue.outage import REDIS_DOWN, REDIS_OUTAGE_EXIT_CODE, Outage
+from qinfer.queue.records import delta_fields, error_json, output_json, safe_text
 from qinfer.queue.stats import model_stats
+from qinfer.queue.unserved import UnservedSweep
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.worker import jobs
 from qinfer.worker.engine_protocol import Engine
@@ -45,6 +54,12 @@ class Worker:
         self.isolated: Optional[str] = None              # request id of the retry running alone
         self.draining_until: Optional[float] = None
         self.num_engine_failures = 0
+        # terminal writes and stream deltas not yet in Redis; each final with its job (None: never ran)
+        self.unwritten: list[tuple[Final, Optional[InFlight]]] = []
+        self.unwritten_deltas: list[tuple[str, dict]] = []
+        self.is_connected = False
+        self.outage = Outage(settings.redis_outage_limit_s, f"worker {consumer.name}")
+        self.sweep = UnservedSweep(consumer.redis, consumer.keys, settings, model_name)
         self._next_lease_tick = self._next_reclaim = self._next_affinity_tick = 0.0
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
@@ -54,8 +69,6 @@ class Worker:
         """Serve until SIGTERM/SIGINT, then drain: finish or hand back within the grace period."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.consumer.ensure_groups()
-        self._pubsub.subscribe(self.consumer.keys.cancel_channel())
         # The model, tokenizer and imports live as long as the worker: keep their ~300k objects out
         # of full collections, which the per-job garbage (deliveries, requests, replies) triggers:
         # one took ~0.2 s per 1,000 tiny-model jobs, where LLM.generate on the same jobs ran none.
@@ -73,19 +86,63 @@ class Worker:
     def _done(self) -> bool:
         if self.draining_until is None:
             return False
-        return not self.in_flight or time.monotonic() >= self.draining_until
+        idle = not self.in_flight and not self.unwritten
+        return idle or time.monotonic() >= self.draining_until
 
     def _shutdown(self) -> None:
-        leftovers = self._held()
-        if leftovers:
-            log.info("handing back %d jobs", len(leftovers))
-            self.consumer.hand_back(leftovers, graceful=True)
-        self.heartbeat.stop()
-        self.consumer.forget()
+        try:
+            self._flush()
+            leftovers = self._held()
+            if leftovers:
+                log.info("handing back %d jobs", len(leftovers))
+                self.consumer.hand_back(leftovers, graceful=True)
+            self.heartbeat.stop()
+            self.consumer.forget()
+        except REDIS_DOWN as e:     # nothing is lost: the entries stay pending and are reclaimed
+            log.warning("Redis unreachable while stopping (%s): %d results unwritten; other workers "
+                        "rerun these jobs once their leases run out", e, len(self.unwritten))
         self._pubsub.close()
 
     # --- one turn of the loop ---
     def _tick(self) -> None:
+        try:
+            if not self.is_connected:
+                if not self.outage.retry_due():
+                    self._offline_tick()
+                    return
+                self._connect()
+            self._online_tick()
+        except REDIS_DOWN as e:
+            self.is_connected = False
+            try:
+                self.outage.failed(e)
+            except RedisUnavailableError as gone:
+                log.critical("%s; exiting with code %d (held jobs are reclaimed by other workers once "
+                             "Redis is back)", gone, REDIS_OUTAGE_EXIT_CODE)
+                raise SystemExit(REDIS_OUTAGE_EXIT_CODE) from None
+
+    def _connect(self) -> None:
+        """(Re)join Redis: groups and cancel channel (redis-py re-subscribes a dropped one), the
+        results computed meanwhile, cancellations published meanwhile, leases renewed at once."""
+        self.consumer.ensure_groups()
+        if not self._pubsub.channels:
+            self._pubsub.subscribe(self.consumer.keys.cancel_channel())
+        self._flush()
+        for d in self.consumer.cancel_flags([j.delivery for j in self._live()]):
+            self._cancel(d.job_id)
+        self._next_lease_tick = 0.0
+        self.is_connected = True
+        self.outage.ended()
+
+    def _offline_tick(self) -> None:
+        """Redis is away: running jobs go on; their results wait for the reconnect."""
+        self._enforce_run_timeouts()
+        if self.engine.has_unfinished_requests():
+            self._step()
+        else:
+            time.sleep(min(self.outage.seconds_until_retry(), self.settings.idle_block_s))
+
+    def _online_tick(self) -> None:
         self._lease_tick()
         self._affinity_tick()
         self._read_cancels()
@@ -108,6 +165,9 @@ class Worker:
         stats = self.engine.stats
         self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog),
                             prefix_cache_queries=stats.prefix_cache_queries, prefix_cache_hits=stats.prefix_cache_hits)
+        if num_failed := self.sweep.maybe_run():
+            log.info("failed %d jobs of models no worker served for %.0fs (unknown_model)", num_failed,
+                     self.settings.unknown_model_timeout_s)
         self._update_gauges(stats)
         metrics.set_queue_gauges(model_stats(self.consumer.redis, self.consumer.keys, self.model_name,
                                              self.settings.max_priority))
@@ -126,7 +186,8 @@ class Worker:
         return [j for j in self.in_flight.values() if j.stop_reason is None]
 
     def _held(self) -> list[Delivery]:
-        return [j.delivery for j in self._live()] + list(self.backlog)
+        """Entries this worker holds: in the engine, waiting to run alone, or finished and unwritten."""
+        return [j.delivery for j in self._live()] + list(self.backlog) + [f.delivery for f, _ in self.unwritten]
 
     def _lost(self, d: Delivery) -> None:
         log.warning("job %s: lease lost to another worker", d.job_id)
@@ -174,18 +235,19 @@ class Worker:
                 finals.append((final, None))
             elif alone and jobs.engine_request_id(d) in self.in_flight:
                 self.isolated = jobs.engine_request_id(d)
+        self._write([], finals)       # first: these must survive a failing ack below
         if skipped:
             self.writer.ack_skipped(skipped)
-        self._write([], finals)
 
     def _try_start(self, d: Delivery) -> Optional[Final]:
         """Start d in the engine; or the Final that ends it without running."""
         if d.job_id is None:
-            return self._fail(d, "malformed_payload", "stream entry has no job id", dead_letter=True)
+            return self._fail(d, "malformed_payload", "stream entry has no job id (field 'id': 1-128 letters, "
+                                                      "digits, '.', '_' or '-')", dead_letter=True)
         if d.attempts > self.settings.max_attempts:
             return self._dead_letter(d)
         try:
-            return self._start(d, jobs.parse_request(d, self.model_name))
+            return self._start(d, jobs.parse_request(d, self.model_name, self.settings))
         except JobRejected as e:
             metrics.jobs_rejected.labels(code=e.code, **self._labels).inc()
             log.info("job %s rejected: %s", d.job_id, e.message)
@@ -193,7 +255,7 @@ class Worker:
         except Exception as e:      # the engine failed on this job alone: retry it, then dead-letter
             log.exception("job %s: engine error on admission; handing it back", d.job_id)
             metrics.engine_errors.labels(**self._labels).inc()
-            d.last_error = f"{type(e).__name__}: {e}"
+            d.last_error = safe_text(f"{type(e).__name__}: {e}")
             self.consumer.hand_back([d], graceful=False)
             return None
 
@@ -246,7 +308,7 @@ class Worker:
         if self.num_engine_failures > 2 and not live:
             raise SystemExit("engine keeps failing with no job of its own: exiting for a fresh start")
         for job in live:
-            job.delivery.last_error = f"{type(e).__name__}: {e}"
+            job.delivery.last_error = safe_text(f"{type(e).__name__}: {e}")
             self._abort(job, "handback")
         self.consumer.hand_back([j.delivery for j in live], graceful=False)
 
@@ -258,10 +320,9 @@ class Worker:
                           for c in out.outputs if c.new_text or c.new_token_ids)
         if out.finished:
             final = self._final(job, out)
+            self._forget(job)       # out of the engine; its final is held until written
             if final is not None:
                 finals.append((final, job))
-            else:
-                self._forget(job)
 
     def _final(self, job: InFlight, out) -> Optional[Final]:
         if job.stop_reason in ("lease_lost", "handback"):
@@ -279,8 +340,6 @@ class Worker:
         fields["finished_at"] = f"{time.time():.6f}"      # the engine's finish, before the write
         if job.first_token_at is not None:
             fields["first_token_at"] = f"{job.first_token_at:.6f}"
-        if job.delivery.request_json is None:       # a raw payload: keep the request next to its result
-            fields["request"] = job.request.model_dump_json()
         return Final(job.delivery, status, fields)
 
     def _observe_tokens(self, job: InFlight, usage) -> None:
@@ -301,12 +360,20 @@ class Worker:
 
     # --- writes and bookkeeping ---
     def _write(self, deltas: list, finals: list[tuple[Final, Optional[InFlight]]]) -> None:
-        """Write deltas and terminals; each final travels with its in-flight job (None: never ran)."""
-        written = self.writer.flush(deltas, [final for final, _ in finals])
+        """Queue deltas and terminals for writing, and write them unless Redis is away."""
+        self.unwritten_deltas += deltas
+        self.unwritten += finals
+        if self.is_connected:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write what waits, in one round trip; kept for the next try if Redis fails meanwhile."""
+        if not self.unwritten and not self.unwritten_deltas:
+            return
+        written = self.writer.flush(self.unwritten_deltas, [final for final, _ in self.unwritten])
+        finals, self.unwritten, self.unwritten_deltas = self.unwritten, [], []
         for (final, job), ok in zip(finals, written):
             self._observe(final, job, ok)
-            if job is not None:
-                self._forget(job)
 
     def _observe(self, final: Final, job: Optional[InFlight], written: bool) -> None:
         if not written:
@@ -315,8 +382,8 @@ class Worker:
                      final.delivery.job_id)
             return
         metrics.request_success.labels(status=final.status, **self._labels).inc()
-        if job is not None:
-            metrics.e2e_request_latency.labels(**self._labels).observe(time.time() - (job.delivery.queued_at or 0))
+        if job is not None and job.delivery.queued_at:
+            metrics.e2e_request_latency.labels(**self._labels).observe(time.time() - job.delivery.queued_at)
 
     def _forget(self, job: InFlight) -> None:
         self.in_flight.pop(job.request_id, None)
@@ -330,11 +397,13 @@ class Worker:
 
     def _read_cancels(self) -> None:
         while (msg := self._pubsub.get_message(timeout=0)) is not None:
-            job_id = msg["data"].decode()
-            for job in self.in_flight.values():
-                if job.delivery.job_id == job_id:
-                    log.info("job %s: cancelled while running", job_id)
-                    self._abort(job, "cancel")
+            self._cancel(msg["data"].decode())
+
+    def _cancel(self, job_id: str) -> None:
+        for job in self.in_flight.values():
+            if job.delivery.job_id == job_id:
+                log.info("job %s: cancelled while running", job_id)
+                self._abort(job, "cancel")
 
     def _enforce_run_timeouts(self) -> None:
         now = time.monotonic()

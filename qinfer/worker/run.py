@@ -16,6 +16,7 @@ from qinfer.errors import NoRedisError
 from qinfer.queue.connection import connect
 from qinfer.queue.consumer import Consumer
 from qinfer.queue.keys import Keys
+from qinfer.queue.outage import connection_options
 from qinfer.queue.writer import ResultWriter
 from qinfer.worker.health import Heartbeat
 from qinfer.worker.loop import Worker
@@ -29,7 +30,7 @@ def run_worker(settings: Settings, engine_config: EngineConfig) -> None:
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     model_name = settings.served_model_name or Path(engine_config.model).resolve().name
     engine = LLMEngine(engine_config)
-    client, keys = connect(settings.redis_url), Keys(settings.key_prefix)
+    client, keys = connect(settings.redis_url, **connection_options(settings)), Keys(settings.key_prefix)
     metrics.serve(settings.metrics_port)
     Worker(engine, Consumer(client, keys, model_name, name, settings), ResultWriter(client, keys, name, settings),
            Heartbeat(client, keys, name, model_name, settings.heartbeat_ttl_s), settings, model_name).run()

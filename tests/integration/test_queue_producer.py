@@ -108,3 +108,43 @@ def test_allowlisted_and_host_name_callback_urls_are_accepted(test_settings):
     client.submit(model="m", prompt="x", callback_url="http://127.0.0.1:8080/hook")
     client.submit(model="m", prompt="y", callback_url="https://localhost/hook")   # resolved at delivery
     assert queued_entries(client.redis, "m") == 2
+
+
+def test_one_job_over_the_token_bound_is_an_invalid_request_not_queue_full(client):
+    from qinfer.errors import InvalidRequestError
+
+    keys_before = set(client.redis.keys("*"))
+    with pytest.raises(InvalidRequestError, match="QINFER_MAX_QUEUED_TOKENS") as refused:
+        client.submit(model="m", prompt="x", sampling={"max_tokens": 10**9})
+    assert not isinstance(refused.value, QueueFullError) and "lower max_tokens" in str(refused.value)
+    assert set(client.redis.keys("*")) == keys_before
+
+
+DEEP = {}
+_level = DEEP
+for _ in range(1000):
+    _level["a"] = {}
+    _level = _level["a"]
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"prompt": "x", "metadata": DEEP}, "metadata: nested deeper than 32"),
+    ({"prompt": "x", "metadata": {"blob": "y" * 70_000}}, "metadata: 70012 bytes of JSON, above the limit of 65536"),
+    ({"prompt": "broken \ud83d emoji"}, "prompt: text is not valid Unicode"),
+    ({"messages": [{"role": "user", "content": "hi \udc00"}]}, "messages: text is not valid Unicode"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "\ud800"}]}, "messages: text is not valid Unicode"),
+    ({"prompt": "x", "metadata": {"\ud800": 1}}, "metadata: text is not valid Unicode"),
+    ({"prompt": "x", "sampling": {"stop": ["\ud800"]}}, "sampling: text is not valid Unicode"),
+], ids=["deep-metadata", "big-metadata", "surrogate-prompt", "surrogate-message", "surrogate-extra",
+        "surrogate-key", "surrogate-stop"])
+def test_unencodable_requests_are_invalid_requests_and_write_nothing(client, fields, words):
+    from qinfer.errors import InvalidRequestError
+
+    keys_before = set(client.redis.keys("*"))
+    with pytest.raises(InvalidRequestError, match=words):
+        client.submit(model="m", **fields)
+    with pytest.raises(InvalidRequestError, match=words):          # checked before the first chunk
+        client.submit_many([{"model": "m", "prompt": "fine"}, {"model": "m", **fields}])
+    with pytest.raises(InvalidRequestError, match=words):
+        asyncio.run(AsyncClient(settings=client.settings).submit(model="m", **fields))
+    assert set(client.redis.keys("*")) == keys_before

@@ -26,3 +26,15 @@ def test_image_runs_as_a_user_and_callbacks_extra_serves_metrics():
     assert users and users[-1] not in ("root", "0")
     callbacks = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["callbacks"]
     assert any(dep.startswith("prometheus-client") for dep in callbacks)
+
+
+def test_compose_redis_persists_with_aof_into_a_volume():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2]))
+    assert flags["--appendonly"] == "yes" and flags["--dir"] == "/data"
+    assert flags["--appendfsync"] in ("${REDIS_APPENDFSYNC:-everysec}", "always", "everysec")
+    volume, target = redis["volumes"][0].split(":")[:2]
+    assert target == "/data" and volume in compose["volumes"]       # a named volume, not the container
