@@ -30,6 +30,9 @@ from qinfer.worker.jobs import InFlight, JobRejected
 
 log = logging.getLogger(__name__)
 _RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entries
+# `qinfer workers` shows counts at most a second old; a change is sent at once, but a busy
+# worker whose counts change every step sends at most one beat per _MIN_BEAT_GAP_S.
+_HEARTBEAT_INTERVAL_S, _MIN_BEAT_GAP_S = 1.0, 0.2
 
 
 class Worker:
@@ -42,7 +45,9 @@ class Worker:
         self.isolated: Optional[str] = None              # request id of the retry running alone
         self.draining_until: Optional[float] = None
         self.num_engine_failures = 0
-        self._next_lease_tick = self._next_reclaim = 0.0
+        self._next_lease_tick = self._next_reclaim = self._last_beat = 0.0
+        self._beat_counts: Optional[dict] = None
+        self._last_batch_size = 0                        # jobs in the engine at the last step
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
 
@@ -66,6 +71,9 @@ class Worker:
         if self.draining_until is None:
             log.info("signal %d: draining for up to %.1fs", signum, self.settings.drain_grace_s)
             self.draining_until = time.monotonic() + self.settings.drain_grace_s
+        else:       # a second signal (a second Ctrl-C on `qinfer up`): hand back what is left now
+            log.info("signal %d again: handing back the running jobs now", signum)
+            self.draining_until = time.monotonic()
 
     def _done(self) -> bool:
         if self.draining_until is None:
@@ -84,6 +92,7 @@ class Worker:
     # --- one turn of the loop ---
     def _tick(self) -> None:
         self._lease_tick()
+        self._heartbeat_tick()
         self._read_cancels()
         self._enforce_run_timeouts()
         if self.draining_until is None:
@@ -94,18 +103,25 @@ class Worker:
             self._accept(self.consumer.wait_for_entries(self.settings.idle_block_s))
 
     def _lease_tick(self) -> None:
-        """Every lease/3: renew what we hold, heartbeat, gauges."""
+        """Every lease/3: renew what we hold, gauges."""
         now = time.monotonic()
         if now < self._next_lease_tick:
             return
         self._next_lease_tick = now + self.settings.lease_seconds / 3
         for d in self.consumer.renew(self._held()):
             self._lost(d)
-        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog))
         self._update_gauges()
         depth, pending = self.consumer.depth()
         metrics.queue_depth.labels(**self._labels).set(depth)
         metrics.queue_pending.labels(**self._labels).set(pending)
+
+    def _heartbeat_tick(self) -> None:
+        counts = {"running": len(self.in_flight), "waiting": len(self.backlog)}
+        since = time.monotonic() - self._last_beat
+        if since < _HEARTBEAT_INTERVAL_S and (counts == self._beat_counts or since < _MIN_BEAT_GAP_S):
+            return
+        self._beat_counts, self._last_beat = counts, time.monotonic()
+        self.heartbeat.beat(**counts)
 
     def _live(self) -> list[InFlight]:
         return [j for j in self.in_flight.values() if j.stop_reason is None]
@@ -143,7 +159,15 @@ class Worker:
             if not self.in_flight:
                 self._accept([self.backlog.popleft()], alone=True)
             return
-        self._accept(self.consumer.pull(self.engine.num_admissible()))
+        self._accept(self.consumer.pull(self._intake()))
+
+    def _intake(self) -> int:
+        """New jobs to pull now: what the engine can admit, but no more than doubles its batch
+        (of now or of the last step, at least 1). A burst then spreads over the fleet's idle
+        workers, which each woke with one job, instead of filling the first that pulls; a lone
+        worker still reaches a full batch in a few steps."""
+        batch = max(len(self.in_flight), self._last_batch_size, 1)
+        return min(self.engine.num_admissible(), 2 * batch - len(self.in_flight))
 
     def _accept(self, deliveries: list[Delivery], alone: bool = False) -> None:
         finals, skipped = [], []
@@ -210,6 +234,7 @@ class Worker:
 
     # --- the engine step ---
     def _step(self) -> None:
+        self._last_batch_size = len(self.in_flight)
         try:
             outputs = self.engine.step()
         except Exception as e:      # an engine bug or a poison job: hand back, never lose jobs
