@@ -188,9 +188,7 @@ def cmd_submit(args) -> int:
     if not (args.wait or args.stream):
         print(job_id)
         return 0
-    print(f"job {job_id} submitted; waiting for it (Ctrl-C stops the waiting, not the job)",
-          file=sys.stderr, flush=True)
-    return _follow(client, job_id, args)
+    return _follow(client, job_id, args, announce=True)
 
 
 def _job_from_flags(args) -> dict:
@@ -273,11 +271,15 @@ def _read_jobs(path: str, model: Optional[str], settings) -> list:
     return requests
 
 
-def _follow(client, job_id: str, args) -> int:
-    """Stream and/or wait for the job, print its result; exit code 0 if it succeeded."""
+def _follow(client, job_id: str, args, announce: bool = False) -> int:
+    """Stream and/or wait for the job, print its result; exit code 0 if it succeeded.
+    announce: first name the job on stderr (`submit`: its id is not on the command line)."""
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     remaining = lambda: None if deadline is None else max(deadline - time.monotonic(), 0.001)   # noqa: E731
     try:
+        if announce:
+            print(f"job {job_id} submitted; waiting for it (Ctrl-C stops the waiting, not the job)",
+                  file=sys.stderr, flush=True)
         if getattr(args, "stream", False):
             for delta in client.stream(job_id, timeout=remaining()):
                 if delta.index == 0:         # completion 0 as it comes; all n completions end the output
@@ -288,9 +290,10 @@ def _follow(client, job_id: str, args) -> int:
         print(f"\nstopped waiting; job {job_id} goes on: `qinfer wait {job_id}` waits again, "
               f"`qinfer cancel {job_id}` cancels it", file=sys.stderr)
         return 130
-    except JobTimeoutError as e:
-        raise JobTimeoutError(f"{e}; it goes on: `qinfer wait {job_id}` waits again, "
-                              f"`qinfer cancel {job_id}` cancels it") from None
+    except JobTimeoutError:
+        status = client.get(job_id).status.value
+        raise JobTimeoutError(f"job {job_id} still {status} after {args.timeout:g}s; it goes on: "
+                              f"`qinfer wait {job_id}` waits again, `qinfer cancel {job_id}` cancels it") from None
     _print_result(result, args.json, streamed=getattr(args, "stream", False))
     return 0 if result.status.value == "succeeded" else 1
 
