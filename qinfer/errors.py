@@ -1,4 +1,10 @@
-"""Exceptions shared by the engine, the queue and the client (light: no torch)."""
+"""Exceptions shared by the engine, the queue and the client (light: no torch), and how a
+command reports the ones its user can act on: one line, no traceback."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable, Optional
 
 
 class QinferError(Exception):
@@ -53,3 +59,69 @@ class DurabilityError(QinferError):
     def __init__(self, message: str, job_ids: tuple[str, ...] = ()):
         super().__init__(message)
         self.job_ids = job_ids
+
+
+class EngineConfigError(QinferError, ValueError):
+    """An engine setting that cannot work on this machine (model directory, device, dtype);
+    raised before anything is loaded, with what to do instead."""
+
+
+class MissingExtraError(QinferError, ImportError):
+    """The light install was asked for something an extra provides (the engine: torch, ...)."""
+
+
+# What each extra brings (pyproject.toml): an import of one of these failing means the extra is missing.
+_EXTRA_MODULES = {"engine": {"torch", "transformers", "tokenizers", "safetensors", "numpy", "prometheus_client"},
+                  "callbacks": {"celery", "kombu"}}
+
+
+@contextlib.contextmanager
+def needs_extra(what: str):
+    """Turn a failed import of an extra's module inside the block into a MissingExtraError
+    naming the pip install that fixes it; any other ModuleNotFoundError goes through."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        top = (e.name or "").partition(".")[0]
+        extra = next((name for name, modules in _EXTRA_MODULES.items() if top in modules), None)
+        if extra is None:
+            raise
+        raise MissingExtraError(f"{what} needs the {extra} extra (no module named {top!r}): "
+                                f"pip install 'qinfer[{extra}]'") from e
+
+
+def run_command(body: Callable[[], int], prog: str, debug: bool = False) -> int:
+    """Run a command's body. An error its user can act on ends it with one line on stderr
+    (`prog: error: ...`, exit code 1); a bug, or any error with debug, keeps its traceback."""
+    try:
+        return body()
+    except Exception as e:
+        message = None if debug else explain(e)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def explain(e: BaseException) -> Optional[str]:
+    """The one line for an error the user can act on; None for a bug (show its traceback)."""
+    import redis
+    from pydantic import ValidationError
+
+    if isinstance(e, QinferError):
+        return str(e)
+    if isinstance(e, ValidationError):
+        return f"invalid {e.title}: " + "; ".join(_field_error(err) for err in e.errors())
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        return f"cannot reach Redis ({e}): is it running? Check --redis / QINFER_REDIS_URL"
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return str(e)
+    return None
+
+
+def _field_error(err: dict) -> str:
+    where = ".".join(str(part) for part in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    got = f" (got {value!r})" if isinstance(value, (str, int, float)) and err["loc"] else ""
+    return f"{where}: {message}{got}" if where else message

@@ -1,7 +1,9 @@
 """A single-machine fleet: N worker processes on one Redis (and, if asked, one callbacks
 worker), restarted if they crash.
 
-Used by `qinfer up`, the demo, the benchmark and the tests.
+Used by `qinfer up`, the demo, the benchmark and the tests. The children run in their own
+sessions, so a Ctrl-C on the terminal reaches only this process, which stops them in order:
+the first stop drains (SIGTERM), a second Ctrl-C during it stops them at once.
 """
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 from qinfer.config import Settings
 from qinfer.queue.connection import connect
+from qinfer.errors import QinferError
 from qinfer.queue.keys import Keys
 from qinfer.signing import generate_secret
 from qinfer.worker.health import list_workers
@@ -35,6 +39,36 @@ def worker_command(model_dir: str, redis_url: str, *extra: str, module: str = "q
 def callbacks_worker_command() -> list[str]:
     # `qinfer.cli`, not workers/callbacks_worker.py: workers/ is not part of the installed package
     return [sys.executable, "-m", "qinfer.cli", "callbacks-worker"]
+
+
+# After a second Ctrl-C, how long workers get to hand back what they hold before they are killed.
+HURRY_S = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class FleetStartError(QinferError, RuntimeError):
+    """A worker of the fleet exited while starting (its own error is in its output above)."""
+
+
+class StopSignals:
+    """Counts SIGINT / SIGTERM / SIGHUP while active instead of raising KeyboardInterrupt, so a
+    signal never cuts a start or a stop in half. Off the main thread it counts nothing."""
+
+    def __init__(self):
+        self.count = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class Fleet:
@@ -64,7 +98,7 @@ class Fleet:
     def _spawn(self, i: int) -> None:
         args = (*self.worker_args, "--name", f"{self._name_base()}-{i}")
         command = worker_command(self.model_dir, self.redis_url, *args, module=self.worker_module)
-        self.processes[i] = subprocess.Popen(command, env=self.env)
+        self.processes[i] = subprocess.Popen(command, env=self.env, start_new_session=True)
 
     def _start_callbacks(self) -> None:
         if importlib.util.find_spec("celery") is None:
@@ -78,25 +112,35 @@ class Fleet:
         env = {**self.env, "QINFER_REDIS_URL": self.redis_url, "QINFER_WEBHOOK_SECRET": self.webhook_secret}
         # stdout carries only Celery's start-up banner, which would break into the demo's output
         self.callbacks = subprocess.Popen(callbacks_worker_command(), env=env,
-                                          stdout=subprocess.DEVNULL)
+                                          stdout=subprocess.DEVNULL, start_new_session=True)
 
     def _name_base(self) -> str:
         # a second fleet of one process (a test adding workers) gets names of its own
         return f"{os.uname().nodename}-{os.getpid()}" + (f"-f{self.number}" if self.number else "")
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until every worker has sent a heartbeat."""
+    @property
+    def pids(self) -> list[int]:
+        """The running children: workers, then the callbacks worker."""
+        return [p.pid for p in [*self.processes, self.callbacks] if p is not None and p.poll() is None]
+
+    def wait_ready(self, timeout: float = 120.0, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Block until every worker has sent a heartbeat (True), or cancelled() turns true (False)."""
         client = connect(self.redis_url)
         deadline = time.monotonic() + timeout
         while len(list_workers(client, self.keys)) < self.num_workers:
+            if cancelled():
+                return False
             if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not ready within {timeout}s")
+                raise FleetStartError(f"workers not ready within {timeout}s")
             for p in self.processes:
                 if p.poll() is not None:
-                    raise RuntimeError(f"worker exited with {p.returncode} while starting")
+                    raise FleetStartError(f"a worker exited with code {p.returncode} while starting "
+                                          "(its error is above)")
             if self.callbacks is not None and self.callbacks.poll() is not None:
-                raise RuntimeError(f"callbacks worker exited with {self.callbacks.returncode} while starting")
+                raise FleetStartError(f"the callbacks worker exited with code {self.callbacks.returncode} "
+                                      "while starting (its error is above)")
             time.sleep(0.1)
+        return True
 
     def supervise(self) -> None:
         """Restart workers that died (a crash or kill -9); their jobs are reclaimed meanwhile."""
@@ -109,27 +153,38 @@ class Fleet:
             self._spawn_callbacks()
 
     def stop(self, timeout: float = 60.0) -> list[int]:
-        """SIGTERM every worker (they drain) and wait, then the callbacks worker, so it still
-        relays the webhooks of jobs finished while draining; returns their exit codes."""
-        codes = _terminate(self.processes, timeout)
-        if self.callbacks is not None:
-            codes += _terminate([self.callbacks], timeout)
+        """SIGTERM every worker (they drain: finish what runs for up to QINFER_DRAIN_GRACE_S, hand
+        back the rest) and wait, then the callbacks worker, so it still relays the webhooks of jobs
+        finished while draining; returns their exit codes. A Ctrl-C (or SIGTERM) meanwhile hurries:
+        a second SIGTERM makes each worker hand back what it holds now, and what still runs
+        HURRY_S later is killed. What runs past `timeout` is killed too."""
+        with StopSignals() as signals:
+            hurry = lambda: signals.count > 0    # noqa: E731
+            codes = _terminate([p for p in self.processes if p is not None], timeout, hurry)
+            if self.callbacks is not None:
+                codes += _terminate([self.callbacks], timeout, hurry)
         return codes
 
 
-def _terminate(processes: list[subprocess.Popen], timeout: float) -> list[int]:
-    """SIGTERM, then wait; kill what is still running after `timeout`."""
+def _terminate(processes: list[subprocess.Popen], timeout: float, hurry: Callable[[], bool]) -> list[int]:
+    """SIGTERM, wait; SIGTERM again when hurry() turns true; kill what runs past the deadline."""
+    _signal_running(processes, signal.SIGTERM)
+    deadline, hurried = time.monotonic() + timeout, False
+    while any(p.poll() is None for p in processes):
+        if not hurried and hurry():
+            hurried = True
+            _signal_running(processes, signal.SIGTERM)
+            deadline = min(deadline, time.monotonic() + HURRY_S)
+        if time.monotonic() >= deadline:
+            _signal_running(processes, signal.SIGKILL)
+        time.sleep(0.05)
+    return [p.wait() for p in processes]
+
+
+def _signal_running(processes: list[subprocess.Popen], signum: int) -> None:
     for p in processes:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    codes = []
-    for p in processes:
-        try:
-            codes.append(p.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            codes.append(p.wait())
-    return codes
+            p.send_signal(signum)
 
 
 def fleet_webhook_secret(settings: Settings) -> tuple[str, bool]:

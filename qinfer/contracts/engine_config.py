@@ -1,8 +1,16 @@
 """EngineConfig: every knob of one in-process engine (the LLM() keyword arguments)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+
+from qinfer.errors import EngineConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# "org/name" of the Hugging Face hub: a string a user may pass hoping it downloads
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -33,3 +41,41 @@ class EngineConfig:
     # tensor_parallel_size 1 (with more ranks the engine runs synchronously and logs a warning).
     # None: on for one CUDA GPU (there the host work would otherwise idle the GPU), off elsewhere.
     async_scheduling: Optional[bool] = None
+
+
+def check_engine_config(config: EngineConfig) -> None:
+    """EngineConfigError, before anything loads, for a model directory, device or dtype
+    that cannot work here (LLMEngine calls it first, so LLM(...) and the worker both do)."""
+    check_model_dir(config.model)
+    if config.dtype not in DTYPES:
+        raise EngineConfigError(f"unknown dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
+    check_device(config.device)
+
+
+def check_model_dir(model: str) -> None:
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EngineConfigError(f"{model!r} is not a Hugging Face model directory: it has no config.json")
+        return
+    if path.exists():
+        raise EngineConfigError(f"{model!r} is a file; pass the model's directory (with config.json)")
+    if _HUB_ID.match(model):
+        raise EngineConfigError(f"no directory {model!r} here; qinfer downloads nothing: if it is a Hugging "
+                                f"Face hub id, download it first (e.g. `hf download {model} --local-dir DIR`) "
+                                "and pass DIR")
+    raise EngineConfigError(f"model directory {model!r} does not exist")
+
+
+def check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise EngineConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        import torch    # only here: the other checks stay light
+
+        num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= num_gpus:
+            found = f"{num_gpus} CUDA device(s)" if num_gpus else "no CUDA device (a CPU-only torch build?)"
+            raise EngineConfigError(f"device {device!r}: torch sees {found}; "
+                                    "use device cpu, or a CUDA build of torch on a GPU host")

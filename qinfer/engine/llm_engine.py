@@ -7,7 +7,7 @@ import random
 import time
 from typing import Callable, Iterable, Optional, Union
 
-from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.engine_config import EngineConfig, check_engine_config
 from qinfer.engine.device_defaults import sized_to_device
 from qinfer.engine.detokenizer import IncrementalDetokenizer
 from qinfer.engine.logprobs import LogprobsBuilder
@@ -16,7 +16,7 @@ from qinfer.engine.outputs import RequestOutput
 from qinfer.engine.request import Request
 from qinfer.engine.scheduler import Scheduler, SchedulerStats
 from qinfer.contracts.scheduler_output import SchedulerOutput
-from qinfer.errors import InvalidRequestError
+from qinfer.errors import InvalidRequestError, needs_extra
 from qinfer.contracts.runner_output import AsyncModelRunnerOutput, ModelRunnerOutput
 from qinfer.sampling_params import SamplingParams
 
@@ -34,10 +34,12 @@ class EngineStats(SchedulerStats):
 
 class LLMEngine:
     def __init__(self, config: EngineConfig):
-        from transformers import AutoTokenizer
+        with needs_extra("LLMEngine"):       # the light install has no torch
+            check_engine_config(config)      # before transformers sees the path (it would try the hub)
+            from transformers import AutoTokenizer
 
-        from qinfer.executor.executor import Executor
-        from qinfer.executor.model_runner import eos_token_ids
+            from qinfer.executor.executor import Executor
+            from qinfer.executor.model_runner import eos_token_ids
 
         config = sized_to_device(config)
         self.config = config

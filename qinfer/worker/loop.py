@@ -42,6 +42,9 @@ from qinfer.worker.jobs import InFlight, JobRejected
 log = logging.getLogger(__name__)
 _RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entries
 _AFFINITY_INTERVAL_S = 1.0     # how often a worker re-reads which lanes it owns
+# `qinfer workers` shows counts at most a second old; a change is sent at once, but a busy
+# worker whose counts change every step sends at most one beat per _MIN_BEAT_GAP_S.
+_HEARTBEAT_INTERVAL_S, _MIN_BEAT_GAP_S = 1.0, 0.2
 
 
 class Worker:
@@ -60,7 +63,9 @@ class Worker:
         self.is_connected = False
         self.outage = Outage(settings.redis_outage_limit_s, f"worker {consumer.name}")
         self.sweep = UnservedSweep(consumer.redis, consumer.keys, settings, model_name)
-        self._next_lease_tick = self._next_reclaim = self._next_affinity_tick = 0.0
+        self._next_lease_tick = self._next_reclaim = self._next_affinity_tick = self._last_beat = 0.0
+        self._beat_counts: Optional[dict] = None
+        self._last_batch_size = 0                        # jobs in the engine at the last step
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
 
@@ -82,6 +87,9 @@ class Worker:
         if self.draining_until is None:
             log.info("signal %d: draining for up to %.1fs", signum, self.settings.drain_grace_s)
             self.draining_until = time.monotonic() + self.settings.drain_grace_s
+        else:       # a second signal (a second Ctrl-C on `qinfer up`): hand back what is left now
+            log.info("signal %d again: handing back the running jobs now", signum)
+            self.draining_until = time.monotonic()
 
     def _done(self) -> bool:
         if self.draining_until is None:
@@ -144,6 +152,7 @@ class Worker:
 
     def _online_tick(self) -> None:
         self._lease_tick()
+        self._heartbeat_tick()
         self._affinity_tick()
         self._read_cancels()
         self._enforce_run_timeouts()
@@ -155,20 +164,17 @@ class Worker:
             self._accept(self.consumer.wait_for_entries(self.settings.idle_block_s))
 
     def _lease_tick(self) -> None:
-        """Every lease/3: renew what we hold, heartbeat, gauges."""
+        """Every lease/3: renew what we hold, gauges."""
         now = time.monotonic()
         if now < self._next_lease_tick:
             return
         self._next_lease_tick = now + self.settings.lease_seconds / 3
         for d in self.consumer.renew(self._held()):
             self._lost(d)
-        stats = self.engine.stats
-        self.heartbeat.beat(running=len(self.in_flight), waiting=len(self.backlog),
-                            prefix_cache_queries=stats.prefix_cache_queries, prefix_cache_hits=stats.prefix_cache_hits)
         if num_failed := self.sweep.maybe_run():
             log.info("failed %d jobs of models no worker served for %.0fs (unknown_model)", num_failed,
                      self.settings.unknown_model_timeout_s)
-        self._update_gauges(stats)
+        self._update_gauges(self.engine.stats)
         metrics.set_queue_gauges(model_stats(self.consumer.redis, self.consumer.keys, self.model_name,
                                              self.settings.max_priority))
 
@@ -181,6 +187,16 @@ class Worker:
         peers = live_worker_names(self.consumer.redis, self.consumer.keys, self.model_name,
                                   self.settings.heartbeat_ttl_s)
         self.consumer.set_own_lanes(own_lanes(self.consumer.name, peers, self.model_name))
+
+    def _heartbeat_tick(self) -> None:
+        counts = {"running": len(self.in_flight), "waiting": len(self.backlog)}
+        since = time.monotonic() - self._last_beat
+        if since < _HEARTBEAT_INTERVAL_S and (counts == self._beat_counts or since < _MIN_BEAT_GAP_S):
+            return
+        self._beat_counts, self._last_beat = counts, time.monotonic()
+        stats = self.engine.stats            # prefix-cache totals ride along (bench/bench_affinity.py reads them)
+        self.heartbeat.beat(**counts, prefix_cache_queries=stats.prefix_cache_queries,
+                            prefix_cache_hits=stats.prefix_cache_hits)
 
     def _live(self) -> list[InFlight]:
         return [j for j in self.in_flight.values() if j.stop_reason is None]
@@ -219,7 +235,15 @@ class Worker:
             if not self.in_flight:
                 self._accept([self.backlog.popleft()], alone=True)
             return
-        self._accept(self.consumer.pull(self.engine.num_admissible()))
+        self._accept(self.consumer.pull(self._intake()))
+
+    def _intake(self) -> int:
+        """New jobs to pull now: what the engine can admit, but no more than doubles its batch
+        (of now or of the last step, at least 1). A burst then spreads over the fleet's idle
+        workers, which each woke with one job, instead of filling the first that pulls; a lone
+        worker still reaches a full batch in a few steps."""
+        batch = max(len(self.in_flight), self._last_batch_size, 1)
+        return min(self.engine.num_admissible(), 2 * batch - len(self.in_flight))
 
     def _accept(self, deliveries: list[Delivery], alone: bool = False) -> None:
         finals, skipped = [], []
@@ -287,6 +311,7 @@ class Worker:
 
     # --- the engine step ---
     def _step(self) -> None:
+        self._last_batch_size = len(self.in_flight)
         try:
             outputs = self.engine.step()
         except Exception as e:      # an engine bug or a poison job: hand back, never lose jobs

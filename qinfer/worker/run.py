@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qinfer import metrics
 from qinfer.config import Settings
-from qinfer.contracts.engine_config import EngineConfig
+from qinfer.contracts.engine_config import EngineConfig, check_engine_config
 from qinfer.errors import NoRedisError
 from qinfer.queue.connection import connect
 from qinfer.queue.consumer import Consumer
@@ -25,6 +25,7 @@ from qinfer.worker.loop import Worker
 def run_worker(settings: Settings, engine_config: EngineConfig) -> None:
     if not settings.redis_url:
         raise NoRedisError("no Redis URL: pass --redis URL or set QINFER_REDIS_URL (or use `qinfer up`)")
+    check_engine_config(engine_config)               # at once, before the engine's imports
     from qinfer.engine.llm_engine import LLMEngine   # torch: only a worker needs it
 
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"

@@ -1,5 +1,6 @@
-"""`import qinfer` and the client stay light: producers build and submit requests without
-torch, triton, transformers, or the callbacks worker's Celery."""
+"""`import qinfer` and the client stay light: producers build and submit requests, and catch
+every exception qinfer raises (importable from `qinfer` itself), without torch, triton,
+transformers, or the callbacks worker's Celery."""
 import subprocess
 import sys
 
@@ -7,6 +8,12 @@ CHECK = """
 import sys
 import qinfer
 import qinfer.client
+from qinfer import (CallbackURLRefused, EngineConfigError, IdempotencyConflictError, InvalidRequestError,
+                    JobNotFoundError, JobTimeoutError, MissingExtraError, NoRedisError, QinferError,
+                    QueueFullError, ValidationError, WebhookVerificationError)
+import qinfer.errors, qinfer.ssrf, pydantic
+assert JobNotFoundError is qinfer.errors.JobNotFoundError and CallbackURLRefused is qinfer.ssrf.CallbackURLRefused
+assert ValidationError is pydantic.ValidationError
 from qinfer.config import Settings
 from qinfer.queue.producer import as_request
 qinfer.SamplingParams(temperature=0.5, stop=["x"])
