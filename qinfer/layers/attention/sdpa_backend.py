@@ -30,11 +30,14 @@ class _Group:
     slots: torch.Tensor                  # [R, L] long: cache slot of context token (r, j)
     mask: torch.Tensor                   # [R, 1, Q * group or 1, L] bool: True = attend
     num_queries: int                     # Q
+    seen: Optional[torch.Tensor] = None  # [R, L] bool, sliding window: keys some query sees (the others may
+                                         # lie in blocks freed behind the window: zeroed, never read as is)
 
 
 def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, group: int,
-                 block_size: int, covers_batch: bool) -> _Group:
-    """rows: the requests of the group (indices into the batch), each with <= num_queries queries."""
+                 block_size: int, covers_batch: bool, sliding_window: Optional[int] = None) -> _Group:
+    """rows: the requests of the group (indices into the batch), each with <= num_queries queries;
+    sliding_window W: a query at position p sees keys p - W + 1 .. p."""
     seq_lens = meta.seq_lens[rows].long()
     query_starts = meta.query_start_loc[rows].long()
     query_lens = meta.query_start_loc[rows + 1].long() - query_starts
@@ -45,6 +48,10 @@ def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, 
     query = torch.arange(num_queries, device=rows.device)
     query_positions = (seq_lens - query_lens).unsqueeze(1) + query                       # [R, Q]
     mask = context[None, None, :] <= query_positions[:, :, None]                        # [R, Q, L]
+    seen = None
+    if sliding_window is not None:
+        mask &= context[None, None, :] > query_positions[:, :, None] - sliding_window
+        seen = mask.any(dim=1)
     is_real = (query < query_lens.unsqueeze(1)).flatten()
     token_index = (query_starts.unsqueeze(1) + query).flatten().masked_fill(~is_real, 0)
     if num_queries == 1:
@@ -53,20 +60,23 @@ def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, 
     else:
         mask = mask.repeat_interleave(group, dim=1).unsqueeze(1)   # row i * group + g is query i's
     out_index = None if covers_batch else token_index if is_real is None else token_index[is_real]
-    return _Group(token_index, out_index, is_real, slots, mask, num_queries)
+    return _Group(token_index, out_index, is_real, slots, mask, num_queries, seen)
 
 
-def build_groups(meta: AttentionMetadata, group: int, block_size: int) -> list[_Group]:
+def build_groups(meta: AttentionMetadata, group: int, block_size: int,
+                 sliding_window: Optional[int] = None) -> list[_Group]:
     query_lens = meta.query_start_loc.diff()
     is_decode = query_lens == 1
     num_decodes = int(is_decode.sum())
     groups = []
     if num_decodes:
         rows = torch.nonzero(is_decode).flatten()
-        groups.append(_build_group(meta, rows, 1, group, block_size, covers_batch=num_decodes == meta.num_reqs))
+        groups.append(_build_group(meta, rows, 1, group, block_size, covers_batch=num_decodes == meta.num_reqs,
+                                   sliding_window=sliding_window))
     if num_decodes < meta.num_reqs:
         rows = torch.nonzero(~is_decode).flatten()
-        groups.append(_build_group(meta, rows, meta.max_query_len, group, block_size, covers_batch=False))
+        groups.append(_build_group(meta, rows, meta.max_query_len, group, block_size, covers_batch=False,
+                                   sliding_window=sliding_window))
     return groups
 
 
@@ -81,6 +91,9 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
     q = q.transpose(1, 2).reshape(num_reqs, num_kv_heads, num_queries * group, head_size)
     k = k_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)          # [R, Hk, L, D]
     v = v_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)
+    if g.seen is not None:
+        unseen = ~g.seen[:, None, :, None]
+        k, v = k.masked_fill(unseen, 0.0), v.masked_fill(unseen, 0.0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)      # [R, Hk, Q * group, D]
     out = out.view(num_reqs, num_kv_heads, num_queries, group, head_size).transpose(1, 2)
     out = out.reshape(num_reqs * num_queries, num_kv_heads * group, head_size)
@@ -92,13 +105,13 @@ class SdpaAttentionBackend(AttentionBackend):
     is_graph_safe = False    # the per-step groups read sizes on the host
 
     def __init__(self):
-        self._step: Optional[tuple[AttentionMetadata, int, list[_Group]]] = None
+        self._step: Optional[tuple[AttentionMetadata, tuple, list[_Group]]] = None
 
     def forward(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                kv_written: bool = False):
+                kv_written: bool = False, sliding_window: Optional[int] = None):
         if not kv_written:
             ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
-        groups = self._groups(meta, query.shape[1] // k_cache.shape[2], k_cache.shape[1])
+        groups = self._groups(meta, query.shape[1] // k_cache.shape[2], k_cache.shape[1], sliding_window)
         if len(groups) == 1 and groups[0].out_index is None:   # decode-only step: outputs in order
             return attend(query, k_cache, v_cache, groups[0], scale)
         out = torch.empty_like(query)
@@ -106,7 +119,9 @@ class SdpaAttentionBackend(AttentionBackend):
             out[g.out_index] = attend(query, k_cache, v_cache, g, scale)
         return out
 
-    def _groups(self, meta: AttentionMetadata, group: int, block_size: int) -> list[_Group]:
-        if self._step is None or self._step[0] is not meta or self._step[1] != group:
-            self._step = (meta, group, build_groups(meta, group, block_size))
+    def _groups(self, meta: AttentionMetadata, group: int, block_size: int,
+                sliding_window: Optional[int]) -> list[_Group]:
+        key = (group, sliding_window)
+        if self._step is None or self._step[0] is not meta or self._step[1] != key:
+            self._step = (meta, key, build_groups(meta, group, block_size, sliding_window))
         return self._step[2]
