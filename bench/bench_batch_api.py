@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", help="model directory (default: the tiny demo model)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "batch_api.json"))
     args = ap.parse_args(argv)
-    from qinfer.cli import make_demo_model
+    from qinfer.testing.demo_model import make_demo_model
 
     model = args.model or str(make_demo_model())
     raw = jsonl(batch_lines(args.lines, args.max_tokens))

@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each side; the best counts")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "queue.json"))
     args = ap.parse_args(argv)
-    from qinfer.cli import make_demo_model
+    from qinfer.testing.demo_model import make_demo_model
 
     model = args.model or str(make_demo_model())
     args.threads = args.threads or default_threads()

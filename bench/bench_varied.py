@@ -36,7 +36,7 @@ def model_and_vocab(args) -> tuple[str, int]:
     from transformers import AutoConfig
 
     if args.device == "cpu" and not args.model_dir:
-        from qinfer.cli import make_demo_model
+        from qinfer.testing.demo_model import make_demo_model
         model_dir = str(make_demo_model())
     elif args.model_dir:
         model_dir = str(args.model_dir)
