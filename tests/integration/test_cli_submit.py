@@ -12,6 +12,7 @@ import pytest
 
 from qinfer.client import Client
 from qinfer.config import Settings
+from qinfer.queue.keys import Keys
 
 MODEL = "tiny"
 
@@ -50,7 +51,7 @@ def test_json_prints_the_whole_result_and_flags_reach_the_job(fleet_url, tmp_pat
     result = json.loads(r.stdout)
     assert result["status"] == "succeeded" and result["metadata"] == {"order": 17}
     assert len(result["outputs"]) == 2 and all(len(c["token_ids"]) <= 4 for c in result["outputs"])
-    request = Client(settings=Settings(redis_url=fleet_url)).redis.hget(f"{{qinfer}}:job:{result['id']}", "request")
+    request = Client(settings=Settings(redis_url=fleet_url)).redis.hget(Keys().job(result["id"]), "request")
     request = json.loads(request)
     assert request["messages"] == [{"role": "user", "content": "Hello there"}]
     assert request["sampling"]["seed"] == 7 and request["sampling"]["n"] == 2

@@ -4,6 +4,7 @@ client's job, every bound a client checks, and poison at admission ends in the d
 One real worker process (tests.poison_worker: the normal worker, its engine's add_request raising
 for ADMISSION_POISON) and a real callbacks worker posting to a loopback receiver.
 """
+import hashlib
 import json
 import subprocess
 import time
@@ -79,7 +80,9 @@ def test_raw_job_submitted_and_read_with_redis_cli_only(client, fleet):
         return done.stdout.strip()
 
     request = {"model": MODEL, "prompt": "The quiet harbour", "sampling": GREEDY, "metadata": {"order": 3}}
-    cli("XADD", "{qinfer}:q:tiny:0", "*", "id", "cli-job-1", "payload", json.dumps(request))
+    tag = KEYS.queue(MODEL, 0).split("}")[0][len("{qinfer:"):]   # the model's tag, as docs/queue.md derives it
+    assert tag == hashlib.blake2b(MODEL.encode(), digest_size=4).hexdigest()
+    cli("XADD", f"{{qinfer:{tag}}}:q:{MODEL}:0", "*", "id", "cli-job-1", "payload", json.dumps(request))
     assert cli("BLMOVE", "{qinfer}:job:cli-job-1:done", "{qinfer}:job:cli-job-1:done", "LEFT", "RIGHT", "60") \
         == "succeeded"
     assert cli("HGET", "{qinfer}:job:cli-job-1", "status") == "succeeded"
