@@ -44,3 +44,12 @@ def smollm2_dir():
     from qinfer.models.fetch import default_model_dir
 
     return default_model_dir("smollm2")
+
+
+def offline_outputs(model_dir, prompts: list[str], sampling: dict) -> dict:
+    """(text, token ids) of LLM.generate in this process, by prompt: the oracle of fleet tests."""
+    from qinfer import LLM, SamplingParams
+
+    llm = LLM(str(model_dir), num_kv_blocks=256)
+    outs = llm.generate(prompts, SamplingParams(**sampling), use_tqdm=False)
+    return {p: (o.outputs[0].text, o.outputs[0].token_ids) for p, o in zip(prompts, outs)}

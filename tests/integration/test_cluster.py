@@ -12,6 +12,7 @@ from qinfer.config import Settings
 from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
+from tests.fixtures_models import offline_outputs
 from tests.fixtures_redis import TEST_ENV, wait_until
 
 GREEDY = {"temperature": 0, "max_tokens": 10}
@@ -59,11 +60,7 @@ def client(redis_cluster, fleets):
 
 @pytest.fixture(scope="module")
 def offline(tiny_llama_dir):
-    from qinfer import LLM, SamplingParams
-
-    llm = LLM(str(tiny_llama_dir), num_kv_blocks=256)
-    outs = llm.generate(PROMPTS, SamplingParams(**GREEDY), use_tqdm=False)
-    return {p: (o.outputs[0].text, o.outputs[0].token_ids) for p, o in zip(PROMPTS, outs)}
+    return offline_outputs(tiny_llama_dir, PROMPTS, GREEDY)
 
 
 def test_the_client_detects_the_cluster_from_a_plain_url(client):

@@ -16,6 +16,7 @@ from qinfer.config import Settings
 from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
+from tests.fixtures_models import offline_outputs
 from tests.fixtures_redis import TEST_ENV, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,12 +48,7 @@ def client(fleet):
 
 @pytest.fixture(scope="module")
 def offline(tiny_llama_dir):
-    """Greedy outputs of LLM.generate in this process, by prompt."""
-    from qinfer import LLM, SamplingParams
-
-    llm = LLM(str(tiny_llama_dir), num_kv_blocks=256)
-    outs = llm.generate(PROMPTS, SamplingParams(**GREEDY), use_tqdm=False)
-    return {p: (o.outputs[0].text, o.outputs[0].token_ids) for p, o in zip(PROMPTS, outs)}
+    return offline_outputs(tiny_llama_dir, PROMPTS, GREEDY)
 
 
 def _jobs(prompts, **extra):
