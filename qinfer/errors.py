@@ -108,12 +108,12 @@ def explain(e: BaseException) -> Optional[str]:
     import redis
     from pydantic import ValidationError
 
+    if isinstance(e, (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError)):
+        return f"cannot reach Redis ({e}): is it running? Check --redis / QINFER_REDIS_URL"
     if isinstance(e, QinferError):
         return str(e)
     if isinstance(e, ValidationError):
         return f"invalid {e.title}: " + "; ".join(_field_error(err) for err in e.errors())
-    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
-        return f"cannot reach Redis ({e}): is it running? Check --redis / QINFER_REDIS_URL"
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
         return str(e)
     return None
