@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from qinfer.batch_types import BATCH_ENDPOINTS, BatchStatus
-from qinfer.callbacks.ssrf import Allowlist, check_callback_url
+from qinfer.ssrf import Allowlist, check_callback_url
 from qinfer.gateway.auth import caller
 from qinfer.gateway.errors import APIError, not_found
 from qinfer.gateway.files import owned_file
