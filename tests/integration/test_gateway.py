@@ -2,6 +2,7 @@
 and the official `openai` client: interactive endpoints, their errors, and the Batch API."""
 import http.client
 import json
+import socket
 import time
 import urllib.request
 from collections import Counter
@@ -157,19 +158,30 @@ def test_jobs_carry_the_key_name_and_extra_fields(client, jobs):
     assert json.loads(jobs.redis.hget(jobs.keys.job(job.id), "request"))["priority"] == 8
 
 
-def test_a_client_that_disconnects_cancels_its_job(gateway, jobs):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "wait"])
+def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, stream):
+    probe = f"disconnect-{stream}-{time.time()}"
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "The tired scheduler"}], "stream": True,
-            "temperature": 0, "max_tokens": 240, "ignore_eos": True}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "The tired scheduler"}], "stream": stream,
+            "temperature": 0, "max_tokens": 240, "ignore_eos": True, "metadata": {"probe": probe}}
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
                  {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    reply = conn.getresponse()
-    first = json.loads(reply.readline().decode().removeprefix("data: "))
-    job_id = first["id"].removeprefix("chatcmpl-")
-    reply.close()             # the client goes away mid-stream
+    job_id = wait_until(lambda: _job_with_probe(jobs, probe), timeout=30)
+    wait_until(lambda: jobs.get(job_id).status is JobStatus.RUNNING, timeout=30)
+    if stream:
+        conn.getresponse().readline()              # the first event has come
+    conn.sock.shutdown(socket.SHUT_RDWR)           # the client goes away before the answer
     conn.close()
     result = jobs.wait(job_id, timeout=30)
     assert result.status is JobStatus.CANCELLED and len(result.token_ids) < 240
+
+
+def _job_with_probe(jobs, probe: str):
+    for key in jobs.redis.scan_iter(match=jobs.keys.job("*"), count=1000):
+        request = jobs.redis.hget(key, "request") if jobs.redis.type(key) == b"hash" else None
+        if request and probe.encode() in request:
+            return key.decode().rsplit(":", 1)[1]
+    return None
 
 
 def test_metrics_count_requests_by_route(client, gateway):
@@ -298,3 +310,12 @@ def _raw_stream(gateway, body: dict) -> str:
     text = conn.getresponse().read().decode()
     conn.close()
     return text
+
+
+def test_batches_list_pages_newest_first(client, gateway):
+    made = [_run_batch(client, [chat_line("p", "Hello", **GREEDY)]).id for _ in range(3)]
+    ids = [b.id for b in client.batches.list(limit=2)]            # the client follows `after` page by page
+    assert len(ids) == len(set(ids)) and ids[:3] == made[::-1]
+    assert [b.id for b in gateway.openai(OTHER_KEY).batches.list()] == []
+    for batch_id in made:
+        wait_batch(client, batch_id, ("completed",))
