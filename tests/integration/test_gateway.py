@@ -18,8 +18,8 @@ from qinfer.fleet import Fleet
 from qinfer.schema import JobStatus
 from tests.callbacks_support import SECRET, CallbacksWorker, Receiver
 from tests.fixtures_redis import TEST_ENV, wait_until
-from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, jsonl,
-                                               wait_batch)
+from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, job_requests,
+                                               jsonl, wait_batch)
 
 KEY, OTHER_KEY = "sk-alice-0123", "sk-bob-4567"
 MAX_QUEUED_TOKENS = 20_000
@@ -136,14 +136,25 @@ def test_chat_logprobs_in_openai_shape(client):
     assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in content)
 
 
-def test_errors_in_openai_shape(client, gateway):
+def refused_while_queue_is_full(client, jobs) -> openai.RateLimitError:
+    """Long jobs submitted straight to the queue hold about 5,000 of its 20,000 admitted tokens
+    while they run: a request for 16,000 more (within the bound alone) is refused."""
+    fillers = jobs.submit_many([{"model": MODEL, "prompt": f"Filler {i}", "sampling": LONG} for i in range(24)])
+    try:
+        with pytest.raises(openai.RateLimitError, match="QINFER_MAX_QUEUED_TOKENS") as refused:
+            _chat(client, "x", max_tokens=16_000)
+    finally:
+        for job_id in fillers:
+            jobs.cancel(job_id)
+    return refused.value
+
+
+def test_errors_in_openai_shape(client, gateway, jobs):
     with pytest.raises(openai.NotFoundError, match="no live worker"):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.AuthenticationError):
         gateway.openai("sk-wrong").models.list()
-    with pytest.raises(openai.RateLimitError, match="QINFER_MAX_QUEUED_TOKENS") as refused:
-        _chat(client, "x", max_tokens=MAX_QUEUED_TOKENS + 1)
-    assert refused.value.body["code"] == "queue_full"
+    assert refused_while_queue_is_full(client, jobs).body["code"] == "queue_full"
     with pytest.raises(openai.BadRequestError, match="temperature") as bad:
         _chat(client, "x", temperature=5)
     assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
@@ -177,10 +188,9 @@ def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, stream):
 
 
 def _job_with_probe(jobs, probe: str):
-    for key in jobs.redis.scan_iter(match=jobs.keys.job("*"), count=1000):
-        request = jobs.redis.hget(key, "request") if jobs.redis.type(key) == b"hash" else None
-        if request and probe.encode() in request:
-            return key.decode().rsplit(":", 1)[1]
+    for key, request in job_requests(jobs.redis):
+        if probe in request:
+            return key.rsplit(":", 1)[1]
     return None
 
 
