@@ -58,7 +58,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     install_handlers(app)
     for router in (models.router, completions.router, files.router, batches.router):
         app.include_router(router)
-    app.middleware("http")(_count_requests)
+    app.add_middleware(RequestMetrics)
     app.add_api_route("/health", _health, methods=["GET"])
     app.add_api_route("/metrics", _metrics, methods=["GET"])
     return app
@@ -79,13 +79,34 @@ async def _lifespan(app: FastAPI):
         gateway.client.close()
 
 
-async def _count_requests(request: Request, call_next):
-    start = time.monotonic()
-    response = await call_next(request)
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    metrics.gateway_requests.labels(route, str(response.status_code)).inc()
-    metrics.gateway_request_latency.labels(route).observe(time.monotonic() - start)
-    return response
+class RequestMetrics:
+    """Counts requests by route and status, and times them to their response headers.
+    Plain ASGI (not @app.middleware): Starlette's BaseHTTPMiddleware hides a client's
+    disconnect from the handler, which must see it to cancel the job."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.monotonic(), 500
+
+        async def timed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                metrics.gateway_request_latency.labels(_route(scope)).observe(time.monotonic() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            metrics.gateway_requests.labels(_route(scope), str(status)).inc()
+
+
+def _route(scope) -> str:
+    return getattr(scope.get("route"), "path", "unmatched")     # the template: /v1/batches/{batch_id}
 
 
 async def _health(request: Request) -> JSONResponse:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from qinfer.batch_types import BatchLineError
 from qinfer.config import Settings
 from qinfer.errors import InvalidRequestError
-from qinfer.gateway.openai_requests import ChatCompletionRequest, CompletionRequest
+from qinfer.gateway.openai_requests import API_KEY_METADATA, ChatCompletionRequest, CompletionRequest
 from qinfer.queue.producer import as_request
 from qinfer.schema import JobRequest
 
@@ -28,7 +28,7 @@ BODY_MODELS = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions":
 class BatchLine:
     number: int                # 1-based line number in the input file
     custom_id: str
-    body: object               # ChatCompletionRequest | CompletionRequest
+    job: JobRequest            # the body as a job, before the batch's priority, ids and key name
 
 
 @dataclass
@@ -60,9 +60,9 @@ def parse_input(raw_lines: Iterable[bytes], endpoint: str, settings: Settings,
             continue
         if line.custom_id in seen:
             parsed.refuse(number, "duplicate_custom_id", f"custom_id {line.custom_id!r} is used twice", "custom_id")
-        elif not is_served(line.body.model):
+        elif not is_served(line.job.model):
             parsed.refuse(number, "model_not_found",
-                          f"the model {line.body.model!r} does not exist or no live worker serves it", "body.model")
+                          f"the model {line.job.model!r} does not exist or no live worker serves it", "body.model")
         else:
             parsed.lines.append(line)
         seen.add(line.custom_id)
@@ -93,7 +93,7 @@ def _parse_line(parsed: ParsedInput, number: int, raw: bytes, endpoint: str,
                              f"url {entry.get('url')!r} does not match the batch's endpoint {endpoint}", "url")
     try:
         body = BODY_MODELS[endpoint].model_validate(entry.get("body"))
-        as_request(body.to_job(settings, ""), settings)      # sampling values, callback_url
+        job = as_request(body.to_job(settings, ""), settings)      # sampling values, callback_url
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(["body", *(str(p) for p in err["loc"])])
@@ -102,14 +102,15 @@ def _parse_line(parsed: ParsedInput, number: int, raw: bytes, endpoint: str,
         return parsed.refuse(number, "invalid_request", str(e), "body")
     if body.stream:
         return parsed.refuse(number, "invalid_request", "stream is not supported in a batch", "body.stream")
-    return BatchLine(number, custom_id, body)
+    return BatchLine(number, custom_id, job)
 
 
-def line_job(line: BatchLine, settings: Settings, batch: dict) -> JobRequest:
+def line_job(line: BatchLine, batch: dict) -> JobRequest:
     """The fleet job of one line: the batch's priority, its ids in the metadata, and an
     idempotency key per (batch, custom_id), so enqueueing it again yields the same job."""
     digest = hashlib.sha256(line.custom_id.encode()).hexdigest()[:32]
-    job = line.body.to_job(settings, batch.get("owner", ""), priority=int(batch["priority"]),
-                           idempotency_key=f"{batch['id']}:{digest}")
-    metadata = {**job.metadata, "batch_id": batch["id"], "custom_id": line.custom_id}
-    return job.model_copy(update={"metadata": metadata})
+    metadata = {**line.job.metadata, "batch_id": batch["id"], "custom_id": line.custom_id}
+    if batch.get("owner"):
+        metadata[API_KEY_METADATA] = batch["owner"]
+    return line.job.model_copy(update={"priority": int(batch["priority"]), "metadata": metadata,
+                                       "idempotency_key": f"{batch['id']}:{digest}"})

@@ -41,6 +41,7 @@ from qinfer.schema import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
 S = BatchStatus
+SETTLE_WINDOW = 100        # open jobs whose status a settle step reads at once
 
 
 class LeaseLost(Exception):
@@ -105,7 +106,7 @@ class BatchRunner:
             self._end(batch, (S.VALIDATING,), S.FAILED,
                       {"failed_at": now, "errors": BatchErrors(data=errors).model_dump_json()})
             return
-        models = sorted({line.body.model for line in parsed.lines})
+        models = sorted({line.job.model for line in parsed.lines})
         if self.store.transition(batch["id"], (S.VALIDATING,), S.IN_PROGRESS,
                                  {"in_progress_at": now, "total": len(parsed.lines), "model": ",".join(models)}):
             self._progress(self.store.get(batch["id"]), parsed)      # enqueue now, not a poll later
@@ -146,7 +147,7 @@ class BatchRunner:
             if self.store.status(batch["id"]) != S.IN_PROGRESS.value:
                 return      # cancelled meanwhile: the cancelling step takes over
             try:
-                job_ids = self.client.submit_many([line_job(line, self.settings, batch) for line in chunk])
+                job_ids = self.client.submit_many([line_job(line, batch) for line in chunk])
             except QueueFullError as e:
                 log.info("batch %s: admission refused (%s); retrying next pass", batch["id"], e)
                 return
@@ -157,12 +158,12 @@ class BatchRunner:
 
     def _settle(self, batch_id: str) -> int:
         """Count the jobs that finished since the last pass; returns how many are still open.
-        A pass looks at the earliest open lines, a chunk at a time, and stops at the first
-        chunk with an unfinished job: jobs finish about in queue order, so the cost follows
+        A pass looks at the earliest open lines, SETTLE_WINDOW at a time, and stops at the
+        first window with an unfinished job: jobs finish about in queue order, so the cost follows
         the jobs that finished, not the batch's size (a job finishing out of order is
-        counted once the chunk before it has finished)."""
+        counted once the window before it has finished)."""
         while True:
-            window = self.store.open_jobs(batch_id, self.settings.batch_chunk_size)
+            window = self.store.open_jobs(batch_id, SETTLE_WINDOW)
             finished = {job_id: "completed" if status == "succeeded" else "failed"
                         for job_id, status in zip(window, self.store.job_statuses(window))
                         if status is None or status in TERMINAL_STATUSES}
@@ -197,7 +198,7 @@ class BatchRunner:
         """Record jobs a dead runner submitted but had not recorded (at most the chunk after
         the cursor), found through their idempotency keys, so that they are cancelled too."""
         unsent = self._unsent(batch)[:self.settings.batch_chunk_size]
-        jobs = [line_job(line, self.settings, batch) for line in unsent]
+        jobs = [line_job(line, batch) for line in unsent]
         found = self.store.submitted_jobs([(job.model, job.idempotency_key) for job in jobs])
         enqueued = int(batch.get("enqueued") or 0)
         lines = [(line.custom_id, job_id, enqueued + i) for i, (line, job_id) in enumerate(zip(unsent, found))

@@ -87,3 +87,15 @@ def wait_batch(client: openai.OpenAI, batch_id: str, statuses: tuple, timeout: f
             return batch
         time.sleep(0.1)
     raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s")
+
+
+def job_requests(r) -> list[tuple[str, str]]:
+    """(key, request JSON) of every job hash in Redis, whatever slot its key is in."""
+    found = []
+    for key in r.scan_iter(match="*job:*", count=1000):
+        key = key.decode() if isinstance(key, bytes) else key
+        if key.rsplit(":", 2)[-2] == "job" and r.type(key) in (b"hash", "hash"):
+            request = r.hget(key, "request")
+            if request:
+                found.append((key, request.decode() if isinstance(request, bytes) else request))
+    return found

@@ -2,6 +2,7 @@
 and the official `openai` client: interactive endpoints, their errors, and the Batch API."""
 import http.client
 import json
+import socket
 import time
 import urllib.request
 from collections import Counter
@@ -17,8 +18,8 @@ from qinfer.fleet import Fleet
 from qinfer.schema import JobStatus
 from tests.callbacks_support import SECRET, CallbacksWorker, Receiver
 from tests.fixtures_redis import TEST_ENV, wait_until
-from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, jsonl,
-                                               wait_batch)
+from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, job_requests,
+                                               jsonl, wait_batch)
 
 KEY, OTHER_KEY = "sk-alice-0123", "sk-bob-4567"
 MAX_QUEUED_TOKENS = 20_000
@@ -135,14 +136,25 @@ def test_chat_logprobs_in_openai_shape(client):
     assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in content)
 
 
-def test_errors_in_openai_shape(client, gateway):
+def refused_while_queue_is_full(client, jobs) -> openai.RateLimitError:
+    """Long jobs submitted straight to the queue hold about 5,000 of its 20,000 admitted tokens
+    while they run: a request for 16,000 more (within the bound alone) is refused."""
+    fillers = jobs.submit_many([{"model": MODEL, "prompt": f"Filler {i}", "sampling": LONG} for i in range(24)])
+    try:
+        with pytest.raises(openai.RateLimitError, match="QINFER_MAX_QUEUED_TOKENS") as refused:
+            _chat(client, "x", max_tokens=16_000)
+    finally:
+        for job_id in fillers:
+            jobs.cancel(job_id)
+    return refused.value
+
+
+def test_errors_in_openai_shape(client, gateway, jobs):
     with pytest.raises(openai.NotFoundError, match="no live worker"):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.AuthenticationError):
         gateway.openai("sk-wrong").models.list()
-    with pytest.raises(openai.RateLimitError, match="QINFER_MAX_QUEUED_TOKENS") as refused:
-        _chat(client, "x", max_tokens=MAX_QUEUED_TOKENS + 1)
-    assert refused.value.body["code"] == "queue_full"
+    assert refused_while_queue_is_full(client, jobs).body["code"] == "queue_full"
     with pytest.raises(openai.BadRequestError, match="temperature") as bad:
         _chat(client, "x", temperature=5)
     assert bad.value.body["param"] == "temperature" and bad.value.body["type"] == "invalid_request_error"
@@ -157,19 +169,29 @@ def test_jobs_carry_the_key_name_and_extra_fields(client, jobs):
     assert json.loads(jobs.redis.hget(jobs.keys.job(job.id), "request"))["priority"] == 8
 
 
-def test_a_client_that_disconnects_cancels_its_job(gateway, jobs):
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "wait"])
+def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, stream):
+    probe = f"disconnect-{stream}-{time.time()}"
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "The tired scheduler"}], "stream": True,
-            "temperature": 0, "max_tokens": 240, "ignore_eos": True}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "The tired scheduler"}], "stream": stream,
+            "temperature": 0, "max_tokens": 240, "ignore_eos": True, "metadata": {"probe": probe}}
     conn.request("POST", "/v1/chat/completions", json.dumps(body),
                  {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    reply = conn.getresponse()
-    first = json.loads(reply.readline().decode().removeprefix("data: "))
-    job_id = first["id"].removeprefix("chatcmpl-")
-    reply.close()             # the client goes away mid-stream
+    job_id = wait_until(lambda: _job_with_probe(jobs, probe), timeout=30)
+    wait_until(lambda: jobs.get(job_id).status is JobStatus.RUNNING, timeout=30)
+    if stream:
+        conn.getresponse().readline()              # the first event has come
+    conn.sock.shutdown(socket.SHUT_RDWR)           # the client goes away before the answer
     conn.close()
     result = jobs.wait(job_id, timeout=30)
     assert result.status is JobStatus.CANCELLED and len(result.token_ids) < 240
+
+
+def _job_with_probe(jobs, probe: str):
+    for key, request in job_requests(jobs.redis):
+        if probe in request:
+            return key.rsplit(":", 1)[1]
+    return None
 
 
 def test_metrics_count_requests_by_route(client, gateway):
@@ -298,3 +320,12 @@ def _raw_stream(gateway, body: dict) -> str:
     text = conn.getresponse().read().decode()
     conn.close()
     return text
+
+
+def test_batches_list_pages_newest_first(client, gateway):
+    made = [_run_batch(client, [chat_line("p", "Hello", **GREEDY)]).id for _ in range(3)]
+    ids = [b.id for b in client.batches.list(limit=2)]            # the client follows `after` page by page
+    assert len(ids) == len(set(ids)) and ids[:3] == made[::-1]
+    assert [b.id for b in gateway.openai(OTHER_KEY).batches.list()] == []
+    for batch_id in made:
+        wait_batch(client, batch_id, ("completed",))

@@ -20,7 +20,8 @@ from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
 from tests.fixtures_redis import TEST_ENV, wait_until
-from tests.integration.gateway_support import MODEL, REPO, GatewayProcess, batch_file, chat_line, jsonl, wait_batch
+from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, job_requests,
+                                               jsonl, wait_batch)
 
 SLOW_CHUNKS = {"QINFER_BATCH_CHUNK_SIZE": "2", "QINFER_BATCH_CHUNK_DELAY_S": "0.4"}
 SHORT = {"temperature": 0, "max_tokens": 6}
@@ -68,12 +69,8 @@ def _batch_field(store, batch_id, name) -> int:
 
 def _jobs_of(store, batch_id) -> list[dict]:
     """Every job hash the fleet holds for this batch (duplicates would show here)."""
-    found = []
-    for key in store.scan_iter(match=Keys().job("*")):
-        request = store.hget(key, "request") if store.type(key) == "hash" else None
-        if request and json.loads(request)["metadata"].get("batch_id") == batch_id:
-            found.append(json.loads(request))
-    return found
+    requests = (json.loads(request) for _, request in job_requests(store))
+    return [r for r in requests if r["metadata"].get("batch_id") == batch_id]
 
 
 def _assert_each_line_once(client, batch, lines):

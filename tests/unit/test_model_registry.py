@@ -5,8 +5,8 @@ from transformers import MistralConfig, Phi3Config
 from qinfer.layers.rotary import RotaryEmbedding, rope_parameters
 from qinfer.models.registry import get_model_class, supported_architectures
 
-ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM",
-                 "Qwen3ForCausalLM"]
+ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Phi3ForCausalLM",
+                 "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"]
 
 
 def test_every_architecture_resolves_to_its_class():
