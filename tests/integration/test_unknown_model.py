@@ -63,7 +63,7 @@ def test_wait_and_stream_fail_a_job_whose_model_stays_unserved_with_no_worker_at
     assert client.get(streamed).error.code == "unknown_model"
     assert client.redis.xlen(KEYS.queue("ghost", 0)) == 0                       # entries gone
     assert client.redis.hget(KEYS.queued_counts("ghost"), "jobs") == b"0"       # admission released
-    assert [e[b"job_id"] for _, e in client.redis.xrange(KEYS.callback_outbox())] == [ghost.encode()]
+    assert [e[b"job_id"] for _, e in client.redis.xrange(KEYS.callback_outbox(ghost))] == [ghost.encode()]
     assert client.redis.llen(KEYS.job_done(ghost)) == 1
     beat(client, "tiny")
     with pytest.raises(JobTimeoutError):       # a model with a live worker is not failed
