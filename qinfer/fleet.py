@@ -109,11 +109,6 @@ class Fleet:
     def _name_base(self) -> str:
         return f"{os.uname().nodename}-{os.getpid()}"
 
-    @property
-    def pids(self) -> list[int]:
-        """The running children: workers, then the callbacks worker."""
-        return [p.pid for p in [*self.processes, self.callbacks] if p is not None and p.poll() is None]
-
     def wait_ready(self, timeout: float = 120.0, cancelled: Callable[[], bool] = lambda: False) -> bool:
         """Block until every worker has sent a heartbeat (True), or cancelled() turns true (False)."""
         client = redis.Redis.from_url(self.redis_url)
