@@ -118,11 +118,6 @@ class Fleet:
         # a second fleet of one process (a test adding workers) gets names of its own
         return f"{os.uname().nodename}-{os.getpid()}" + (f"-f{self.number}" if self.number else "")
 
-    @property
-    def pids(self) -> list[int]:
-        """The running children: workers, then the callbacks worker."""
-        return [p.pid for p in [*self.processes, self.callbacks] if p is not None and p.poll() is None]
-
     def wait_ready(self, timeout: float = 120.0, cancelled: Callable[[], bool] = lambda: False) -> bool:
         """Block until every worker has sent a heartbeat (True), or cancelled() turns true (False)."""
         client = connect(self.redis_url)

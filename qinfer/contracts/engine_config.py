@@ -49,7 +49,7 @@ def check_engine_config(config: EngineConfig) -> None:
     check_model_dir(config.model)
     if config.dtype not in DTYPES:
         raise EngineConfigError(f"unknown dtype {config.dtype!r}: use one of {', '.join(DTYPES)}")
-    check_device(config.device)
+    check_device(config.device, config.tensor_parallel_size)
 
 
 def check_model_dir(model: str) -> None:
@@ -67,11 +67,12 @@ def check_model_dir(model: str) -> None:
     raise EngineConfigError(f"model directory {model!r} does not exist")
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, tensor_parallel_size: int = 1) -> None:
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
         raise EngineConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
-    if kind == "cuda":
+    # tensor parallelism counts its devices itself (distributed/validation.py), rank by rank
+    if kind == "cuda" and tensor_parallel_size == 1:
         import torch    # only here: the other checks stay light
 
         num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

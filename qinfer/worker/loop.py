@@ -45,6 +45,8 @@ _AFFINITY_INTERVAL_S = 1.0     # how often a worker re-reads which lanes it owns
 # `qinfer workers` shows counts at most a second old; a change is sent at once, but a busy
 # worker whose counts change every step sends at most one beat per _MIN_BEAT_GAP_S.
 _HEARTBEAT_INTERVAL_S, _MIN_BEAT_GAP_S = 1.0, 0.2
+# Jobs a batch may grow by per engine step (_intake): 16 fills a 256-sequence batch in 16 steps.
+_RAMP_PER_STEP = 16
 
 
 class Worker:
@@ -161,6 +163,7 @@ class Worker:
         if self.engine.has_unfinished_requests():
             self._step()
         elif self.draining_until is None and not self.backlog:
+            self._last_batch_size = 0       # idle: the next burst starts its own ramp (_intake)
             self._accept(self.consumer.wait_for_entries(self.settings.idle_block_s))
 
     def _lease_tick(self) -> None:
@@ -238,12 +241,12 @@ class Worker:
         self._accept(self.consumer.pull(self._intake()))
 
     def _intake(self) -> int:
-        """New jobs to pull now: what the engine can admit, but no more than doubles its batch
-        (of now or of the last step, at least 1). A burst then spreads over the fleet's idle
-        workers, which each woke with one job, instead of filling the first that pulls; a lone
-        worker still reaches a full batch in a few steps."""
-        batch = max(len(self.in_flight), self._last_batch_size, 1)
-        return min(self.engine.num_admissible(), 2 * batch - len(self.in_flight))
+        """New jobs to pull now: what the engine can admit, but a batch grows by at most
+        _RAMP_PER_STEP jobs over the last step's. A burst then spreads over the fleet's idle
+        workers in proportion to their speed, instead of filling the first one that pulls; jobs
+        that finish are replaced at once, and a lone worker fills its batch in a few steps."""
+        limit = max(len(self.in_flight), self._last_batch_size) + _RAMP_PER_STEP - len(self.in_flight)
+        return min(self.engine.num_admissible(), limit)
 
     def _accept(self, deliveries: list[Delivery], alone: bool = False) -> None:
         finals, skipped = [], []

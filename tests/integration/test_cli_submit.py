@@ -12,15 +12,25 @@ import pytest
 
 from qinfer.client import Client
 from qinfer.config import Settings
-from qinfer.queue.keys import Keys
+from qinfer.fleet import Fleet
+from tests.fixtures_redis import TEST_ENV
 
 MODEL = "tiny"
 
 
-@pytest.fixture
-def fleet_url(redis_url, start_workers, tiny_llama_dir):
-    start_workers(tiny_llama_dir, args=("--served-model-name", MODEL))
-    return redis_url
+@pytest.fixture(scope="module")
+def fleet_url(redis_server, tiny_llama_dir):
+    """One worker for the module (its Redis is not emptied between these tests)."""
+    fleet = Fleet(tiny_llama_dir, redis_server.url, 1, env=TEST_ENV,
+                  worker_args=("--served-model-name", MODEL, "--num-kv-blocks", "256"))
+    fleet.start().wait_ready()
+    yield redis_server.url
+    fleet.stop(timeout=30)
+
+
+def job_keys(url: str) -> list:
+    client = Client(settings=Settings(redis_url=url))
+    return sorted(client.redis.keys(client.keys.job("*")))
 
 
 def qinfer(url: str, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -51,8 +61,8 @@ def test_json_prints_the_whole_result_and_flags_reach_the_job(fleet_url, tmp_pat
     result = json.loads(r.stdout)
     assert result["status"] == "succeeded" and result["metadata"] == {"order": 17}
     assert len(result["outputs"]) == 2 and all(len(c["token_ids"]) <= 4 for c in result["outputs"])
-    request = Client(settings=Settings(redis_url=fleet_url)).redis.hget(Keys().job(result["id"]), "request")
-    request = json.loads(request)
+    client = Client(settings=Settings(redis_url=fleet_url))
+    request = json.loads(client.redis.hget(client.keys.job(result["id"]), "request"))
     assert request["messages"] == [{"role": "user", "content": "Hello there"}]
     assert request["sampling"]["seed"] == 7 and request["sampling"]["n"] == 2
 
@@ -66,10 +76,10 @@ def test_stream_prints_the_text_then_the_headline(fleet_url):
     assert headline.startswith(f"job {job_id} succeeded")
 
 
-def test_ctrl_c_while_waiting_says_how_to_cancel(redis_url):
+def test_ctrl_c_while_waiting_says_how_to_cancel(fleet_url):
     """No worker serves the model: the job stays queued, the wait blocks until Ctrl-C."""
     env = {**os.environ, "QINFER_REQUIRE_LIVE_MODEL": "0"}      # submit ahead of any worker
-    proc = subprocess.Popen([sys.executable, "-m", "qinfer.cli", "--redis", redis_url, "submit", "--model",
+    proc = subprocess.Popen([sys.executable, "-m", "qinfer.cli", "--redis", fleet_url, "submit", "--model",
                              "nobody", "hello", "--wait"], stderr=subprocess.PIPE, text=True, env=env)
     first = proc.stderr.readline()
     job_id = first.split()[1]
@@ -78,13 +88,13 @@ def test_ctrl_c_while_waiting_says_how_to_cancel(redis_url):
     err = proc.stderr.read()
     assert proc.wait(timeout=30) == 130 and "Traceback" not in err
     assert f"qinfer cancel {job_id}" in err and f"qinfer wait {job_id}" in err
-    assert Client(settings=Settings(redis_url=redis_url)).get(job_id).status.value == "queued"
+    assert Client(settings=Settings(redis_url=fleet_url)).get(job_id).status.value == "queued"
 
 
-def test_wait_timeout_is_one_line(redis_url, monkeypatch):
+def test_wait_timeout_is_one_line(fleet_url, monkeypatch):
     monkeypatch.setenv("QINFER_REQUIRE_LIVE_MODEL", "0")         # submit ahead of any worker
-    job_id = Client(settings=Settings(redis_url=redis_url)).submit(model="nobody", prompt="x")
-    r = qinfer(redis_url, "wait", job_id, "--timeout", "0.5")
+    job_id = Client(settings=Settings(redis_url=fleet_url)).submit(model="nobody", prompt="x")
+    r = qinfer(fleet_url, "wait", job_id, "--timeout", "0.5")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"still queued after 0.5s; it goes on: `qinfer wait {job_id}`" in r.stderr
 
@@ -104,13 +114,14 @@ def test_submit_file_submits_every_line_in_order(fleet_url, tmp_path):
     assert all(res.status.value == "succeeded" and res.model == MODEL for res in results)
 
 
-def test_submit_file_with_a_bad_line_writes_nothing(redis_url, tmp_path):
+def test_submit_file_with_a_bad_line_writes_nothing(fleet_url, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"model": "m", "prompt": "fine"}) + "\n"
                     + json.dumps({"model": "m", "prompt": "bad", "sampling": {"top_p": 2}}) + "\n")
-    r = qinfer(redis_url, "submit", "--file", str(jobs))
+    before = job_keys(fleet_url)
+    r = qinfer(fleet_url, "submit", "--file", str(jobs))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{jobs} line 2: invalid JobRequest: sampling.top_p" in r.stderr
-    assert Client(settings=Settings(redis_url=redis_url)).redis.dbsize() == 0
-    r = qinfer(redis_url, "submit", "--file", "-", stdin="not json\n")
+    assert job_keys(fleet_url) == before
+    r = qinfer(fleet_url, "submit", "--file", "-", stdin="not json\n")
     assert r.returncode == 1 and "- line 1: not JSON" in r.stderr

@@ -5,7 +5,9 @@ what was handed back is served by the next `qinfer up` on the same data director
 import os
 import signal
 import subprocess
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,8 +60,6 @@ def _read_banner(proc) -> dict:
         key, sep, value = line.strip().partition("=")
         if sep and key.startswith("QINFER_"):
             values[key] = value
-        if line.startswith("embedded Redis: data in"):
-            values["data_line"] = line.strip()
         if line.startswith("callbacks worker up"):
             return values
     raise AssertionError(f"`qinfer up` exited ({proc.wait()}) without its banner; read {values}")
@@ -87,15 +87,41 @@ class Up:
         self.proc = subprocess.Popen([sys.executable, "-m", "qinfer.cli", "up", "--model", str(model)],
                                      env=up_env(tmp_path, **env), stdout=subprocess.PIPE, text=True,
                                      stderr=self.log.open("w"), start_new_session=True)
-        self.banner = _read_banner(self.proc)
-        self.client = Client(settings=Settings(redis_url=self.banner["QINFER_REDIS_URL"]))
+        self.children: list[int] = []
+        self.lines: queue.Queue = queue.Queue()      # stdout, read by a thread: no read blocks forever
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    def wait_ready(self) -> "Up":
+        url = self.read_until("QINFER_REDIS_URL=").strip().partition("=")[2]
+        self.data_line = self.read_until("embedded Redis: data in").strip()
+        self.read_until("callbacks worker up")
+        self.client = Client(settings=Settings(redis_url=url))
         self.children = descendants(self.proc.pid)      # redis-server, the worker, the callbacks worker
+        return self
+
+    def _read_stdout(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def read_until(self, prefix: str, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"`qinfer up` printed no line starting {prefix!r} within {timeout}s") from None
+            if line is None:
+                raise AssertionError(f"`qinfer up` exited ({self.proc.wait()}) before a line starting {prefix!r}")
+            if line.startswith(prefix):
+                return line
 
     def ctrl_c(self) -> None:
         os.killpg(self.proc.pid, signal.SIGINT)
 
     def close(self) -> None:
         """After a failed test: stop it the quick way; kill what is left."""
+        self.children = self.children or descendants(self.proc.pid)
         if self.proc.poll() is None:
             self.ctrl_c()
             time.sleep(0.5)
@@ -106,12 +132,6 @@ class Up:
                 self.proc.kill()
         for pid in filter(is_alive, self.children):
             os.kill(pid, signal.SIGKILL)
-
-    def read_until(self, prefix: str) -> str:
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return line
-        raise AssertionError(f"`qinfer up` printed no line starting {prefix!r}")
 
 
 def descendants(pid: int) -> list[int]:
@@ -153,22 +173,26 @@ def assert_stopped_cleanly(up: Up, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def ups():
-    """Up(...) objects made by a test, closed after it whatever happened."""
+def start_up(tmp_path):
+    """start_up(model, name, **env) -> a ready Up; every one is closed after the test, whatever happened."""
     made: list[Up] = []
-    yield made
+
+    def start(model, name: str, **env: str) -> Up:
+        made.append(Up(tmp_path, model, name, **env))
+        return made[-1].wait_ready()
+
+    yield start
     for up in made:
         up.close()
 
 
 def test_ctrl_c_once_drains_twice_stops_at_once_and_the_next_up_serves_what_was_handed_back(tmp_path,
-                                                                                               long_model, ups):
+                                                                                               long_model, start_up):
     model = long_model
     # a drain grace of 0: the running jobs are handed back as soon as the first Ctrl-C arrives
-    first = Up(tmp_path, model, "first", QINFER_DRAIN_GRACE_S="0")
-    ups.append(first)
+    first = start_up(model, "first", QINFER_DRAIN_GRACE_S="0")
     data_dir = tmp_path / "data" / "qinfer" / "redis"
-    assert first.banner["data_line"].startswith(f"embedded Redis: data in {data_dir} (AOF")
+    assert first.data_line.startswith(f"embedded Redis: data in {data_dir} (AOF")
     ids = long_jobs(first.client, model, 3, max_tokens=400)
     first.ctrl_c()
     first.read_until("stopping: workers finish their jobs for up to 0s")
@@ -176,8 +200,7 @@ def test_ctrl_c_once_drains_twice_stops_at_once_and_the_next_up_serves_what_was_
     assert "handing back 3 jobs" in first.log.read_text()
     assert_stopped_cleanly(first, tmp_path)
 
-    second = Up(tmp_path, model, "second", QINFER_DRAIN_GRACE_S="600")
-    ups.append(second)
+    second = start_up(model, "second", QINFER_DRAIN_GRACE_S="600")
     results = [second.client.wait(job_id, timeout=300) for job_id in ids]
     assert [(r.status.value, len(r.token_ids)) for r in results] == [("succeeded", 400)] * 3
     long_jobs(second.client, model, 2, max_tokens=16000)     # minutes of work: a drain would wait for them

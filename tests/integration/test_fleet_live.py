@@ -9,38 +9,63 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from qinfer.client import Client
 from qinfer.config import Settings
+from qinfer.fleet import Fleet
 from qinfer.queue.keys import Keys
 from qinfer.worker.health import list_workers
+from tests.fixtures_redis import TEST_ENV
 
 
-def test_heartbeat_shows_running_jobs_within_a_second(redis_url, start_workers, tiny_llama_dir):
-    # the default lease: heartbeats used to come every lease/3 = 10 s
-    start_workers(tiny_llama_dir, env={"QINFER_LEASE_SECONDS": "30"}, args=("--served-model-name", "tiny"))
-    r, keys = redis.Redis.from_url(redis_url), Keys()
-    client = Client(settings=Settings(redis_url=redis_url))
+@pytest.fixture(scope="module")
+def fleet_url(redis_server, tiny_llama_dir):
+    """Two workers with the default lease: heartbeats used to come every lease/3 = 10 s."""
+    redis.Redis.from_url(redis_server.url).flushall()
+    fleet = Fleet(tiny_llama_dir, redis_server.url, 2, env={**TEST_ENV, "QINFER_LEASE_SECONDS": "30"},
+                  worker_args=("--served-model-name", "tiny", "--num-kv-blocks", "512"))
+    fleet.start().wait_ready()
+    yield redis_server.url
+    fleet.stop(timeout=30)
+
+
+def running(r) -> int:
+    return sum(int(w["running"]) for w in list_workers(r, Keys()))
+
+
+def test_heartbeats_show_running_jobs_within_a_second(fleet_url):
+    r, client = redis.Redis.from_url(fleet_url), Client(settings=Settings(redis_url=fleet_url))
     ids = client.submit_many([{"model": "tiny", "prompt": f"count {i}",
                                "sampling": {"max_tokens": 200, "ignore_eos": True}} for i in range(2)])
-    submitted = time.monotonic()
-    seen_running = None
+    submitted, seen_running = time.monotonic(), None
     while not all(client.get(i).is_terminal for i in ids):
-        (worker,) = list_workers(r, keys)
-        if worker["running"] == "2" and seen_running is None:
+        if running(r) == 2 and seen_running is None:
             seen_running = time.monotonic() - submitted
         time.sleep(0.02)
     finished = time.monotonic()
     assert seen_running is not None and seen_running < 3.0
-    while list_workers(r, keys)[0]["running"] != "0":
-        assert time.monotonic() - finished < 3.0, "the heartbeat still shows finished jobs"
+    while running(r):
+        assert time.monotonic() - finished < 3.0, "the heartbeats still show finished jobs"
         time.sleep(0.02)
-    out = subprocess.run([sys.executable, "-m", "qinfer.cli", "--redis", redis_url, "workers"],
+    out = subprocess.run([sys.executable, "-m", "qinfer.cli", "--redis", fleet_url, "workers"],
                          capture_output=True, text=True, check=True).stdout
-    header, row = out.splitlines()
+    header, *rows = out.splitlines()
     assert header.split() == ["name", "model", "host", "pid", "running", "waiting", "age_s"]
-    assert row.split()[1] == "tiny" and row.split()[4:6] == ["0", "0"] and float(row.split()[6]) < 2.0
+    assert len(rows) == 2
+    for row in rows:
+        assert row.split()[1] == "tiny" and row.split()[4:6] == ["0", "0"] and float(row.split()[6]) < 2.0
+
+
+def test_every_burst_spreads_over_the_idle_workers(fleet_url):
+    """The second burst too: a worker that ran a big batch ramps up again from idle."""
+    client = Client(settings=Settings(redis_url=fleet_url))
+    for burst in range(2):
+        ids = client.submit_many([{"model": "tiny", "prompt": f"burst {burst} job {i}",
+                                   "sampling": {"max_tokens": 16, "ignore_eos": True}} for i in range(48)])
+        counts = collections.Counter(client.wait(i, timeout=120).worker for i in ids)
+        assert len(counts) == 2 and min(counts.values()) >= 12, (burst, counts)
 
 
 def test_demo_spreads_its_jobs_over_its_workers(tmp_path_factory):
