@@ -9,7 +9,7 @@ The convention (docs/internals.md "Tests"):
 - A page's python blocks run in order in one interpreter (later blocks see earlier names);
   each bash block runs alone under `bash -eo pipefail`, in a fresh directory, after them.
 - Other fences (no language, text, json, yaml, ...) are not run.
-New pages under docs/ are picked up by themselves.
+New pages under docs/ are picked up by themselves, except those in OWN_RUNNER.
 """
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from qinfer.fleet import Fleet
 from tests.fixtures_redis import TEST_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Pages whose examples need more than a fleet, run by a test of their own.
+OWN_RUNNER = {"docs/gateway.md": "tests/integration/test_gateway_docs.py starts the gateway they call"}
+DOCS = [page for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+        if page.relative_to(REPO).as_posix() not in OWN_RUNNER]
 RUNNABLE = ("python", "bash")
 FENCE = re.compile(r"^```(\S*)\s*$")
 SKIP = re.compile(r"^<!--\s*skip:\s*(\S.*?)\s*-->$")
