@@ -30,21 +30,24 @@ def fused_add_rms_norm(x, residual, weight, eps):
     return rms_norm(summed, weight, eps), summed
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
-    """x [T, H, D], cos/sin [T, 1, D/2] -> x rotated. Neox pairs (i, i + D/2), GPT-J pairs (2i, 2i + 1)."""
-    if is_neox:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+def _rotate_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> None:
+    """Rotate x [T, H, D] in place; cos/sin [T, 1, D/2]. Neox pairs (i, i + D/2), GPT-J pairs
+    (2i, 2i + 1). In place, with one temporary: on the CPU this op runs in every layer."""
+    x1, x2 = x.chunk(2, dim=-1) if is_neox else (x[..., 0::2], x[..., 1::2])
+    rotated1 = x1 * cos - x2 * sin
+    x2.mul_(cos).addcmul_(x1, sin)
+    x1.copy_(rotated1)
 
 
 @register("rotary_embedding", "torch", _DEVICES)
 def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=True):
-    cos, sin = cos_sin_cache[positions].float().unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2] each
+    cos, sin = cos_sin_cache.index_select(0, positions).float().unsqueeze(1).chunk(2, dim=-1)  # [T, 1, D/2]
     for x in (query, key):
         heads = x.view(x.shape[0], -1, head_size)
-        heads.copy_(_rotate(heads.float(), cos, sin, is_neox))
+        rotated = heads.float()          # heads itself when float32, else a float32 copy
+        _rotate_(rotated, cos, sin, is_neox)
+        if rotated is not heads:
+            heads.copy_(rotated)
     return query, key
 
 
@@ -56,12 +59,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 @register("reshape_and_cache", "torch", _DEVICES)
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
-    block_size = k_cache.shape[1]
     is_written = slot_mapping >= 0
     slots = slot_mapping[is_written].long()
-    blocks, offsets = slots // block_size, slots % block_size
-    k_cache[blocks, offsets] = key[is_written].to(k_cache.dtype)
-    v_cache[blocks, offsets] = value[is_written].to(v_cache.dtype)
+    for new, cache in ((key, k_cache), (value, v_cache)):      # a token's slot is one row of the flat cache
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new[is_written].to(cache.dtype))
 
 
 @register("rotary_and_cache", "torch", _DEVICES)

@@ -80,7 +80,8 @@ def test_ctrl_c_while_waiting_says_how_to_cancel(fleet_url):
     """No worker serves the model: the job stays queued, the wait blocks until Ctrl-C."""
     env = {**os.environ, "QINFER_REQUIRE_LIVE_MODEL": "0"}      # submit ahead of any worker
     proc = subprocess.Popen([sys.executable, "-m", "qinfer.cli", "--redis", fleet_url, "submit", "--model",
-                             "nobody", "hello", "--wait"], stderr=subprocess.PIPE, text=True, env=env)
+                             "nobody", "hello", "--wait"], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_as_at_a_terminal)
     first = proc.stderr.readline()
     job_id = first.split()[1]
     assert first.startswith(f"job {job_id} submitted")
@@ -89,6 +90,12 @@ def test_ctrl_c_while_waiting_says_how_to_cancel(fleet_url):
     assert proc.wait(timeout=30) == 130 and "Traceback" not in err
     assert f"qinfer cancel {job_id}" in err and f"qinfer wait {job_id}" in err
     assert Client(settings=Settings(redis_url=fleet_url)).get(job_id).status.value == "queued"
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """A shell's background job starts with SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt: the child gets the default a terminal's foreground command has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_wait_timeout_is_one_line(fleet_url, monkeypatch):

@@ -207,7 +207,16 @@ def test_kill_9_worker_with_jobs_in_flight_nothing_lost(client, fleet, offline):
     def victim_holds_jobs():
         return [i for i in ids if client.get(i).status is JobStatus.RUNNING
                 and client.get(i).worker.endswith("-0")]
-    held = wait_until(victim_holds_jobs, timeout=30, interval=0.005)
+    def victim_stopped_holding_jobs():
+        """SIGSTOP pins the victim while Redis shows it running jobs (else they may finish before the kill)."""
+        if not victim_holds_jobs():
+            return None
+        os.kill(victim.pid, signal.SIGSTOP)
+        held = victim_holds_jobs()
+        if not held:
+            os.kill(victim.pid, signal.SIGCONT)
+        return held
+    held = wait_until(victim_stopped_holding_jobs, timeout=30, interval=0.005)
     os.kill(victim.pid, signal.SIGKILL)
     results = [client.wait(i, timeout=120) for i in ids]
     assert all(r.status is JobStatus.SUCCEEDED for r in results)

@@ -2,8 +2,8 @@
 
 No Python loop over requests: a step's requests form at most two groups, the decodes (one
 query each) and the rest (prefill chunks, any mix of lengths), and each group is one
-scaled_dot_product_attention call over its contexts gathered by block table into a padded
-[R, L] slot matrix, with a mask for keys past a query's position (causal within a chunk,
+scaled_dot_product_attention call over its contexts gathered by block table, whole blocks at
+a time (one row copy per block, not per token), into a padded [R, L] context, with a mask for keys past a query's position (causal within a chunk,
 nothing past the request's length). Query heads are stacked per KV head, [R, Hk, Q * group, D],
 so GQA never repeats K or V. The gather indices and masks depend on the step only: built by
 the first layer that sees the step's metadata, reused by the others.
@@ -27,7 +27,7 @@ class _Group:
     token_index: torch.Tensor            # [R * Q] long: flat-batch row of query (r, i) (padding: row 0)
     out_index: Optional[torch.Tensor]    # [N] long: rows of the flat output the real queries fill; None: all, in order
     is_real: Optional[torch.Tensor]      # [R * Q] bool: query (r, i) exists; None: every one does
-    slots: torch.Tensor                  # [R, L] long: cache slot of context token (r, j)
+    blocks: torch.Tensor                 # [R, L / block_size] long: cache blocks of request r's context
     mask: torch.Tensor                   # [R, 1, Q * group or 1, L] bool: True = attend
     num_queries: int                     # Q
     seen: Optional[torch.Tensor] = None  # [R, L] bool, sliding window: keys some query sees (the others may
@@ -41,10 +41,9 @@ def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, 
     seq_lens = meta.seq_lens[rows].long()
     query_starts = meta.query_start_loc[rows].long()
     query_lens = meta.query_start_loc[rows + 1].long() - query_starts
-    max_len = int(seq_lens.max())
-    context = torch.arange(max_len, device=rows.device)
-    blocks = meta.block_tables[rows][:, context // block_size].long()
-    slots = blocks * block_size + context % block_size                                  # [R, L]
+    num_blocks = -(-int(seq_lens.max()) // block_size)
+    blocks = meta.block_tables[rows, :num_blocks].long()                                  # [R, L / bs]
+    context = torch.arange(num_blocks * block_size, device=rows.device)                  # L: whole blocks
     query = torch.arange(num_queries, device=rows.device)
     query_positions = (seq_lens - query_lens).unsqueeze(1) + query                       # [R, Q]
     mask = context[None, None, :] <= query_positions[:, :, None]                        # [R, Q, L]
@@ -60,7 +59,7 @@ def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, 
     else:
         mask = mask.repeat_interleave(group, dim=1).unsqueeze(1)   # row i * group + g is query i's
     out_index = None if covers_batch else token_index if is_real is None else token_index[is_real]
-    return _Group(token_index, out_index, is_real, slots, mask, num_queries, seen)
+    return _Group(token_index, out_index, is_real, blocks, mask, num_queries, seen)
 
 
 def build_groups(meta: AttentionMetadata, group: int, block_size: int,
@@ -83,14 +82,16 @@ def build_groups(meta: AttentionMetadata, group: int, block_size: int,
 def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: _Group,
            scale: float) -> torch.Tensor:
     """The group's real queries' outputs [N, Hq, D], in token_index order."""
-    num_kv_heads, head_size = k_cache.shape[2], k_cache.shape[3]
-    num_reqs, num_queries = g.slots.shape[0], g.num_queries
+    block_size, num_kv_heads, head_size = k_cache.shape[1:]
+    num_reqs, num_queries = g.blocks.shape[0], g.num_queries
+    context_len = g.blocks.shape[1] * block_size
     group = query.shape[1] // num_kv_heads
     q = query if g.out_index is None else query[g.token_index]   # every query of the batch, in order: no gather
     q = q.view(num_reqs, num_queries, num_kv_heads, group, head_size)
     q = q.transpose(1, 2).reshape(num_reqs, num_kv_heads, num_queries * group, head_size)
-    k = k_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)          # [R, Hk, L, D]
-    v = v_cache.view(-1, num_kv_heads, head_size)[g.slots].transpose(1, 2)
+    blocks = g.blocks.flatten()
+    k = k_cache.index_select(0, blocks).view(num_reqs, context_len, num_kv_heads, head_size).transpose(1, 2)
+    v = v_cache.index_select(0, blocks).view(num_reqs, context_len, num_kv_heads, head_size).transpose(1, 2)
     if g.seen is not None:
         unseen = ~g.seen[:, None, :, None]
         k, v = k.masked_fill(unseen, 0.0), v.masked_fill(unseen, 0.0)
