@@ -1,8 +1,10 @@
 """CPU output tokens/s: qinfer's engine against transformers' batched generate() on SmolLM2-135M.
 
-    python bench/bench_cpu_vs_hf.py [--batch-sizes 16 64 --output-len 64 --repeats 2 --backends sdpa reference]
+    python bench/bench_cpu_vs_hf.py [--batch-sizes 16 64 --output-len 64 --repeats 2 --backends sdpa reference
+        --dtypes float32 bfloat16]
 
-Both run the real SmolLM2-135M-Instruct (qinfer.models.fetch), float32, greedy, the same
+Both run the real SmolLM2-135M-Instruct (qinfer.models.fetch) in each --dtypes entry (the same
+dtype on both sides: float32, and bfloat16 where the CPU has native bf16 dot products), greedy, the same
 chat-templated questions, exactly --output-len new tokens each (EOS ignored, not masked: qinfer
 ignore_eos, transformers with no eos_token_id; left padding, its default KV cache), torch's thread count as
 set (OMP_NUM_THREADS). Each cell is the best of --repeats timed runs after a warm-up (the
@@ -27,6 +29,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--backends", nargs="+", default=["sdpa"], help="qinfer attention backends to run")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="both engines run each")
     return p.parse_args()
 
 
@@ -75,21 +78,23 @@ def main() -> None:
 
     model_dir = str(default_model_dir())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    hf_model.generation_config.eos_token_id = None   # like ignore_eos: every sequence runs output_len
     rows = []
-    for batch_size in args.batch_sizes:
-        prompts = chat_prompts(tokenizer, batch_size)
-        num_output = batch_size * args.output_len
-        hf_s, hf_ids = best_time(lambda: hf_generate(hf_model, tokenizer, prompts, args.output_len), args.repeats)
-        for backend in args.backends:
-            llm = LLM(model_dir, dtype="float32", max_num_seqs=batch_size, attention_backend=backend)
-            qi_s, qi_ids = best_time(lambda: qinfer_generate(llm, prompts, args.output_len), args.repeats)
-            rows.append({"batch": batch_size, "backend": backend, "output_len": args.output_len,
-                         "hf_tok_s": round(num_output / hf_s, 1), "qinfer_tok_s": round(num_output / qi_s, 1),
-                         "speedup": round(hf_s / qi_s, 2), "same_ids": sum(a == b for a, b in zip(qi_ids, hf_ids)),
-                         "hf_s": round(hf_s, 3), "qinfer_s": round(qi_s, 3)})
-            del llm
+    for dtype in args.dtypes:
+        hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+        hf_model.generation_config.eos_token_id = None   # like ignore_eos: every sequence runs output_len
+        for batch_size in args.batch_sizes:
+            prompts = chat_prompts(tokenizer, batch_size)
+            num_output = batch_size * args.output_len
+            hf_s, hf_ids = best_time(lambda: hf_generate(hf_model, tokenizer, prompts, args.output_len), args.repeats)
+            for backend in args.backends:
+                llm = LLM(model_dir, dtype=dtype, max_num_seqs=batch_size, attention_backend=backend)
+                qi_s, qi_ids = best_time(lambda: qinfer_generate(llm, prompts, args.output_len), args.repeats)
+                rows.append({"dtype": dtype, "batch": batch_size, "backend": backend, "output_len": args.output_len,
+                             "hf_tok_s": round(num_output / hf_s, 1), "qinfer_tok_s": round(num_output / qi_s, 1),
+                             "speedup": round(hf_s / qi_s, 2), "same_ids": sum(a == b for a, b in zip(qi_ids, hf_ids)),
+                             "hf_s": round(hf_s, 3), "qinfer_s": round(qi_s, 3)})
+                llm.close()
+        del hf_model
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -97,12 +102,12 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"SmolLM2-135M-Instruct, CPU float32, greedy, torch threads {torch.get_num_threads()}")
-    print("| batch | backend | transformers tok/s | qinfer tok/s | speedup | same ids |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    print(f"SmolLM2-135M-Instruct, CPU, greedy, torch threads {torch.get_num_threads()}")
+    print("| dtype | batch | backend | transformers tok/s | qinfer tok/s | speedup | same ids |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['batch']} | {r['backend']} | {r['hf_tok_s']} | {r['qinfer_tok_s']} | {r['speedup']}x "
-              f"| {r['same_ids']}/{r['batch']} |")
+        print(f"| {r['dtype']} | {r['batch']} | {r['backend']} | {r['hf_tok_s']} | {r['qinfer_tok_s']} "
+              f"| {r['speedup']}x | {r['same_ids']}/{r['batch']} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from qinfer.layers.attention import get_attention_backend, is_attention_backend_
 from qinfer.layers.attention.backend import AttentionMetadata
 from qinfer.layers.attention.forward_context import set_forward_context
 from qinfer.layers.attention.layer import Attention
+from qinfer.layers.linear import pack_linears_for_cpu
 from qinfer.models.registry import get_model_class
 
 # Prompt positions whose logprobs one LM-head call computes: bounds the [rows, vocab] float32 blocks.
@@ -40,6 +41,10 @@ _PROMPT_LOGITS_CHUNK = 256
 # Mixed steps of up to this many tokens run from CUDA graphs by default; larger ones keep the GPU
 # busy longer than their eager launches take (bench/NOTES.md, mixed-step graphs).
 DEFAULT_MAX_CUDAGRAPH_TOKENS = 512
+
+
+# Rows a CPU step's linears are packed for (a layout hint: other counts run too, about as fast).
+CPU_PACK_BATCH_HINT = 64
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -102,6 +107,8 @@ class ModelRunner:
         self.max_model_len = resolve_max_model_len(config, self.hf_config)
         set_tp_group(rank, world_size)
         self.model = load_model(config.model, self.hf_config, self.dtype, self.device)
+        if self.device.type == "cpu":
+            pack_linears_for_cpu(self.model, CPU_PACK_BATCH_HINT)
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.attn_backend = get_attention_backend(select_attention_backend(config, self.device))
         self.input_batch = InputBatch(config.max_num_seqs, self.max_model_len, config.block_size,

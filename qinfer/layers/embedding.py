@@ -14,6 +14,7 @@ from qinfer import ops
 from qinfer.distributed.communication import tp_all_reduce, tp_gather_to_driver
 from qinfer.distributed.parallel_state import tp_rank, tp_size
 from qinfer.layers.linear import narrow_read
+from qinfer.ops import onednn_linear
 
 
 class VocabEmbedding(nn.Module):
@@ -49,6 +50,17 @@ class LMHead(VocabEmbedding):
     samples); the other ranks get None.
     """
 
+    packed_weight: torch.Tensor | None = None
+
+    def pack_for_cpu(self, batch_hint: int) -> bool:
+        """A oneDNN-packed copy of the weight (ops/onednn_linear.py); the dense one stays, since
+        the embedding may share it. True if packed."""
+        if self.packed_weight is None and onednn_linear.can_pack(self.weight):
+            self.packed_weight = onednn_linear.pack(self.weight, batch_hint)
+        return self.packed_weight is not None
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        logits = tp_gather_to_driver(ops.linear(hidden, self.weight), dim=-1)
+        local = (ops.linear(hidden, self.weight) if self.packed_weight is None
+                 else onednn_linear.packed_linear(hidden, self.packed_weight))
+        logits = tp_gather_to_driver(local, dim=-1)
         return None if logits is None else logits[:, :self.num_embeddings]

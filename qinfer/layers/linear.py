@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qinfer import ops
+from qinfer.ops import onednn_linear
 
 from qinfer.distributed.communication import tp_all_reduce
 from qinfer.distributed.parallel_state import tp_rank as current_tp_rank
@@ -73,8 +74,29 @@ class LinearBase(nn.Module):
         shard = param.shape[self.tp_dim]
         return narrow_read(loaded_weight, self.tp_dim, self.tp_rank * shard, shard)
 
+    packed_weight: torch.Tensor | None = None   # pack_for_cpu(): the weight in oneDNN's layout
+
+    def pack_for_cpu(self, batch_hint: int) -> bool:
+        """Keep the weight packed for oneDNN (ops/onednn_linear.py) where that applies, and free
+        the dense copy (only the packed one is read from here on). True if packed."""
+        if self.packed_weight is not None or not onednn_linear.can_pack(self.weight):
+            return self.packed_weight is not None
+        self.packed_weight = onednn_linear.pack(self.weight, batch_hint)
+        self.weight.data = torch.empty(0, dtype=self.weight.dtype)
+        return True
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return onednn_linear.packed_linear(x, self.packed_weight, bias)
+        return ops.linear(x, self.weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
+
+
+def pack_linears_for_cpu(model: nn.Module, batch_hint: int) -> int:
+    """pack_for_cpu() every layer of `model` that has it (after its weights are loaded); the number packed."""
+    return sum(m.pack_for_cpu(batch_hint) for m in model.modules() if hasattr(m, "pack_for_cpu"))
 
 
 def _tp_size_of(tp: dict) -> int:
@@ -163,7 +185,7 @@ class RowParallelLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The bias is added once, after the reduction, not once per rank.
-        y = ops.linear(x, self.weight)
+        y = self.matmul(x)
         if self.tp_size > 1:
             tp_all_reduce(y)
         return y + self.bias if self.bias is not None else y

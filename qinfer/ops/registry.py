@@ -27,7 +27,7 @@ def _choice(op: str, device_type: str) -> tuple[str, Callable]:
     key = (op, device_type)
     if key not in _CACHE:
         # QINFER_OPS_IMPL=torch forces the reference everywhere (debugging, A/B timing).
-        forced = _OVERRIDES.get(op) or os.environ.get("QINFER_OPS_IMPL")
+        forced = forced_implementation(op)
         candidates = [e for e in _IMPLS.get(op, []) if device_type in e[2]]
         if forced:
             candidates = [e for e in candidates if e[1] == forced] or candidates
@@ -35,6 +35,11 @@ def _choice(op: str, device_type: str) -> tuple[str, Callable]:
             raise RuntimeError(f"no implementation of op {op!r} for device {device_type!r}")
         _CACHE[key] = (candidates[0][1], candidates[0][3])
     return _CACHE[key]
+
+
+def forced_implementation(op: str) -> str | None:
+    """The implementation use_implementation() or QINFER_OPS_IMPL forces for `op`, if any."""
+    return _OVERRIDES.get(op) or os.environ.get("QINFER_OPS_IMPL") or None
 
 
 def use_implementation(op: str, impl: str | None) -> None:

