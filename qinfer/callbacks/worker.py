@@ -5,6 +5,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Optional
 
 from qinfer import metrics
@@ -16,6 +17,9 @@ from qinfer.errors import RedisUnavailableError
 from qinfer.queue.outage import REDIS_OUTAGE_EXIT_CODE
 
 log = logging.getLogger(__name__)
+
+CELERY_QUICK_RUN_S = 30.0      # a Celery run shorter than this that fails counts as a quick failure
+CELERY_QUICK_FAILURES = 5      # this many quick failures in a row end the callbacks worker
 
 
 def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Optional[int] = None,
@@ -36,13 +40,37 @@ def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Option
     stop = threading.Event()
     relay_thread = threading.Thread(target=_relay_main, args=(relay, stop), name="callbacks-relay", daemon=True)
     relay_thread.start()
+    argv = ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, "-n", f"callbacks-{os.getpid()}@{socket.gethostname()}",
+            "--without-mingle", "--without-gossip"]
     try:
-        app.worker_main(["worker", f"--loglevel={loglevel}", "-Q", QUEUE,
-                         "-n", f"callbacks-{os.getpid()}@{socket.gethostname()}",
-                         "--without-mingle", "--without-gossip"])
+        _run_celery_worker(app, argv)
     finally:
         stop.set()
         relay_thread.join(timeout=5)
+
+
+def _run_celery_worker(app, argv: list[str]) -> None:
+    """Celery's worker until it is asked to stop. A broker connection lost while deliveries are
+    unacked can end it with "Unrecoverable error" (kombu's Redis transport fails restoring them:
+    celery/kombu#970, #582): that is a Redis outage, which this worker rides out, so Celery is
+    started again (its unacked deliveries come back after the visibility timeout). Only
+    CELERY_QUICK_FAILURES failures in a row, each within CELERY_QUICK_RUN_S of its start, end it."""
+    quick_failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            app.worker_main(argv)
+            return
+        except SystemExit as stopped:
+            if stopped.code in (None, 0):          # a warm or cold shutdown that was asked for
+                return
+            quick = time.monotonic() - started < CELERY_QUICK_RUN_S
+            quick_failures = quick_failures + 1 if quick else 1
+            if quick_failures >= CELERY_QUICK_FAILURES:
+                raise
+            delay = min(2.0 ** quick_failures, 30.0)
+            log.error("celery worker ended with exit code %s; starting it again in %.0fs", stopped.code, delay)
+            time.sleep(delay)
 
 
 def _relay_main(relay: OutboxRelay, stop: threading.Event) -> None:

@@ -1,6 +1,7 @@
 """A real gateway process (`qinfer serve`, uvicorn) for the gateway tests, and helpers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -99,3 +100,15 @@ def job_requests(r) -> list[tuple[str, str]]:
             if request:
                 found.append((key, request.decode() if isinstance(request, bytes) else request))
     return found
+
+
+@contextlib.contextmanager
+def paused(fleet):
+    """SIGSTOP every worker of `fleet` for the block, SIGCONT after."""
+    for process in fleet.processes:
+        os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in fleet.processes:
+            os.kill(process.pid, signal.SIGCONT)

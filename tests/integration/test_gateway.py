@@ -19,7 +19,7 @@ from qinfer.schema import JobStatus
 from tests.callbacks_support import SECRET, CallbacksWorker, Receiver
 from tests.fixtures_redis import TEST_ENV, wait_until
 from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, job_requests,
-                                               jsonl, wait_batch)
+                                               jsonl, paused, wait_batch)
 
 KEY, OTHER_KEY = "sk-alice-0123", "sk-bob-4567"
 MAX_QUEUED_TOKENS = 20_000
@@ -170,7 +170,7 @@ def test_jobs_carry_the_key_name_and_extra_fields(client, jobs):
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "wait"])
-def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, stream):
+def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, fleet, stream):
     probe = f"disconnect-{stream}-{time.time()}"
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
     body = {"model": MODEL, "messages": [{"role": "user", "content": "The tired scheduler"}], "stream": stream,
@@ -181,8 +181,10 @@ def test_a_client_that_disconnects_cancels_its_job(gateway, jobs, stream):
     wait_until(lambda: jobs.get(job_id).status is JobStatus.RUNNING, timeout=30)
     if stream:
         conn.getresponse().readline()              # the first event has come
-    conn.sock.shutdown(socket.SHUT_RDWR)           # the client goes away before the answer
-    conn.close()
+    with paused(fleet):                            # the job cannot finish before the gateway sees the client go
+        conn.sock.shutdown(socket.SHUT_RDWR)       # the client goes away before the answer
+        conn.close()
+        wait_until(lambda: jobs.redis.exists(jobs.keys.job_cancel(job_id)), timeout=30)   # the gateway cancelled
     result = jobs.wait(job_id, timeout=30)
     assert result.status is JobStatus.CANCELLED and len(result.token_ids) < 240
 

@@ -4,10 +4,7 @@ gateway finishes them with every line answered exactly once; expiry; Redis down.
 Each test starts its own gateway processes (one at a time, so no other runner takes the
 batch); QINFER_BATCH_CHUNK_SIZE=2 with a pause per chunk makes the kill land between
 two chunks, which the test sees in the batch hash before it kills."""
-import contextlib
 import json
-import os
-import signal
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -24,7 +21,7 @@ from qinfer.queue.keys import Keys
 from qinfer.schema import JobStatus
 from tests.fixtures_redis import TEST_ENV, wait_until
 from tests.integration.gateway_support import (MODEL, REPO, GatewayProcess, batch_file, chat_line, job_requests,
-                                               jsonl, wait_batch)
+                                               jsonl, paused, wait_batch)
 
 SLOW_CHUNKS = {"QINFER_BATCH_CHUNK_SIZE": "2", "QINFER_BATCH_CHUNK_DELAY_S": "0.4"}
 SHORT = {"temperature": 0, "max_tokens": 6}
@@ -128,18 +125,6 @@ def test_batch_past_its_window_expires_with_unfinished_lines_in_the_error_file(s
     assert batch.request_counts.model_dump() == {"total": 6, "completed": len(output), "failed": len(errors)}
     expired_jobs = [e["id"].removeprefix("batch_req_") for e in errors if "unsent" not in e["id"]]
     assert all(jobs.wait(j, timeout=60).status is JobStatus.CANCELLED for j in expired_jobs)  # not run after
-
-
-@contextlib.contextmanager
-def paused(fleet):
-    """SIGSTOP every worker of `fleet` for the block, SIGCONT after."""
-    for process in fleet.processes:
-        os.kill(process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for process in fleet.processes:
-            os.kill(process.pid, signal.SIGCONT)
 
 
 def test_redis_unreachable_answers_503(start_gateway):
