@@ -54,13 +54,14 @@ def register_script(client, source: str):
 class _ClusterScript:
     def __init__(self, client, source: str):
         self.client, self.source = client, source
-        self.is_async = isinstance(client, aiocluster.RedisCluster)
 
     def __call__(self, keys=(), args=(), client=None):
         reply = (client or self.client).execute_command("EVAL", self.source, len(keys), *keys, *args)
-        return _awaitable(reply) if self.is_async else reply
+        # an asyncio cluster pipeline queues the command and returns itself, not an awaitable
+        return _queued(reply) if isinstance(reply, aiocluster.ClusterPipeline) else reply
 
 
-async def _awaitable(reply):
-    """An asyncio command's reply, or the pipeline it was queued on (awaiting a pipeline returns it)."""
-    return await reply
+async def _queued(pipeline):
+    """What awaiting a command queued on an asyncio cluster pipeline gives: the pipeline. Not
+    `await pipeline`: that re-initializes it and drops the commands queued so far."""
+    return pipeline
