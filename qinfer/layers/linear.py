@@ -52,6 +52,7 @@ class LinearBase(nn.Module):
     """y = x W^T (+ b); `tp_dim` is the weight dim split across ranks (None: replicated)."""
 
     tp_dim: int | None = None
+    packed_weight: torch.Tensor | None = None   # pack_for_cpu(): the weight in oneDNN's layout
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
                  tp_rank: int | None = None, tp_size: int | None = None):
@@ -73,8 +74,6 @@ class LinearBase(nn.Module):
             return loaded_weight[:]
         shard = param.shape[self.tp_dim]
         return narrow_read(loaded_weight, self.tp_dim, self.tp_rank * shard, shard)
-
-    packed_weight: torch.Tensor | None = None   # pack_for_cpu(): the weight in oneDNN's layout
 
     def pack_for_cpu(self, batch_hint: int) -> bool:
         """Keep the weight packed for oneDNN (ops/onednn_linear.py) where that applies, and free

@@ -3,8 +3,8 @@
 No Python loop over requests: a step's requests form at most two groups, the decodes (one
 query each) and the rest (prefill chunks, any mix of lengths), and each group is one
 scaled_dot_product_attention call over its contexts gathered by block table, whole blocks at
-a time (one row copy per block, not per token), into a padded [R, L] context, with a mask for keys past a query's position (causal within a chunk,
-nothing past the request's length). Query heads are stacked per KV head, [R, Hk, Q * group, D],
+a time (one row copy per block, not per token), into a padded [R, L] context, with a mask for
+keys past a query's position (causal within a chunk, nothing past the request's length). Query heads are stacked per KV head, [R, Hk, Q * group, D],
 so GQA never repeats K or V. The gather indices and masks depend on the step only: built by
 the first layer that sees the step's metadata, reused by the others.
 """
@@ -104,7 +104,7 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
     if g.seen is not None:
         unseen = ~g.seen[:, None, :, None]
         k, v = k.masked_fill(unseen, 0.0), v.masked_fill(unseen, 0.0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.additive_mask(q.dtype), scale=scale)      # [R, Hk, Q * group, D]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=g.additive_mask(q.dtype), scale=scale)  # [R, Hk, Q*G, D]
     out = out.view(num_reqs, num_kv_heads, num_queries, group, head_size).transpose(1, 2)
     out = out.reshape(num_reqs * num_queries, num_kv_heads * group, head_size)
     return out if g.is_real is None else out[g.is_real]
