@@ -20,8 +20,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 @register("rms_norm", "torch", _DEVICES)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
+    normed = (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
+    return normed.mul_(weight)      # in place on the fresh tensor: one allocation fewer
 
 
 @register("fused_add_rms_norm", "torch", _DEVICES)
@@ -54,7 +54,7 @@ def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=Tr
 @register("silu_and_mul", "torch", _DEVICES)
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     gate, up = x.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return F.silu(gate).mul_(up)
 
 
 @register("reshape_and_cache", "torch", _DEVICES)
