@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qinfer import ops
 from qinfer.distributed.communication import tp_all_reduce, tp_gather_to_driver
 from qinfer.distributed.parallel_state import tp_rank, tp_size
-from qinfer.layers.linear import narrow_read
+from qinfer.layers.linear import dense_or_packed_linear, narrow_read
 from qinfer.ops import onednn_linear
 
 
@@ -60,7 +59,5 @@ class LMHead(VocabEmbedding):
         return self.packed_weight is not None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        local = (ops.linear(hidden, self.weight) if self.packed_weight is None
-                 else onednn_linear.packed_linear(hidden, self.packed_weight))
-        logits = tp_gather_to_driver(local, dim=-1)
+        logits = tp_gather_to_driver(dense_or_packed_linear(hidden, self.weight, self.packed_weight), dim=-1)
         return None if logits is None else logits[:, :self.num_embeddings]

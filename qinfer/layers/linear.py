@@ -85,12 +85,18 @@ class LinearBase(nn.Module):
         return True
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.packed_weight is not None:
-            return onednn_linear.packed_linear(x, self.packed_weight, bias)
-        return ops.linear(x, self.weight, bias)
+        return dense_or_packed_linear(x, self.weight, self.packed_weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
+
+
+def dense_or_packed_linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None,
+                           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T (+ b) from the oneDNN-packed weight where the layer holds one, else ops.linear."""
+    if packed is not None:
+        return onednn_linear.packed_linear(x, packed, bias)
+    return ops.linear(x, weight, bias)
 
 
 def pack_linears_for_cpu(model: nn.Module, batch_hint: int) -> int:
