@@ -12,17 +12,21 @@ so every figure includes the queue, the worker's Redis writes and the client's r
   time per output token (last delta - first delta) / (output tokens - 1), jobs of >= 2 tokens
   queue wait            the job's started_at - queued_at (the worker's admission)
   end-to-end            end event - submit
-and throughput (output tokens over first submit to last end). Each rate drains before the
-next. A rate is saturated when jobs finish slower than they arrive (the queue grows).
+and throughput (output tokens over first submit to last end), and the Triton kernels the
+worker compiled during the rate (it starts on a fresh cache: a compile mid-traffic stalls
+every job of the worker). Each rate drains before the next. A rate is saturated when jobs finish slower than they arrive (the queue grows).
 Prints a table (p50 / p99) and writes bench_arrivals.json to --out.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import random
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from bench_varied import add_shared_args, model_and_vocab, one_worker_fleet, parse_shared, save
 from varied_workload import Job, varied_jobs
@@ -118,30 +122,45 @@ def parse_args(argv=None):
     return parse_shared(p, argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    model_dir, vocab_size = model_and_vocab(args)
-    results = dict(device=args.device, model_dir=model_dir, args={k: str(v) for k, v in vars(args).items()}, rates=[])
+def kernel_compiles(cache_dir: Path) -> int:
+    """Triton kernels compiled so far into cache_dir (one folder per compiled kernel)."""
+    return sum(1 for _ in cache_dir.iterdir()) if cache_dir.is_dir() else 0
+
+
+def run_rates(args, model_dir: str, vocab_size: int, cache_dir: Path, results: dict) -> None:
     with one_worker_fleet(args, model_dir) as client:
         run_rate(client, varied_jobs(4, vocab_size, seed=999, scale=args.scale), 4.0, 999)   # warm up
         for i, rate in enumerate(float(r) for r in args.rates.split(",")):
             jobs = varied_jobs(max(1, round(rate * args.duration_s)), vocab_size, seed=args.seed + i,
                                content_seed=args.seed + 1000 * (i + 1), scale=args.scale)
-            results["rates"].append(run_rate(client, jobs, rate, args.seed + i))
+            before = kernel_compiles(cache_dir)
+            results["rates"].append(dict(run_rate(client, jobs, rate, args.seed + i),
+                                         kernel_compiles=kernel_compiles(cache_dir) - before))
             save(results, args.out, "bench_arrivals.json")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    model_dir, vocab_size = model_and_vocab(args)
+    results = dict(device=args.device, model_dir=model_dir, args={k: str(v) for k, v in vars(args).items()}, rates=[])
+    # The worker compiles into a fresh Triton cache, so each rate's row says how many kernels it
+    # compiled mid-traffic (a compile stops the worker's every job for a moment).
+    with tempfile.TemporaryDirectory(prefix="qinfer-triton-") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache
+        run_rates(args, model_dir, vocab_size, Path(cache), results)
     report(results)
     return results
 
 
 def report(r: dict) -> None:
     print("| jobs/s | jobs | out tok/s | finished/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms "
-          "| queue wait p50 / p99 ms | e2e p50 / p99 s | saturated |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| queue wait p50 / p99 ms | e2e p50 / p99 s | saturated | kernels compiled |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for x in r["rates"]:
         print(f"| {x['rate']:g} | {x['jobs']} | {x['output_tok_s']:.0f} | {x['finished_jobs_per_s']:.2f} "
               f"| {x['ttft_ms_p50']:.0f} / {x['ttft_ms_p99']:.0f} | {x['tpot_ms_p50']:.1f} / {x['tpot_ms_p99']:.1f} "
               f"| {x['queue_wait_ms_p50']:.0f} / {x['queue_wait_ms_p99']:.0f} "
-              f"| {x['e2e_ms_p50'] / 1e3:.2f} / {x['e2e_ms_p99'] / 1e3:.2f} | {'yes' if x['saturated'] else 'no'} |")
+              f"| {x['e2e_ms_p50'] / 1e3:.2f} / {x['e2e_ms_p99'] / 1e3:.2f} | {'yes' if x['saturated'] else 'no'} | {x['kernel_compiles']} |")
 
 
 if __name__ == "__main__":

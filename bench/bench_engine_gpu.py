@@ -177,6 +177,8 @@ def random_prompts(n: int, length: int, seed: int = 0, vocab: int = PROMPT_VOCAB
 def make_llm(model_dir: Path, args):
     from qinfer.llm import LLM
 
+    if args.engine_defaults:      # out of the box: batch sizes, context and memory as the engine sizes them
+        return LLM(str(model_dir), device="cuda", dtype="bfloat16")
     return LLM(str(model_dir), device="cuda", dtype="bfloat16", max_num_seqs=args.max_num_seqs,
                max_num_batched_tokens=args.max_num_batched_tokens,
                max_model_len=args.input_len + args.output_len + args.block_size,
@@ -381,6 +383,8 @@ def parse_args():
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="EngineConfig.async_scheduling (default: the engine's, on for one GPU)")
+    p.add_argument("--engine-defaults", action="store_true",
+                   help="the engine's own settings (device-sized batches, the model's context); the flags above are ignored")
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     return p.parse_args()
 
@@ -401,6 +405,9 @@ def main() -> None:
 
         llm = make_llm(model_dir, args)
         results["ops"] = ops.implementations("cuda")
+        results["engine"] = dict(max_num_seqs=llm.engine.config.max_num_seqs,
+                                 max_num_batched_tokens=llm.engine.config.max_num_batched_tokens,
+                                 max_model_len=llm.engine.max_model_len)
         results["attention_backend"] = llm.engine.executor.runner.attn_backend.name
         for name, fn in (("throughput", run_throughput), ("latency", run_latency)):
             if name in parts:
@@ -419,7 +426,8 @@ def main() -> None:
 
 def save(results: dict, out_dir: str) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(out_dir) / f"bench_engine_{results['shape']}.json"
+    suffix = "_defaults" if results["args"].get("engine_defaults") else ""
+    path = Path(out_dir) / f"bench_engine_{results['shape']}{suffix}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
     print(f"saved {path}: {[k for k in results if k.split('_')[0] in ('throughput', 'latency', 'breakdown', 'hf')]}",
           flush=True)
@@ -429,6 +437,7 @@ def report(r: dict) -> None:
     c = r["ceilings"]
     print(f"\n== {r['shape']} on {r['device']}: copy {c['copy_bytes_s'] / 1e12:.2f} TB/s, "
           f"matmul {c['matmul_flops'] / 1e12:.0f} TFLOP/s; ops {r.get('ops')}, attention {r.get('attention_backend')}")
+    print(f"engine settings: {r.get('engine')}")
     if "throughput" in r:
         t = r["throughput"]
         print(f"throughput  {t['num_requests']} req: {t['output_tok_s']:.0f} output tok/s, "

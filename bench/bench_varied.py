@@ -208,6 +208,8 @@ def save(results: dict, out_dir: str, name: str = "bench_varied.json") -> None:
 
 
 def report(r: dict) -> None:
+    from step_shares import print_by_kind
+
     w = r["workload"]
     print(f"varied workload: {w['jobs']} jobs, prompts p50/p99/max {w['prompt_p50']}/{w['prompt_p99']}/"
           f"{w['prompt_max']}, outputs {w['output_p50']}/{w['output_p99']}/{w['output_max']}, "
@@ -221,6 +223,10 @@ def report(r: dict) -> None:
             print(f"| in-process, {name} ({run['sampler_impl']}) | {run['output_tok_s']:.0f} | {run['total_tok_s']:.0f} "
                   f"| {run['elapsed_s']:.1f} | {run['steps']} | {run['eager_steps']} "
                   f"| {run['eager_step_share_pct']:.1f}% | {run['sampler_share_pct']:.1f}% |")
+    for name, run in r.get("inprocess", {}).items():
+        if name != "engine":
+            print(f"step time of the in-process {name} run, by what the steps carried:")
+            print_by_kind(run["by_kind"])
     if "fleet" in r:
         f = r["fleet"]
         print(f"| fleet (1 worker, submit_many) | {f['output_tok_s']:.0f} | {f['total_tok_s']:.0f} "

@@ -5,6 +5,9 @@ head, sampler), runner.sampler and runner.cuda_graphs.run. On a GPU, CUDA events
 step's start and end and the sampler's, read once at the end (no sync inside the run); a
 step is a graph step when it replayed a graph. On the CPU the clock is perf_counter (every
 step eager). Shares are of the summed step time (device time between a step's marks).
+`by_kind` splits that time by what the steps carried: decode-only steps by batch size, steps
+with prefill tokens by token count (with their decode rows and mean decode context), so a
+run says whether its time went to big prefill steps, full decode batches or a thin tail.
 """
 from __future__ import annotations
 
@@ -41,9 +44,9 @@ class StepShares:
     def _wrap_step(self) -> None:
         run_step = self.runner._run_step
 
-        def timed_step(*args, **kwargs):
-            self._current = dict(start=self.clock.mark(), graph=False, sampler=[])
-            result = run_step(*args, **kwargs)
+        def timed_step(scheduler_output, *args, **kwargs):
+            self._current = dict(start=self.clock.mark(), graph=False, sampler=[], **_composition(scheduler_output))
+            result = run_step(scheduler_output, *args, **kwargs)
             self._current["end"] = self.clock.mark()
             self.steps.append(self._current)
             return result
@@ -81,4 +84,58 @@ class StepShares:
         return dict(steps=len(self.steps), graph_steps=num_graph, eager_steps=len(self.steps) - num_graph,
                     step_time_s=total / 1e3, eager_step_share_pct=100 * eager_ms / total,
                     sampler_share_pct=100 * sum(sampler_ms) / total,
-                    sampler_ms_per_step=sum(sampler_ms) / max(len(self.steps), 1))
+                    sampler_ms_per_step=sum(sampler_ms) / max(len(self.steps), 1),
+                    by_kind=_by_kind(self.steps, step_ms))
+
+
+DECODE_BATCHES = (1, 8, 32, 128, 256, 512, 1024, 1 << 30)
+PREFILL_TOKENS = (512, 2048, 8192, 1 << 30)
+
+
+def _composition(plan) -> dict:
+    """Rows, tokens and the decode rows' summed context of one step's plan."""
+    counts = plan.num_scheduled_tokens
+    decode_rows = sum(1 for n in counts.values() if n == 1)
+    cached = {r.req_id: r.num_computed_tokens for r in plan.cached_requests}
+    decode_context = sum(cached.get(rid, 0) for rid, n in counts.items() if n == 1)
+    return dict(rows=len(counts), tokens=sum(counts.values()), decode_rows=decode_rows, decode_context=decode_context)
+
+
+def _bucket(value: int, bounds: tuple[int, ...]) -> str:
+    low = 0
+    for high in bounds:
+        if value <= high:
+            return f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
+        low = high
+    raise AssertionError(value)
+
+
+def _by_kind(steps: list[dict], step_ms: list[float]) -> list[dict]:
+    groups: dict[str, dict] = {}
+    total = sum(step_ms) or 1.0
+    for s, ms in zip(steps, step_ms):
+        if s.get("tokens") is None:
+            continue
+        if s["tokens"] == s["rows"]:
+            name = f"decode, batch {_bucket(s['rows'], DECODE_BATCHES)}"
+        else:
+            name = f"prefill, tokens {_bucket(s['tokens'], PREFILL_TOKENS)}"
+        g = groups.setdefault(name, dict(kind=name, steps=0, ms=0.0, tokens=0, decode_rows=0, decode_context=0))
+        g["steps"] += 1
+        g["ms"] += ms
+        for key in ("tokens", "decode_rows", "decode_context"):
+            g[key] += s[key]
+    rows = []
+    for g in sorted(groups.values(), key=lambda g: g["kind"]):
+        rows.append(dict(kind=g["kind"], steps=g["steps"], share_pct=100 * g["ms"] / total,
+                         ms_per_step=g["ms"] / g["steps"], tokens_per_step=g["tokens"] / g["steps"],
+                         decode_rows_per_step=g["decode_rows"] / g["steps"],
+                         mean_decode_context=g["decode_context"] / max(g["decode_rows"], 1)))
+    return rows
+
+
+def print_by_kind(rows: list[dict]) -> None:
+    print(f"  {'step kind':<26}{'steps':>7}{'share':>8}{'ms/step':>9}{'tokens':>8}{'decodes':>9}{'ctx':>7}")
+    for r in rows:
+        print(f"  {r['kind']:<26}{r['steps']:>7}{r['share_pct']:>7.1f}%{r['ms_per_step']:>9.2f}"
+              f"{r['tokens_per_step']:>8.0f}{r['decode_rows_per_step']:>9.0f}{r['mean_decode_context']:>7.0f}")

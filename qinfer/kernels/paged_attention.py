@@ -107,7 +107,9 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
     return m_new, l, acc
 
 
-@triton.jit
+# Host integers that vary step by step are not specialized on (Triton would compile a variant
+# for 1 and for multiples of 16): a serving engine must not stop for a compile mid-traffic.
+@triton.jit(do_not_specialize=["num_parts"])
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
@@ -234,7 +236,7 @@ def _prefill_tile(query_start_loc_ptr, tile, num_reqs, BLOCK_M: tl.constexpr, RE
     return req, tile - first
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_reqs"])
 def _prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     scale_log2, window, num_reqs,
@@ -406,6 +408,9 @@ def paged_decode(
         part_m = part_l = part_acc = counters = out  # unused
     group_pad = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
     merge_group = triton.next_power_of_2(group)
+    # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps); sized by
+    # the partition bound, not this launch's count, so every split launch shares one compiled kernel
+    merge_chunk = max(1, min(triton.next_power_of_2(cfg["max_parts"]), 8192 // (merge_group * head)))
     is_mixed = query_start_loc is not None
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
@@ -415,9 +420,7 @@ def paged_decode(
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD=head,
         BLOCK_SIZE=block_size, TILE=tile, SPLIT=split,
-        # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps)
-        MERGE_GROUP=merge_group,
-        MERGE_CHUNK=max(1, min(triton.next_power_of_2(parts), 8192 // (merge_group * head))),
+        MERGE_GROUP=merge_group, MERGE_CHUNK=merge_chunk,
         MIXED=is_mixed, F32=_f32(query.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
