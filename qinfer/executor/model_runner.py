@@ -33,6 +33,7 @@ from qinfer.layers.attention.forward_context import set_forward_context
 from qinfer.layers.attention.layer import Attention
 from qinfer.layers.linear import pack_linears_for_cpu
 from qinfer.models.registry import get_model_class
+from qinfer.ops import cpu_compiled
 
 # Prompt positions whose logprobs one LM-head call computes: bounds the [rows, vocab] float32 blocks.
 _PROMPT_LOGITS_CHUNK = 256
@@ -109,6 +110,7 @@ class ModelRunner:
         self.model = load_model(config.model, self.hf_config, self.dtype, self.device)
         if self.device.type == "cpu":
             pack_linears_for_cpu(self.model, CPU_PACK_BATCH_HINT)
+            cpu_compiled.available()      # builds the CPU kernels (once per machine) before the first step
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.attn_backend = get_attention_backend(select_attention_backend(config, self.device))
         self.input_batch = InputBatch(config.max_num_seqs, self.max_model_len, config.block_size,

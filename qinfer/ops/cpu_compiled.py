@@ -1,0 +1,106 @@
+"""CPU kernels of csrc/cpu/, compiled on first use with the machine's C++ compiler, as torch.ops.qinfer_cpu.
+
+    paged_decode_attention(out, query [R, Hq, D], k_cache, v_cache, block_tables [R, B] int32,
+                           seq_lens [R] int32, scale, sliding_window (0: none)) -> None
+        one query token per request over its paged context, read in place (float32, bfloat16)
+
+The library is built once per machine (g++ -O3 -march=native, ~20 s) into the cache folder
+QINFER_CPU_OPS_DIR (default ~/.cache/qinfer/cpu_ops), named by a hash of the sources, the torch
+version, the flags and the CPU's features, so a changed source, torch or CPU builds anew;
+processes that start together wait for one build (a file lock). Without a compiler, or when the
+build fails (one warning says why), or when the torch reference is forced (QINFER_OPS_IMPL=torch),
+`available()` is False and callers keep their torch path, which is also these kernels' oracle.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from qinfer.ops.registry import forced_implementation
+
+log = logging.getLogger(__name__)
+
+SOURCES = (Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "paged_attention.cpp",)
+# -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno lets
+# the softmax's exp vectorize.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++20", "-shared", "-fPIC", "-w")
+
+_loaded: Optional[bool] = None
+
+
+def available() -> bool:
+    """True once torch.ops.qinfer_cpu is loaded (building it first if needed)."""
+    global _loaded
+    if forced_implementation("paged_decode_attention") == "torch":
+        return False
+    if _loaded is None:
+        _loaded = _load()
+    return _loaded
+
+
+def _load() -> bool:
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None or not all(s.is_file() for s in SOURCES):
+        log.info("CPU kernels not built (%s): the torch path serves",
+                 "no C++ compiler" if compiler is None else "csrc/cpu is not in this install")
+        return False
+    path = _library_path(compiler)
+    try:
+        if not path.exists():
+            _build(compiler, path)
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:
+        detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines() or [type(e).__name__]
+        log.warning("CPU kernels unavailable, the torch path serves: %s", detail[-1][:300])
+        return False
+    return True
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("QINFER_CPU_OPS_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "qinfer" / "cpu_ops"
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (-march=native builds for them): a library never runs on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def _library_path(compiler: str) -> Path:
+    digest = hashlib.sha256()
+    for part in (*(s.read_bytes() for s in SOURCES), torch.__version__.encode(), " ".join(FLAGS).encode(),
+                 compiler.encode(), _cpu_features().encode()):
+        digest.update(part)
+    return _cache_dir() / f"qinfer_cpu-{digest.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, path: Path) -> None:
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)         # another process may be building it right now
+        if path.exists():
+            return
+        log.info("building the CPU kernels of csrc/cpu into %s (once per machine)", path)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            built = Path(tmp) / path.name
+            subprocess.run([compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+                            *(f"-I{p}" for p in include_paths()), *map(str, SOURCES), "-o", str(built),
+                            *(f"-L{p}" for p in library_paths()), "-lc10", "-ltorch_cpu", "-ltorch",
+                            *(f"-Wl,-rpath,{p}" for p in library_paths())],
+                           check=True, capture_output=True, text=True)
+            os.replace(built, path)              # whole or not at all, for the processes that wait

@@ -1,0 +1,102 @@
+"""The compiled CPU decode attention (csrc/cpu, qinfer.ops.cpu_compiled) against the float64 oracle,
+and the batched SDPA backend routing its decode rows through it. Wherever a C++ compiler exists the
+kernel must build: a broken build fails here instead of silently serving the slower torch path."""
+import shutil
+
+import pytest
+import torch
+
+from qinfer import ops
+from qinfer.layers.attention import sdpa_backend
+from qinfer.layers.attention.backend import AttentionMetadata
+from qinfer.ops import cpu_compiled
+from qinfer.testing.paged_batch import attention_ref, make_batch, poison_blocks_behind_window, rel_err
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler: the torch path serves")
+
+HEADS = {"mha": (4, 4), "gqa3": (9, 3), "gqa4": (8, 2)}        # (query heads, kv heads)
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def decode(q, k_cache, v_cache, block_tables, seq_lens, scale, window=0):
+    out = torch.empty_like(q)
+    torch.ops.qinfer_cpu.paged_decode_attention(out, q, k_cache, v_cache, block_tables, seq_lens, scale, window)
+    return out
+
+
+def test_the_kernel_builds_and_loads():
+    assert cpu_compiled.available()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads", list(HEADS))
+@pytest.mark.parametrize("head_size,block_size", [(16, 4), (64, 16), (80, 5), (20, 3)])
+def test_decode_matches_the_oracle(dtype, heads, head_size, block_size):
+    """Head sizes with and without a remainder past the kernel's 16 lanes; contexts of 1 token
+    up to several blocks, a block boundary inside a block or not."""
+    num_heads, num_kv = HEADS[heads]
+    assert cpu_compiled.available()
+    ctx = [0, 6, 33, 16, 2, 47]
+    q, kc, vc, bt, seq_lens, qsl = make_batch([1] * len(ctx), ctx, num_heads, num_kv, head_size, block_size,
+                                              dtype, seed=head_size)
+    got = decode(q, kc, vc, bt, seq_lens, 0.3)
+    expected = attention_ref(q.double(), kc.double(), vc.double(), bt, seq_lens, qsl, 0.3)
+    assert rel_err(got.double(), expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("window", [1, 5, 16, 1000])
+def test_decode_sliding_window_never_reads_behind_it(window):
+    assert cpu_compiled.available()
+    ctx = [0, 9, 40, 17, 64]
+    q, kc, vc, bt, seq_lens, qsl = make_batch([1] * len(ctx), ctx, 9, 3, 16, 4, torch.float32, seed=window)
+    expected = attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25, sliding_window=window)
+    poison_blocks_behind_window(kc, vc, bt, seq_lens, qsl, window)
+    got = decode(q, kc, vc, bt, seq_lens, 0.25, window)
+    assert torch.isfinite(got).all() and rel_err(got, expected) < 1e-5
+
+
+def test_decode_reads_a_strided_query_and_writes_a_strided_output():
+    """The attention layer's query is a view into the fused qkv projection (row stride > heads * D)."""
+    assert cpu_compiled.available()
+    ctx = [3, 20, 11]
+    q, kc, vc, bt, seq_lens, qsl = make_batch([1] * len(ctx), ctx, 8, 2, 16, 4, torch.float32, seed=3)
+    wide = torch.randn(len(ctx), 12, 16)
+    wide[:, :8] = q
+    out = torch.zeros(len(ctx), 10, 16)
+    torch.ops.qinfer_cpu.paged_decode_attention(out[:, 1:9], wide[:, :8], kc, vc, bt, seq_lens, 0.25, 0)
+    assert rel_err(out[:, 1:9], attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25)) < 1e-5
+    assert not out[:, 0].any() and not out[:, 9].any()
+
+
+def test_decode_refuses_bad_arguments_with_a_message():
+    assert cpu_compiled.available()
+    q, kc, vc, bt, seq_lens, _ = make_batch([1, 1], [4, 5], 4, 2, 16, 4, torch.float32)
+    with pytest.raises(RuntimeError, match="int32"):
+        decode(q, kc, vc, bt.long(), seq_lens, 0.25)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        decode(q.double(), kc, vc, bt, seq_lens, 0.25)
+
+
+def test_sdpa_backend_sends_decode_rows_to_the_kernel(monkeypatch):
+    """A mixed step: the decode rows through the kernel, the chunks through SDPA; the same output as
+    the backend's torch path (the kernel forced off) and as the oracle."""
+    assert cpu_compiled.available()
+    calls = []
+    kernel = sdpa_backend._attend_decodes_in_place
+    monkeypatch.setattr(sdpa_backend, "_attend_decodes_in_place", lambda *a: calls.append(1) or kernel(*a))
+    query_lens, ctx = [1, 9, 1, 4, 1], [40, 0, 5, 11, 0]
+    q, kc, vc, bt, seq_lens, qsl = make_batch(query_lens, ctx, 9, 3, 16, 4, torch.float32, seed=5)
+    meta = AttentionMetadata(slot_mapping=torch.zeros(len(q), dtype=torch.long), query_start_loc=qsl,
+                             seq_lens=seq_lens, block_tables=bt, max_query_len=9, max_seq_len=int(seq_lens.max()))
+    run = lambda: sdpa_backend.SdpaAttentionBackend().forward(q, None, None, kc, vc, meta, 0.25,   # noqa: E731
+                                                              kv_written=True)
+    compiled = run()
+    assert calls == [1]
+    ops.use_implementation("paged_decode_attention", "torch")
+    try:
+        torch_path = run()
+    finally:
+        ops.use_implementation("paged_decode_attention", None)
+    assert calls == [1]
+    torch.testing.assert_close(compiled, torch_path, atol=1e-5, rtol=1e-5)
+    assert rel_err(compiled, attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25)) < 1e-5
