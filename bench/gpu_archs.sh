@@ -4,13 +4,8 @@
 # (temperature 1.0, ignore_eos, 512/256) on random bf16 weights of Qwen3-8B and Llama-3.1-8B.
 #   bash bench/gpu_archs.sh [NUM_REQUESTS]     (default 1000; logs and JSON under $OUT)
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
+source bench/device_env.sh
 NUM_REQUESTS=${1:-1000}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 -m pytest -q -m gpu --noconftest -p no:cacheprovider tests/gpu/test_sliding_window_gpu.py \
   tests/gpu/test_archs_gpu.py 2>&1 | tee "$OUT/test_archs_gpu.log" | tail -8
 for shape in qwen3-8b llama-3.1-8b; do

@@ -3,12 +3,7 @@
 # test: fused rotary+cache write and the one-launch decode inside CUDA graphs), time the decode kernel.
 #   bash bench/gpu_checks.sh [--sweep]      (writes logs and JSON under $OUT or bench/results)
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then   # pydantic for the engine-level graph test (gpu_engine.sh)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv
 ( time python3 -m qinfer.ops.build ) > "$OUT/build.log" 2>&1; echo "build rc=$?"; tail -5 "$OUT/build.log"
 python3 -c "import qinfer.ops as o; print('ops on cuda:', o.implementations('cuda'))"

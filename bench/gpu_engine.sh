@@ -4,12 +4,7 @@
 # The device image lacks pydantic/pydantic-settings: carry them as wheels in .whl
 # (device README) and they are installed first. Builds qinfer/_C.so unless present.
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source bench/device_env.sh
 if [ ! -f qinfer/_C.so ]; then
   python3 -m qinfer.ops.build > "$OUT/build.log" 2>&1 || echo "qinfer._C build failed: Triton ops serve"
 fi

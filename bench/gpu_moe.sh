@@ -5,12 +5,7 @@
 # copy lands in $OUT so a later call can carry it), runs the MoE GPU tests with --tests, then
 # bench/bench_moe.py with the remaining arguments.
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv
 if [ ! -f qinfer/_C.so ]; then
   ( time python3 -m qinfer.ops.build ) > "$OUT/build.log" 2>&1; echo "build rc=$?"; tail -3 "$OUT/build.log"

@@ -5,16 +5,9 @@
 # the kernels of BASELINE_ROOT if given), runs the GPU test suite, then the engine bench
 # (bench_prefill_graphs.py) with the sweep's best prefill configuration. Logs and JSON in $OUT.
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
 BASELINE=${1:-}; shift || true
-for wheels in .whl ../.whl; do   # pydantic, redis, ... (the device image lacks them)
-  if compgen -G "$wheels/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$wheels"/*.whl && export PYTHONPATH=/tmp/site
-    break
-  fi
-done
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# the wheels may lie beside the checkout when it is a baseline's sibling
+WHEELS=$([ ! -d .whl ] && [ -d ../.whl ] && echo ../.whl || echo .whl) source bench/device_env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader
 ( python3 -m qinfer.ops.build > "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log" ) &
 build=$!

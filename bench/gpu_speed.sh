@@ -5,12 +5,7 @@
 # bench (sort vs threshold), and the varied workload in-process on the 8B shape at the engine's
 # defaults, once per sampler. Fleet mode only where a redis-server exists.
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD:$PWD/bench${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source bench/device_env.sh
 step() { echo "== $1 (rc $2, at ${SECONDS}s)"; }
 (python3 -m qinfer.ops.build > "$OUT/build.log" 2>&1; echo "rc $?" >> "$OUT/build.log") &
 build=$!

