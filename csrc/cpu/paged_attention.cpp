@@ -7,7 +7,7 @@
 // num_kv_heads, head_size]; token t of request r sits in block block_tables[r, t / block_size].
 // One task per request: scores of every query head over the whole context, an exact softmax,
 // then the weighted V sum; each cache row is read once for all heads.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>

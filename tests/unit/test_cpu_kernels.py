@@ -1,7 +1,10 @@
 """The compiled CPU decode attention (csrc/cpu, qinfer.ops.cpu_compiled) against the float64 oracle,
 and the batched SDPA backend routing its decode rows through it. Wherever a C++ compiler exists the
 kernel must build: a broken build fails here instead of silently serving the slower torch path."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -100,3 +103,28 @@ def test_sdpa_backend_sends_decode_rows_to_the_kernel(monkeypatch):
     assert calls == [1]
     torch.testing.assert_close(compiled, torch_path, atol=1e-5, rtol=1e-5)
     assert rel_err(compiled, attention_ref(q, kc, vc, bt, seq_lens, qsl, 0.25)) < 1e-5
+
+
+def test_a_failing_build_leaves_the_torch_path_and_says_why(tmp_path):
+    """A compiler that fails: available() is False, one warning names the failure, and the SDPA
+    backend still attends (its torch path). In a fresh process: this one has the kernel loaded."""
+    code = ("import logging, torch; logging.basicConfig(level=logging.WARNING)\n"
+            "from qinfer.ops import cpu_compiled\n"
+            "from qinfer.layers.attention.sdpa_backend import SdpaAttentionBackend\n"
+            "from qinfer.layers.attention.backend import AttentionMetadata\n"
+            "from qinfer.testing.paged_batch import make_batch\n"
+            "assert not cpu_compiled.available() and not cpu_compiled.available()\n"
+            "q, kc, vc, bt, sl, qsl = make_batch([1, 1], [3, 7], 4, 2, 16, 4, torch.float32)\n"
+            "meta = AttentionMetadata(slot_mapping=torch.zeros(2, dtype=torch.long), query_start_loc=qsl,\n"
+            "                         seq_lens=sl, block_tables=bt, max_query_len=1, max_seq_len=int(sl.max()))\n"
+            "out = SdpaAttentionBackend().forward(q, None, None, kc, vc, meta, 0.25, kv_written=True)\n"
+            "assert torch.isfinite(out).all()\n")
+    failing = tmp_path / "cxx"
+    failing.write_text("#!/bin/sh\necho 'cxx: cannot build here' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    env = {**os.environ, "CXX": str(failing), "QINFER_CPU_OPS_DIR": str(tmp_path / "ops")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "CPU kernels unavailable" in line]
+    assert len(warnings) == 1 and "cxx: cannot build here" in warnings[0]
+

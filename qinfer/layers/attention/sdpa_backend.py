@@ -7,6 +7,8 @@ a time (one row copy per block, not per token), into a padded [R, L] context, wi
 keys past a query's position (causal within a chunk, nothing past the request's length). Query heads are stacked per KV head, [R, Hk, Q * group, D],
 so GQA never repeats K or V. The gather indices and masks depend on the step only: built by
 the first layer that sees the step's metadata, reused by the others.
+On the CPU the decodes go instead to the compiled kernel of csrc/cpu (ops/cpu_compiled.py),
+which reads the blocks in place, when it could be built; this torch path is its fallback.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def _build_group(meta: AttentionMetadata, rows: torch.Tensor, num_queries: int, 
     else:
         mask = mask.repeat_interleave(group, dim=1).unsqueeze(1)   # row i * group + g is query i's
     out_index = None if covers_batch else token_index if is_real is None else token_index[is_real]
-    block_table, group_seq_lens = ((meta.block_tables, meta.seq_lens) if covers_batch
+    block_table, group_seq_lens = ((meta.block_tables, meta.seq_lens.contiguous()) if covers_batch
                                    else (meta.block_tables[rows], meta.seq_lens[rows]))
     return _Group(token_index, out_index, is_real, blocks, block_table, group_seq_lens, mask, num_queries, seen)
 
@@ -120,7 +122,8 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
 def _attend_decodes_in_place(query, k_cache, v_cache, g: _Group, scale: float,
                              sliding_window: Optional[int]) -> torch.Tensor:
     """One query per request, by the compiled CPU kernel: the blocks read where they lie (the
-    gather and the padded SDPA above cost ~2x as much at SmolLM2's decode shapes, batch 64)."""
+    gather and the padded SDPA above took 1.83 ms a layer against its 1.08 in the engine,
+    SmolLM2-135M decode at batch 64, bench/NOTES.md)."""
     q = query if g.out_index is None else query[g.token_index]
     out = torch.empty(q.shape, dtype=q.dtype)
     torch.ops.qinfer_cpu.paged_decode_attention(out, q, k_cache, v_cache, g.block_table, g.seq_lens, scale,
