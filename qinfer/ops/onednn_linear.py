@@ -6,11 +6,12 @@ layer shapes 1.5-3x faster in float32 on a 2-core AVX-512 machine (16-64 rows; t
 at 16 rows 7.9 vs 24.5 ms), with results within float rounding of F.linear (the reference,
 ops.linear). End to end: bench/bench_cpu_vs_hf.py.
 
-Only where oneDNN is built into torch, for float32 / bfloat16 CPU weights, and not when the
-reference is forced (QINFER_OPS_IMPL=torch or use_implementation("linear", "torch")).
+Only where oneDNN is built into torch, for float32 / bfloat16 CPU weights (bfloat16 where the
+CPU supports it: `packs`), and not when the reference is forced (QINFER_OPS_IMPL=torch or use_implementation("linear", "torch")).
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -21,8 +22,21 @@ PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype in PACKED_DTYPES and weight.dim() == 2
-            and torch.backends.mkldnn.is_available() and forced_implementation("linear") != "torch")
+    return (weight.device.type == "cpu" and weight.dim() == 2 and forced_implementation("linear") != "torch"
+            and packs(weight.dtype))
+
+
+@functools.cache
+def packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN packs weights of dtype: bfloat16 needs AVX-512 (bw, vl, dq) or
+    AVX-NE-CONVERT (oneDNN refuses it on an AVX2-only CPU), so ask it once with a tiny weight."""
+    if dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 def pack(weight: torch.Tensor, batch_hint: int) -> torch.Tensor:

@@ -18,6 +18,8 @@ torch.manual_seed(0)
 @pytest.mark.parametrize("rows", [1, 7, 64, 300])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_linear_equals_the_reference(dtype, atol, rows, bias):
+    if not onednn_linear.packs(dtype):
+        pytest.skip(f"this CPU's oneDNN does not pack {dtype} (test_unpackable_dtype_stays_dense covers it)")
     x, weight = torch.randn(rows, 96, dtype=dtype), torch.randn(80, 96, dtype=dtype) / 10
     b = torch.randn(80, dtype=dtype) if bias else None
     packed = onednn_linear.pack(weight, batch_hint=16)
@@ -58,3 +60,16 @@ def test_forcing_the_reference_keeps_dense_weights(monkeypatch):
     layers = _layers()
     assert pack_linears_for_cpu(layers, batch_hint=8) == 0
     assert all(layer.packed_weight is None for layer in layers)
+
+
+def test_unpackable_dtype_stays_dense():
+    """A dtype this CPU's oneDNN refuses (bfloat16 without AVX-512, float16 anywhere) is never
+    packed: the layers keep their dense weights and still compute (F.linear)."""
+    dtype = torch.bfloat16 if not onednn_linear.packs(torch.bfloat16) else torch.float16
+    assert not onednn_linear.packs(dtype)
+    layers, x = _layers().to(dtype), torch.randn(5, 32, dtype=dtype)
+    with torch.inference_mode():
+        dense = layers[0](x)
+        assert pack_linears_for_cpu(layers, batch_hint=8) == 0
+        assert all(layer.packed_weight is None for layer in layers)
+        torch.testing.assert_close(layers[0](x), dense)
