@@ -14,7 +14,8 @@ so every figure includes the queue, the worker's Redis writes and the client's r
   end-to-end            end event - submit
 and throughput (output tokens over first submit to last end), and the Triton kernels the
 worker compiled during the rate (it starts on a fresh cache: a compile mid-traffic stalls
-every job of the worker). Each rate drains before the next. A rate is saturated when jobs finish slower than they arrive (the queue grows).
+every job of the worker). Each rate drains before the next. A rate is saturated when jobs
+finish slower than they arrive (the queue grows).
 Prints a table (p50 / p99) and writes bench_arrivals.json to --out.
 """
 from __future__ import annotations
@@ -160,7 +161,8 @@ def report(r: dict) -> None:
         print(f"| {x['rate']:g} | {x['jobs']} | {x['output_tok_s']:.0f} | {x['finished_jobs_per_s']:.2f} "
               f"| {x['ttft_ms_p50']:.0f} / {x['ttft_ms_p99']:.0f} | {x['tpot_ms_p50']:.1f} / {x['tpot_ms_p99']:.1f} "
               f"| {x['queue_wait_ms_p50']:.0f} / {x['queue_wait_ms_p99']:.0f} "
-              f"| {x['e2e_ms_p50'] / 1e3:.2f} / {x['e2e_ms_p99'] / 1e3:.2f} | {'yes' if x['saturated'] else 'no'} | {x['kernel_compiles']} |")
+              f"| {x['e2e_ms_p50'] / 1e3:.2f} / {x['e2e_ms_p99'] / 1e3:.2f} | {'yes' if x['saturated'] else 'no'} "
+              f"| {x['kernel_compiles']} |")
 
 
 if __name__ == "__main__":

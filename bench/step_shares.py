@@ -101,37 +101,35 @@ def _composition(plan) -> dict:
     return dict(rows=len(counts), tokens=sum(counts.values()), decode_rows=decode_rows, decode_context=decode_context)
 
 
-def _bucket(value: int, bounds: tuple[int, ...]) -> str:
+def _bucket(value: int, bounds: tuple[int, ...]) -> tuple[int, str]:
+    """The bucket of bounds holding value: its lower end (for ordering) and its name."""
     low = 0
     for high in bounds:
         if value <= high:
-            return f"{low + 1}-{high}" if high < 1 << 30 else f">{low}"
+            return low + 1, (f"{low + 1}-{high}" if high < 1 << 30 else f">{low}")
         low = high
     raise AssertionError(value)
 
 
 def _by_kind(steps: list[dict], step_ms: list[float]) -> list[dict]:
-    groups: dict[str, dict] = {}
+    """Per kind of step (decode-only by batch size, with prefill tokens by token count): count,
+    share of the step time, mean ms, tokens, decode rows and their mean context."""
+    groups: dict[tuple, dict] = {}
     total = sum(step_ms) or 1.0
     for s, ms in zip(steps, step_ms):
-        if s.get("tokens") is None:
-            continue
-        if s["tokens"] == s["rows"]:
-            name = f"decode, batch {_bucket(s['rows'], DECODE_BATCHES)}"
-        else:
-            name = f"prefill, tokens {_bucket(s['tokens'], PREFILL_TOKENS)}"
-        g = groups.setdefault(name, dict(kind=name, steps=0, ms=0.0, tokens=0, decode_rows=0, decode_context=0))
+        is_decode = s["tokens"] == s["rows"]
+        low, name = _bucket(s["rows"], DECODE_BATCHES) if is_decode else _bucket(s["tokens"], PREFILL_TOKENS)
+        key = (not is_decode, low)
+        g = groups.setdefault(key, dict(kind=f"decode, batch {name}" if is_decode else f"prefill, tokens {name}",
+                                        steps=0, ms=0.0, tokens=0, decode_rows=0, decode_context=0))
         g["steps"] += 1
         g["ms"] += ms
-        for key in ("tokens", "decode_rows", "decode_context"):
-            g[key] += s[key]
-    rows = []
-    for g in sorted(groups.values(), key=lambda g: g["kind"]):
-        rows.append(dict(kind=g["kind"], steps=g["steps"], share_pct=100 * g["ms"] / total,
-                         ms_per_step=g["ms"] / g["steps"], tokens_per_step=g["tokens"] / g["steps"],
-                         decode_rows_per_step=g["decode_rows"] / g["steps"],
-                         mean_decode_context=g["decode_context"] / max(g["decode_rows"], 1)))
-    return rows
+        for field in ("tokens", "decode_rows", "decode_context"):
+            g[field] += s[field]
+    return [dict(kind=g["kind"], steps=g["steps"], share_pct=100 * g["ms"] / total, ms_per_step=g["ms"] / g["steps"],
+                 tokens_per_step=g["tokens"] / g["steps"], decode_rows_per_step=g["decode_rows"] / g["steps"],
+                 mean_decode_context=g["decode_context"] / max(g["decode_rows"], 1))
+            for _, g in sorted(groups.items())]
 
 
 def print_by_kind(rows: list[dict]) -> None:
