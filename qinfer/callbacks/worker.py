@@ -40,37 +40,39 @@ def run_callbacks_worker(redis_url: Optional[str] = None, *, concurrency: Option
     stop = threading.Event()
     relay_thread = threading.Thread(target=_relay_main, args=(relay, stop), name="callbacks-relay", daemon=True)
     relay_thread.start()
-    argv = ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, "-n", f"callbacks-{os.getpid()}@{socket.gethostname()}",
-            "--without-mingle", "--without-gossip"]
+    options = dict(hostname=f"callbacks-{os.getpid()}@{socket.gethostname()}", loglevel=loglevel, queues=[QUEUE],
+                   without_mingle=True, without_gossip=True)
     try:
-        _run_celery_worker(app, argv)
+        _run_celery_worker(app, options)
     finally:
         stop.set()
         relay_thread.join(timeout=5)
 
 
-def _run_celery_worker(app, argv: list[str]) -> None:
-    """Celery's worker until it is asked to stop. A broker connection lost while deliveries are
-    unacked can end it with "Unrecoverable error" (kombu's Redis transport fails restoring them:
-    celery/kombu#970, #582): that is a Redis outage, which this worker rides out, so Celery is
-    started again (its unacked deliveries come back after the visibility timeout). Only
-    CELERY_QUICK_FAILURES failures in a row, each within CELERY_QUICK_RUN_S of its start, end it."""
+def _run_celery_worker(app, options: dict) -> None:
+    """Celery's worker (app.Worker(**options), what `celery worker` runs) until it is asked to
+    stop. A broker connection lost while deliveries are unacked can end it with "Unrecoverable
+    error" (kombu's Redis transport fails restoring them: celery/kombu#970, #582): that is a Redis
+    outage, which this worker rides out, so Celery is started again (its unacked deliveries come
+    back after the visibility timeout). Only CELERY_QUICK_FAILURES failures in a row, each within
+    CELERY_QUICK_RUN_S of its start, end it (SystemExit with Celery's exit code). The worker is
+    built here rather than through app.worker_main, which drops the exit code: a failed run
+    looked like a requested stop, and the callbacks worker ended silently."""
     quick_failures = 0
     while True:
         started = time.monotonic()
-        try:
-            app.worker_main(argv)
+        celery_worker = app.Worker(**options)
+        celery_worker.start()
+        code = celery_worker.exitcode
+        if code in (None, 0):                      # a warm or cold shutdown that was asked for
             return
-        except SystemExit as stopped:
-            if stopped.code in (None, 0):          # a warm or cold shutdown that was asked for
-                return
-            quick = time.monotonic() - started < CELERY_QUICK_RUN_S
-            quick_failures = quick_failures + 1 if quick else 1
-            if quick_failures >= CELERY_QUICK_FAILURES:
-                raise
-            delay = min(2.0 ** quick_failures, 30.0)
-            log.error("celery worker ended with exit code %s; starting it again in %.0fs", stopped.code, delay)
-            time.sleep(delay)
+        quick = time.monotonic() - started < CELERY_QUICK_RUN_S
+        quick_failures = quick_failures + 1 if quick else 1
+        if quick_failures >= CELERY_QUICK_FAILURES:
+            raise SystemExit(code)
+        delay = min(2.0 ** quick_failures, 30.0)
+        log.error("celery worker ended with exit code %s; starting it again in %.0fs", code, delay)
+        time.sleep(delay)
 
 
 def _relay_main(relay: OutboxRelay, stop: threading.Event) -> None:
