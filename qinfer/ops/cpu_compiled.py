@@ -30,8 +30,8 @@ from qinfer.ops.registry import forced_implementation
 log = logging.getLogger(__name__)
 
 SOURCES = (Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "paged_attention.cpp",)
-# -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno lets
-# the softmax's exp vectorize.
+# -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno: the
+# softmax's exp calls need not set errno (the loops around them schedule freely).
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++20", "-shared", "-fPIC", "-w")
 
 _loaded: Optional[bool] = None

@@ -96,10 +96,8 @@ def build_groups(meta: AttentionMetadata, group: int, block_size: int,
 
 
 def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g: _Group,
-           scale: float, sliding_window: Optional[int] = None) -> torch.Tensor:
-    """The group's real queries' outputs [N, Hq, D], in token_index order."""
-    if g.num_queries == 1 and query.device.type == "cpu" and cpu_compiled.available():
-        return _attend_decodes_in_place(query, k_cache, v_cache, g, scale, sliding_window)
+           scale: float) -> torch.Tensor:
+    """The group's real queries' outputs [N, Hq, D], in token_index order, by torch SDPA."""
     block_size, num_kv_heads, head_size = k_cache.shape[1:]
     num_reqs, num_queries = g.blocks.shape[0], g.num_queries
     context_len = g.blocks.shape[1] * block_size
@@ -117,6 +115,14 @@ def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, g:
     out = out.view(num_reqs, num_kv_heads, num_queries, group, head_size).transpose(1, 2)
     out = out.reshape(num_reqs * num_queries, num_kv_heads * group, head_size)
     return out if g.is_real is None else out[g.is_real]
+
+
+def _attend_group(query, k_cache, v_cache, g: _Group, scale: float, sliding_window: Optional[int]) -> torch.Tensor:
+    """The CPU's decodes by the compiled kernel where it could be built, everything else by SDPA
+    (the window is in g's mask there)."""
+    if g.num_queries == 1 and query.device.type == "cpu" and cpu_compiled.available():
+        return _attend_decodes_in_place(query, k_cache, v_cache, g, scale, sliding_window)
+    return attend(query, k_cache, v_cache, g, scale)
 
 
 def _attend_decodes_in_place(query, k_cache, v_cache, g: _Group, scale: float,
@@ -144,10 +150,10 @@ class SdpaAttentionBackend(AttentionBackend):
             ops.reshape_and_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         groups = self._groups(meta, query.shape[1] // k_cache.shape[2], k_cache.shape[1], sliding_window)
         if len(groups) == 1 and groups[0].out_index is None:   # decode-only step: outputs in order
-            return attend(query, k_cache, v_cache, groups[0], scale, sliding_window)
+            return _attend_group(query, k_cache, v_cache, groups[0], scale, sliding_window)
         out = torch.empty_like(query)
         for g in groups:    # two at most: decodes, and the requests with longer queries
-            out[g.out_index] = attend(query, k_cache, v_cache, g, scale, sliding_window)
+            out[g.out_index] = _attend_group(query, k_cache, v_cache, g, scale, sliding_window)
         return out
 
     def _groups(self, meta: AttentionMetadata, group: int, block_size: int,
