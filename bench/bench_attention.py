@@ -1,6 +1,6 @@
 """Paged-attention decode kernel alone: achieved GB/s of K/V read vs measured copy bandwidth.
 
-    python bench/bench_attention.py [--sweep] [--out DIR]
+    python bench/bench_attention.py [--sweep] [--batches 1,16,64] [--contexts 1024,4096,16384] [--out DIR]
 
 Shape: Llama-3.1-8B attention (32 query heads, 8 KV heads, head 128, bf16, block 16).
 Batches 1/16/64 x contexts 1k/4k/16k. Bandwidth = bytes of K and V the step must
@@ -27,7 +27,10 @@ BATCHES, CONTEXTS = (1, 16, 64), (1024, 4096, 16384)
 ROTATE_BYTES = 1 << 30
 # How far to split (tile, warps and stages were swept before: none beat tile 64 / 4 warps / 2
 # stages by more than the spread).
-SWEEP = [dict(target_programs=p, max_parts=x) for p, x in itertools.product((1024, 2048), (8, 16, 32, 64, 128))]
+SWEEP = ([dict(target_programs=p, max_parts=x) for p, x in itertools.product((1024, 2048), (8, 16, 32, 64, 128))]
+         + [dict(target_programs=p, min_partition=m, num_stages=s) for p, m, s in
+            itertools.product((1024, 2048, 4096), (64, 256), (2, 3)) if (p, m, s) != (1024, 64, 2)]
+         + [dict(merge_chunk=c, num_stages=s) for c, s in itertools.product((4, 8, 16), (2, 3))])
 
 
 def copy_bandwidth() -> float:
@@ -84,13 +87,16 @@ def check(batch: int, ctx: int, sets, cfg: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", action="store_true", help="also time the SWEEP configurations")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)))
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     args = parser.parse_args()
+    batches, contexts = (tuple(int(v) for v in text.split(",")) for text in (args.batches, args.contexts))
     torch.manual_seed(0)
     copy_bw = copy_bandwidth()
     configs = [pa.DECODE_CFG] + (SWEEP if args.sweep else [])
     rows = []
-    for batch, ctx in itertools.product(BATCHES, CONTEXTS):
+    for batch, ctx in itertools.product(batches, contexts):
         sets = decode_sets(batch, ctx)
         err = check(batch, ctx, sets, pa.DECODE_CFG) if batch * ctx <= 16 * 4096 else None
         timed = []
@@ -119,7 +125,7 @@ def report(rows: list[dict], copy_bw: float, out_dir: str) -> None:
     for r in rows:
         err = f"{r['rel_err']:.1e}" if r["rel_err"] is not None else "-"
         cfg = {k: r["best_cfg"][k] for k in ("tile", "num_warps", "num_stages", "target_programs",
-                                             "min_partition", "max_parts")}
+                                             "min_partition", "max_parts", "merge_chunk")}
         print(f"{r['batch']:>5} {r['ctx']:>6} {r['splits']:>6} {r['us']:>8.1f} {r['gbs']:>7.0f} "
               f"{r['pct_copy']:>5.0f}% {r['best_us']:>8.1f} {r['best_gbs']:>9.0f} {err:>8}  {cfg}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ a trained model's ("peaked", N(0, 4)). Each timed call divides by the temperatur
 sampler's fresh float32 copy, which the kernel then masks in place) and masks; "sampler" is
 Sampler.__call__ (mask, exponential draw, argmax). Median of triton's do_bench on a GPU,
 best of repeats with perf_counter on the CPU. The kernel's launch shapes (block, pivots,
-warps) are swept at batch 256 / top_p 0.95. Prints tables; writes bench_sampler.json.
+warps, programs per launch, which set how many programs share a row) are swept at top_p
+0.95 for each batch. Prints tables; writes bench_sampler.json.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from qinfer.ops.reference import top_k_top_p_min_p as sort_twin
 SETTINGS = {"top_p 0.95": dict(top_p=0.95), "top_k 50": dict(top_k=50), "min_p 0.05": dict(min_p=0.05),
             "top_k 50 + top_p 0.9 + min_p 0.02": dict(top_k=50, top_p=0.9, min_p=0.02)}
 SPREAD = {"flat": 1.6, "peaked": 4.0}
-SWEEP = [dict(block=b, num_pivots=p, num_warps=w) for b, p, w in
-         ((1024, 8, 4), (1024, 8, 8), (1024, 16, 8), (2048, 4, 8), (2048, 8, 8), (2048, 8, 16), (4096, 4, 16))]
+SWEEP = [dict(block=b, num_pivots=p, num_warps=w, programs=n) for b, p, w, n in
+         ((1024, 8, 4, 512), (1024, 8, 4, 1024), (1024, 8, 4, 256), (512, 8, 4, 512), (1024, 8, 8, 512),
+          (2048, 8, 8, 512), (1024, 16, 4, 512), (1024, 4, 4, 512), (2048, 8, 16, 132))]
 
 
 def per_row(settings: dict, rows: int, device) -> dict:
@@ -97,12 +99,20 @@ def time_samplers(args, time_us) -> list[dict]:
 
 
 def sweep_configs(args, time_us) -> list[dict]:
-    from qinfer.ops.sampling_triton import top_k_top_p_min_p_triton
+    from qinfer.ops import sampling_triton
 
-    logits = torch.randn(256, args.vocab, device="cuda") * SPREAD["flat"] * 0.8
-    top_p = torch.full((256,), 0.95, device="cuda")
-    return [dict(**cfg, us=time_us(lambda: top_k_top_p_min_p_triton(logits / 0.8, None, top_p, None, **cfg)))
-            for cfg in SWEEP]
+    rows_out, default = [], dict(sampling_triton.CONFIG)
+    for batch in args.batches:
+        logits = torch.randn(batch, args.vocab, device="cuda") * SPREAD["flat"] * 0.8
+        top_p = torch.full((batch,), 0.95, device="cuda")
+        for cfg in SWEEP:
+            sampling_triton.CONFIG.update(cfg)
+            try:
+                us = time_us(lambda: sampling_triton.top_k_top_p_min_p_triton(logits / 0.8, None, top_p, None))
+            finally:
+                sampling_triton.CONFIG.update(default)
+            rows_out.append(dict(batch=batch, **cfg, us=us))
+    return rows_out
 
 
 def parse_args(argv=None):
@@ -124,7 +134,7 @@ def main(argv=None) -> dict:
     results = dict(device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu", vocab=args.vocab,
                    masks=time_masks(args, time_us), samplers=time_samplers(args, time_us))
     if args.device == "cuda" and not args.no_sweep:
-        results["sweep_b256_top_p"] = sweep_configs(args, time_us)
+        results["sweep_top_p"] = sweep_configs(args, time_us)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bench_sampler.json").write_text(json.dumps(results, indent=1))
     report(results)
@@ -143,11 +153,15 @@ def report(r: dict) -> None:
     for row in r["samplers"]:
         print(f"| {row['batch']} | {row['sort_us']:.0f} ({row['sort_impl']}) | "
               f"{row['threshold_us']:.0f} ({row['threshold_impl']}) |")
-    if "sweep_b256_top_p" in r:
-        best = sorted(r["sweep_b256_top_p"], key=lambda x: x["us"])[:5]
-        print("\nkernel launch shapes, batch 256, top_p 0.95, fastest five:")
-        for x in best:
-            print(f"  block {x['block']}, pivots {x['num_pivots']}, warps {x['num_warps']}: {x['us']:.0f} us")
+    if "sweep_top_p" in r:
+        print("\nkernel launch shapes, top_p 0.95 (us; divide by temperature included)")
+        batches = sorted({x["batch"] for x in r["sweep_top_p"]})
+        print("| block | pivots | warps | programs | " + " | ".join(f"batch {b}" for b in batches) + " |")
+        for cfg in SWEEP:
+            cells = [next(x["us"] for x in r["sweep_top_p"] if x["batch"] == b and all(x[k] == v for k, v in
+                                                                                        cfg.items())) for b in batches]
+            print(f"| {cfg['block']} | {cfg['num_pivots']} | {cfg['num_warps']} | {cfg['programs']} | "
+                  + " | ".join(f"{us:.0f}" for us in cells) + " |")
 
 
 if __name__ == "__main__":

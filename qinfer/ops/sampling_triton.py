@@ -1,9 +1,9 @@
-"""top-k / top-p / min-p masks without sorting the vocabulary: one Triton program per row.
+"""top-k / top-p / min-p masks without sorting the vocabulary: a Triton threshold search.
 
 The kept set of a row (the semantics of the torch twin, qinfer/ops/reference.py) is a
 prefix of the row's tokens ordered by (logit descending, token id ascending). A prefix is
 a threshold t plus a count c: every token above t, and the c lowest ids among the tokens
-equal to t. The program finds (t, c) by searching t, not by sorting:
+equal to t. The kernel finds (t, c) by searching t, not by sorting:
 
 - Values become int32 keys ordered like the floats (_sortable_key), so "the k-th largest
   logit" is "the largest key t with count(key >= t) >= k" and the top-p boundary is "the
@@ -19,6 +19,17 @@ equal to t. The program finds (t, c) by searching t, not by sorting:
   pivot pass, the compaction, the final masking), however many passes the search takes.
   The final masking ranks tied tokens (a scan per block) only when some ties go.
 
+A row is split over `split` programs, each owning a contiguous chunk of it (and of its
+scratch row): one program per row leaves most SMs idle at small batches, each row's ~60
+block loads and their reductions one after another on one SM. Every quantity the search decides on (max, min, the
+pivot totals, the count of ties) is a sum or max over the row: each program writes its
+chunk's part, waits at a per-row barrier (an arrival counter), and reduces the row's parts
+in the same order as its siblings, so all of them take the same decisions. Deadlock-free
+as long as a row's programs can all be resident, which split <= the SM count ensures:
+programs take their (row, chunk) from a ticket counter in the order the GPU starts them,
+so a waiting program's siblings have started or are next to start. The interpreter runs
+programs one after another, so there split is 1.
+
 Exactness against the torch twin: min-p compares logit - max with log(min_p), computed by
 torch in both, and top-k compares logits only: the same kept sets bit for bit. top-p sums
 probabilities in another order than torch's cumsum: the sets agree except for a token whose
@@ -26,6 +37,7 @@ cumulative mass lies within float32 rounding (~1e-6) of top_p.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -37,8 +49,12 @@ from qinfer.ops.registry import register
 # _sortable_key(-inf) is 0xff800000 with its low 31 bits flipped; one below it lies below every key.
 BELOW_ALL_KEYS = tl.constexpr(-2139095041 - 1)
 KEEP_ALL_TIES = tl.constexpr(2**30)   # more than any vocabulary, exact in float32
-# Launch shape (measured on the H200 at batch 256 / vocab 128k: bench/bench_sampler.py).
-CONFIG = {"block": 2048, "num_pivots": 8, "num_warps": 16}
+# Launch shape: block and warps per program, pivots per pass, programs per launch (a row's
+# split is programs // rows, within [1, SM count]; chunks of at least min_chunk tokens).
+# Measured on the H200, vocab 128k, top_p 0.95 (bench/bench_sampler.py's sweep): 70-90 us at
+# 1 row (one program per row: 590), 420-470 at 64 (710); at 256 rows ~1.5 ms either way.
+CONFIG = {"block": 1024, "num_pivots": 8, "num_warps": 4, "programs": 512, "min_chunk": 2048}
+SPLIT_TILE = tl.constexpr(32)   # the parts of a row reduced per load
 
 
 @triton.jit
@@ -74,16 +90,55 @@ def _load_row(ptr, offs, n, row_max, log_min_p, HAS_MIN_P: tl.constexpr):
 
 
 @triton.jit
-def _row_max_min(row_ptr, n, BLOCK: tl.constexpr):
-    """max and the smallest finite value of a row (banned tokens are -inf)."""
-    row_max = tl.full([BLOCK], float("-inf"), tl.float32)
-    row_min = tl.full([BLOCK], float("inf"), tl.float32)
+def _row_reduce(values, parts_ptr, arrivals_ptr, round_index, split, chunk, REDUCE_MAX: tl.constexpr,
+                WIDTH: tl.constexpr):
+    """values [WIDTH] float32 of this program's chunk -> (their sum or max over the row's split
+    chunks, their sum over the chunks before this one), the same bits in every program of the
+    row. parts_ptr: the row's [2, split, WIDTH] buffer; rounds alternate its halves, so a program
+    a round ahead never overwrites parts a sibling still reads (two rounds ahead it cannot be:
+    it would have passed a barrier the sibling has not reached). arrivals_ptr: the row's count
+    of arrivals, split per round."""
+    slot = parts_ptr + (round_index % 2) * split * WIDTH
+    cols = tl.arange(0, WIDTH)
+    tl.store(slot + chunk * WIDTH + cols, values)
+    tl.debug_barrier()   # every thread's store is done before the arrival is released
+    tl.atomic_add(arrivals_ptr, 1, sem="release")
+    while tl.atomic_add(arrivals_ptr, 0, sem="acquire") < split * (round_index + 1):
+        pass
+    if REDUCE_MAX:
+        acc = tl.full([SPLIT_TILE, WIDTH], float("-inf"), tl.float32)
+    else:
+        acc = tl.zeros([SPLIT_TILE, WIDTH], tl.float32)
+    before = tl.zeros([SPLIT_TILE, WIDTH], tl.float32)
+    for start in range(0, split, SPLIT_TILE):
+        parts = start + tl.arange(0, SPLIT_TILE)
+        part = tl.load(slot + parts[:, None] * WIDTH + cols[None, :], mask=(parts < split)[:, None],
+                       other=float("-inf") if REDUCE_MAX else 0.0, volatile=True)   # past L1: siblings wrote it
+        if REDUCE_MAX:
+            acc = tl.maximum(acc, part)
+        else:
+            acc += part
+            before += tl.where((parts < chunk)[:, None], part, 0.0)
+    if REDUCE_MAX:
+        return tl.max(acc, axis=0), tl.sum(before, axis=0)
+    return tl.sum(acc, axis=0), tl.sum(before, axis=0)
+
+
+@triton.jit
+def _row_max_min(chunk_ptr, n, parts_ptr, arrivals_ptr, round_index, split, chunk, BLOCK: tl.constexpr,
+                 NUM_PIVOTS: tl.constexpr):
+    """max and the smallest finite value of the row (banned tokens are -inf)."""
+    chunk_max = tl.full([BLOCK], float("-inf"), tl.float32)
+    chunk_min = tl.full([BLOCK], float("inf"), tl.float32)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        x = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
-        row_max = tl.maximum(row_max, x)
-        row_min = tl.minimum(row_min, tl.where(x > float("-inf"), x, float("inf")))
-    return tl.max(row_max, axis=0), tl.min(row_min, axis=0)
+        x = tl.load(chunk_ptr + offs, mask=offs < n, other=float("-inf"))
+        chunk_max = tl.maximum(chunk_max, x)
+        chunk_min = tl.minimum(chunk_min, tl.where(x > float("-inf"), x, float("inf")))
+    j = tl.arange(0, NUM_PIVOTS)   # [max, -min, -inf...]: one max-reduction gives both
+    values = tl.where(j == 0, tl.max(chunk_max, axis=0), tl.where(j == 1, -tl.min(chunk_min, axis=0), float("-inf")))
+    row, _ = _row_reduce(values, parts_ptr, arrivals_ptr, round_index, split, chunk, True, NUM_PIVOTS)
+    return _pick(row, 0, NUM_PIVOTS), -_pick(row, 1, NUM_PIVOTS)
 
 
 @triton.jit
@@ -153,23 +208,23 @@ def _count_equal(src_ptr, n, key_value, row_max, log_min_p, HAS_MIN_P: tl.conste
 
 @triton.jit
 def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, top_k, top_p,
+            parts_ptr, arrivals_ptr, round_index, split, chunk,
             HAS_MIN_P: tl.constexpr, BY_MASS: tl.constexpr, BLOCK: tl.constexpr,
             NUM_PIVOTS: tl.constexpr):
-    """The kept prefix's (threshold key t, ties kept c, ties there are), searched above lo,
-    where lo_count tokens (the lowest ids) of key lo are the ones a previous search kept.
+    """The kept prefix's (threshold key t, ties kept c, ties there are in the row, ties in the
+    chunks before this one, the next barrier round), searched above lo, where lo_count tokens
+    (the lowest ids) of key lo are the ones a previous search kept.
     BY_MASS false: top-k (the largest t with count(key >= t) >= top_k).
     BY_MASS true: top-p (the largest t with mass(key >= t) >= top_p * Z).
-    Pass 0 reads the row; each later pass first compacts the current bucket's elements into
-    the scratch row, then counts only those."""
+    row_ptr / scratch_ptr / n: this program's chunk. Pass 0 reads the chunk; each later pass
+    first compacts the current bucket's elements into the chunk's scratch, then counts only
+    those. Counts travel as float32 between programs (exact below 2**24 tokens)."""
     start_lo = lo
     lo = lo.to(tl.int64)
     hi = (_sortable_key(row_max) + 1).to(tl.int64)
     lo_weight = tl.where(lo_count > 0, tl.exp(_key_value(start_lo) - row_max), 0.0)
     target = top_p * (lo_count * lo_weight)    # mass kept when nothing lies above lo
-    if BY_MASS:                                # what lies at or above hi
-        total_hi = 0.0
-    else:
-        total_hi = 0
+    total_hi = 0.0                             # what lies at or above hi (mass or count)
     src_ptr, num_src = row_ptr, n
     pass_index = 0
     while hi - lo > 1:
@@ -177,8 +232,12 @@ def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, 
             num_src = _compact(src_ptr, num_src, scratch_ptr, lo, hi, row_max, log_min_p, HAS_MIN_P, BLOCK)
             src_ptr = scratch_ptr
         pivots = _pivots(lo, hi, pass_index, row_min, row_max, NUM_PIVOTS)
-        totals = total_hi + _pivot_totals(src_ptr, num_src, lo, hi, pivots, row_max, log_min_p, HAS_MIN_P,
-                                          BY_MASS, BLOCK, NUM_PIVOTS)
+        chunk_totals = _pivot_totals(src_ptr, num_src, lo, hi, pivots, row_max, log_min_p, HAS_MIN_P,
+                                     BY_MASS, BLOCK, NUM_PIVOTS).to(tl.float32)
+        row_totals, _ = _row_reduce(chunk_totals, parts_ptr, arrivals_ptr, round_index, split, chunk, False,
+                                    NUM_PIVOTS)
+        round_index += 1
+        totals = total_hi + row_totals
         if BY_MASS:
             if pass_index == 0:   # Z: what lies above lo, plus the ties kept at lo
                 target = top_p * (_pick(totals, 0, NUM_PIVOTS) + lo_count * lo_weight)
@@ -199,46 +258,59 @@ def _search(row_ptr, scratch_ptr, n, row_max, row_min, log_min_p, lo, lo_count, 
         ties = tl.minimum(ties, KEEP_ALL_TIES * 1.0).to(tl.int32)
         num_ties = tl.where(threshold == start_lo, tl.minimum(ties, lo_count), ties)
     else:
-        num_ties = top_k - total_hi
+        num_ties = (top_k - total_hi).to(tl.int32)
     # every element of key t is in the source list (all of them lie in every bucket searched)
-    return threshold, num_ties, _count_equal(src_ptr, num_src, threshold, row_max, log_min_p, HAS_MIN_P, BLOCK)
+    chunk_equal = _count_equal(src_ptr, num_src, threshold, row_max, log_min_p, HAS_MIN_P, BLOCK)
+    j = tl.arange(0, NUM_PIVOTS)
+    row_equal, equal_before = _row_reduce(tl.where(j == 0, chunk_equal.to(tl.float32), 0.0), parts_ptr,
+                                          arrivals_ptr, round_index, split, chunk, False, NUM_PIVOTS)
+    return (threshold, num_ties, _pick(row_equal, 0, NUM_PIVOTS).to(tl.int32),
+            _pick(equal_before, 0, NUM_PIVOTS).to(tl.int32), round_index + 1)
 
 
 @triton.jit
-def _apply_threshold(row_ptr, n, row_max, log_min_p, threshold, num_ties, num_equal, HAS_MIN_P: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    """-inf at every token outside the prefix (threshold key, num_ties lowest ids at it).
-    The ties are ranked (a scan per block) only when some of them go."""
+def _apply_threshold(chunk_ptr, n, row_max, log_min_p, threshold, num_ties, num_equal, equal_before,
+                     HAS_MIN_P: tl.constexpr, BLOCK: tl.constexpr):
+    """-inf at every token of the chunk outside the prefix (threshold key, num_ties lowest ids
+    at it; equal_before ties lie in the row's earlier chunks). The ties are ranked (a scan per
+    block) only when some of them go."""
     if num_ties >= num_equal:
         for start in range(0, n, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            raw = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
-            x, mask = _load_row(row_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+            raw = tl.load(chunk_ptr + offs, mask=offs < n, other=float("-inf"))
+            x, mask = _load_row(chunk_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
             out = tl.where(_sortable_key(x) >= threshold, x, float("-inf"))
-            tl.store(row_ptr + offs, out, mask=mask & (out != raw))
+            tl.store(chunk_ptr + offs, out, mask=mask & (out != raw))
     else:
-        num_seen = 0
+        num_seen = equal_before
         for start in range(0, n, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            raw = tl.load(row_ptr + offs, mask=offs < n, other=float("-inf"))
-            x, mask = _load_row(row_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
+            raw = tl.load(chunk_ptr + offs, mask=offs < n, other=float("-inf"))
+            x, mask = _load_row(chunk_ptr, offs, n, row_max, log_min_p, HAS_MIN_P)
             key = _sortable_key(x)
             is_tie = (key == threshold) & mask
             tie_rank = num_seen + tl.cumsum(is_tie.to(tl.int32), axis=0) - 1
             is_kept = (key > threshold) | (is_tie & (tie_rank < num_ties))
             out = tl.where(is_kept, x, float("-inf"))
-            tl.store(row_ptr + offs, out, mask=mask & (out != raw))
+            tl.store(chunk_ptr + offs, out, mask=mask & (out != raw))
             num_seen += tl.sum(is_tie.to(tl.int32), axis=0)
 
 
 @triton.jit
-def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log_min_p_ptr,
-                              stride_logits, stride_scratch, vocab_size,
+def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log_min_p_ptr, sync_ptr, parts_ptr,
+                              stride_logits, stride_scratch, vocab_size, split, chunk_size,
                               HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
                               BLOCK: tl.constexpr, NUM_PIVOTS: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * stride_logits
-    scratch_row = scratch_ptr + row * stride_scratch
+    # sync_ptr: [1 + rows] int32 zeros: the ticket counter, then each row's arrivals
+    ticket = tl.atomic_add(sync_ptr, 1)
+    row = (ticket // split).to(tl.int64)
+    chunk = ticket % split
+    chunk_start = chunk * chunk_size
+    n = tl.minimum(chunk_size, vocab_size - chunk_start)
+    chunk_ptr = logits_ptr + row * stride_logits + chunk_start
+    scratch_chunk = scratch_ptr + row * stride_scratch + chunk_start
+    arrivals_ptr = sync_ptr + 1 + row
+    parts_ptr = parts_ptr + row * 2 * split * NUM_PIVOTS
     top_k = vocab_size
     top_p = 1.0
     log_min_p = float("-inf")
@@ -251,41 +323,63 @@ def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log
     uses_top_k = top_k < vocab_size
     uses_top_p = top_p < 1.0
     if uses_top_k | uses_top_p | (log_min_p > float("-inf")):
-        row_max, row_min = _row_max_min(row_ptr, vocab_size, BLOCK)
+        row_max, row_min = _row_max_min(chunk_ptr, n, parts_ptr, arrivals_ptr, 0, split, chunk, BLOCK, NUM_PIVOTS)
+        round_index = 1
         threshold = tl.full([], BELOW_ALL_KEYS, tl.int32)   # min-p alone: keep every token above it
         num_ties = tl.full([], 0, tl.int32)
         num_equal = tl.full([], 0, tl.int32)
+        equal_before = tl.full([], 0, tl.int32)
         if HAS_TOP_K:
             if uses_top_k:
-                threshold, num_ties, num_equal = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
-                                              threshold, num_ties, top_k, top_p, HAS_MIN_P, False, BLOCK,
-                                              NUM_PIVOTS)
+                threshold, num_ties, num_equal, equal_before, round_index = _search(
+                    chunk_ptr, scratch_chunk, n, row_max, row_min, log_min_p, threshold, num_ties, top_k, top_p,
+                    parts_ptr, arrivals_ptr, round_index, split, chunk, HAS_MIN_P, False, BLOCK, NUM_PIVOTS)
         if HAS_TOP_P:
             if uses_top_p:
-                threshold, num_ties, num_equal = _search(row_ptr, scratch_row, vocab_size, row_max, row_min, log_min_p,
-                                              threshold, num_ties, top_k, top_p, HAS_MIN_P, True, BLOCK,
-                                              NUM_PIVOTS)
-        _apply_threshold(row_ptr, vocab_size, row_max, log_min_p, threshold, num_ties, num_equal, HAS_MIN_P,
+                threshold, num_ties, num_equal, equal_before, round_index = _search(
+                    chunk_ptr, scratch_chunk, n, row_max, row_min, log_min_p, threshold, num_ties, top_k, top_p,
+                    parts_ptr, arrivals_ptr, round_index, split, chunk, HAS_MIN_P, True, BLOCK, NUM_PIVOTS)
+        _apply_threshold(chunk_ptr, n, row_max, log_min_p, threshold, num_ties, num_equal, equal_before, HAS_MIN_P,
                          BLOCK)
+
+
+def row_split(num_rows: int, vocab_size: int, device: torch.device, programs: int, min_chunk: int) -> int:
+    """Programs per row: `programs` in all, chunks of at least min_chunk tokens, at most the SM
+    count (a row's programs must all be resident: see the module docstring); 1 in the
+    interpreter, which runs programs one after another."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return 1
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(programs // max(num_rows, 1), triton.cdiv(vocab_size, min_chunk), num_sms))
 
 
 def top_k_top_p_min_p_triton(logits: torch.Tensor, top_k: Optional[torch.Tensor], top_p: Optional[torch.Tensor],
                              min_p: Optional[torch.Tensor], block: Optional[int] = None,
-                             num_pivots: Optional[int] = None, num_warps: Optional[int] = None) -> torch.Tensor:
-    """logits [S, V] float32, masked in place and returned (see the module docstring)."""
+                             num_pivots: Optional[int] = None, num_warps: Optional[int] = None,
+                             split: Optional[int] = None) -> torch.Tensor:
+    """logits [S, V] float32, masked in place and returned (see the module docstring).
+    block, num_pivots, num_warps, split: CONFIG's, or row_split's, when None."""
     if top_k is None and top_p is None and min_p is None:
         return logits
     assert logits.dtype == torch.float32 and logits.stride(1) == 1
     num_rows, vocab_size = logits.shape
+    if num_rows == 0:
+        return logits
+    block = block or CONFIG["block"]
+    num_pivots = num_pivots or CONFIG["num_pivots"]
+    split = split or row_split(num_rows, vocab_size, logits.device, CONFIG["programs"], CONFIG["min_chunk"])
+    chunk_size = triton.cdiv(triton.cdiv(vocab_size, split), block) * block
+    split = triton.cdiv(vocab_size, chunk_size)          # no empty chunk
     needs_search = top_k is not None or top_p is not None
     scratch = torch.empty_like(logits) if needs_search else logits
     log_min_p = min_p.log() if min_p is not None else None
-    _top_k_top_p_min_p_kernel[(num_rows,)](
-        logits, scratch, _or(top_k, logits), _or(top_p, logits), _or(log_min_p, logits),
-        logits.stride(0), scratch.stride(0), vocab_size,
+    sync = torch.zeros(1 + num_rows, dtype=torch.int32, device=logits.device)
+    parts = torch.empty(num_rows, 2, split, num_pivots, dtype=torch.float32, device=logits.device)
+    _top_k_top_p_min_p_kernel[(num_rows * split,)](
+        logits, scratch, _or(top_k, logits), _or(top_p, logits), _or(log_min_p, logits), sync, parts,
+        logits.stride(0), scratch.stride(0), vocab_size, split, chunk_size,
         HAS_TOP_K=top_k is not None, HAS_TOP_P=top_p is not None, HAS_MIN_P=min_p is not None,
-        BLOCK=block or CONFIG["block"], NUM_PIVOTS=num_pivots or CONFIG["num_pivots"],
-        num_warps=num_warps or CONFIG["num_warps"])
+        BLOCK=block, NUM_PIVOTS=num_pivots, num_warps=num_warps or CONFIG["num_warps"])
     return logits
 
 

@@ -79,3 +79,29 @@ def test_seeded_request_same_tokens_alone_and_in_a_batch():
     alone = draws([3], 0)
     assert alone == draws(list(range(8)), 3) == draws([5, 3, 0], 1)
     assert len(set(alone)) > 1
+
+
+@pytest.mark.parametrize("split", [2, 3, 7])
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_rows_split_over_programs_keep_what_the_direct_computation_keeps(case, split):
+    # tiny blocks: each of a row's 2-5 chunks spans several blocks and the search many passes,
+    # every decision crossing the programs' barrier
+    from qinfer.ops.sampling_triton import top_k_top_p_min_p_triton
+
+    logits = top_k_top_p_min_p_triton(case.logits.cuda(), on_gpu(case.top_k), on_gpu(case.top_p),
+                                      on_gpu(case.min_p), block=16, num_pivots=4, num_warps=1, split=split)
+    assert_kept_as_expected((logits > NEG_INF).cpu(), case, rounding=0.0 if case.exact else 1e-6)
+
+
+@pytest.mark.parametrize("num_rows, split", [(1, 64), (7, 40), (2000, 16)])
+def test_many_programs_equal_the_torch_twin_bit_for_bit(num_rows, split):
+    # 2,000 rows x 16 programs: far more programs than the GPU holds at once (the ticket order
+    # keeps each row's programs starting together); ties everywhere, so tie ranks cross chunks
+    from qinfer.ops.sampling_triton import top_k_top_p_min_p_triton
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    logits = (torch.randn(num_rows, VOCAB, device="cuda", generator=g) * 4).round() / 8
+    top_k = torch.randint(1, 30000, (num_rows,), device="cuda", generator=g)
+    min_p = torch.rand(num_rows, device="cuda", generator=g) * 0.2
+    got = top_k_top_p_min_p_triton(logits.clone(), top_k, None, min_p, split=split)
+    assert torch.equal(got, torch_twin(logits, top_k, None, min_p))

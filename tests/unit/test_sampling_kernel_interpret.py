@@ -1,6 +1,8 @@
 """The Triton top-k / top-p / min-p kernel on the CPU under TRITON_INTERPRET=1: every case of
 sampling_oracle against the direct computation, tiny blocks and few pivots so a row spans
-several blocks and the search takes many passes (the scratch compaction included).
+several blocks and the search takes many passes (the scratch compaction included). The
+interpreter runs one program per row (it cannot run a row's programs side by side):
+tests/gpu/test_sampler_gpu.py covers rows split over several programs.
 How it runs under the interpreter: tests/triton_interpreter.py."""
 from __future__ import annotations
 
