@@ -296,7 +296,9 @@ def _apply_threshold(chunk_ptr, n, row_max, log_min_p, threshold, num_ties, num_
             num_seen += tl.sum(is_tie.to(tl.int32), axis=0)
 
 
-@triton.jit
+# split varies with the batch size: specialized (Triton compiles a variant for multiples of 16),
+# a new batch size would compile mid-traffic while every request waits
+@triton.jit(do_not_specialize=["split", "chunk_size"])
 def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log_min_p_ptr, sync_ptr, parts_ptr,
                               stride_logits, stride_scratch, vocab_size, split, chunk_size,
                               HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
