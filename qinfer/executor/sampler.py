@@ -78,6 +78,15 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
     return logits - md.presence_penalty.unsqueeze(1) * (output_counts > 0)
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [S, V] -> [S] argmax, exact in any dtype (bf16 -> float32 keeps the order). On the
+    CPU reduced-precision logits are widened first: torch's bfloat16 argmax there took 5.3 ms
+    for [64, 49152] against 1.1 ms for the copy and a float32 argmax (AVX-512 Zen 5 VM)."""
+    if logits.device.type == "cpu" and logits.dtype != torch.float32:
+        logits = logits.float()
+    return logits.argmax(dim=-1)
+
+
 def random_sample(logits: torch.Tensor, md: SamplingMetadata, generator: torch.Generator) -> torch.Tensor:
     """logits [S, V] float32 -> [S] draws from softmax(logits); seeded rows use their own generator."""
     q = torch.empty_like(logits).exponential_(generator=generator)
@@ -116,11 +125,11 @@ class Sampler:
             raw_logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
         logits = self.process_logits(logits, md)
         if md.all_greedy:
-            sampled = logits.argmax(dim=-1)  # exact in any dtype: bf16 -> float32 keeps the order
+            sampled = greedy(logits)
         elif md.all_random:
             sampled = self.sample_random(logits, md)
         else:
-            sampled = torch.where(md.temperature == 0, logits.argmax(dim=-1), self.sample_random(logits, md))
+            sampled = torch.where(md.temperature == 0, greedy(logits), self.sample_random(logits, md))
         if raw_logprobs is None:
             return SamplerOutput(sampled, None)
         return SamplerOutput(sampled, gather_logprobs(raw_logprobs, sampled, md.max_num_logprobs))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qinfer.contracts.sampling_metadata import SamplingMetadata
-from qinfer.executor.sampler import Sampler, apply_penalties
+from qinfer.executor.sampler import Sampler, apply_penalties, greedy
 from qinfer.ops.reference import top_k_top_p_min_p
 from qinfer.sampling_params import SamplingParams
 from tests.unit.runner_driver import RunnerDriver, make_runner
@@ -124,6 +124,13 @@ def test_all_greedy_fast_path_is_argmax_of_the_raw_dtype_without_copies():
     md.all_greedy = False  # the mixed path: greedy argmax selected per row
     general = Sampler(torch.device("cpu"), 0)(logits, md).sampled_token_ids
     assert torch.equal(fast, logits.float().argmax(-1)) and torch.equal(fast, general)
+
+
+def test_greedy_widens_reduced_precision_logits_and_keeps_the_first_of_ties():
+    logits = torch.full((2, VOCAB), -1.0, dtype=torch.bfloat16)
+    logits[0, [5, 9]] = 1.0
+    logits[1, [7, 8, 30]] = 2.0
+    assert greedy(logits).tolist() == [5, 7] == logits.argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
