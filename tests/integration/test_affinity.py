@@ -22,7 +22,13 @@ def _names(client) -> list[str]:
 
 def _key_owned_by(owner: str, workers: list[str]) -> str:
     lanes = own_lanes(owner, workers, MODEL)
+    if not lanes:   # rendezvous hashing of 8 lanes leaves one of two workers none, 1 pair of names in 128
+        pytest.skip(f"worker {owner} owns no lane among {workers} (the names come from the test's pid)")
     return next(f"tenant-{i}" for i in range(1000) if lane_of(f"tenant-{i}") in lanes)
+
+
+def _busiest_owner(workers: list[str]) -> str:
+    return max(workers, key=lambda w: len(own_lanes(w, workers, MODEL)))
 
 
 def _run(client, key: str, n: int, sampling=QUICK) -> list:
@@ -39,8 +45,7 @@ def client(test_settings):
 def test_each_prefix_runs_on_its_owner_and_a_joining_worker_takes_its_lanes(client, start_workers, tiny_llama_dir):
     first = start_workers(tiny_llama_dir, 1, args=ARGS)
     [alone] = _names(client)
-    key = _key_owned_by("x", [alone, "x"])        # a key the second worker will own
-    assert {r.worker for r in _run(client, key, 3)} == {alone}       # one worker owns every lane
+    assert {r.worker for r in _run(client, "tenant-0", 3)} == {alone}       # one worker owns every lane
     start_workers(tiny_llama_dir, 1, args=ARGS)
     workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
     joiner = next(w for w in workers if w != alone)
@@ -55,7 +60,7 @@ def test_each_prefix_runs_on_its_owner_and_a_joining_worker_takes_its_lanes(clie
 def test_an_idle_worker_steals_from_a_busy_owner(client, start_workers, tiny_llama_dir):
     start_workers(tiny_llama_dir, 2, args=ARGS)
     workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
-    results = _run(client, _key_owned_by(workers[0], workers), 16, {"temperature": 0, "max_tokens": 24})
+    results = _run(client, _key_owned_by(_busiest_owner(workers), workers), 16, {"temperature": 0, "max_tokens": 24})
     assert all(r.status is JobStatus.SUCCEEDED for r in results)
     assert {r.worker for r in results} == set(workers)       # the owner's 2 slots full: the other helps
 
@@ -63,7 +68,7 @@ def test_an_idle_worker_steals_from_a_busy_owner(client, start_workers, tiny_lla
 def test_killing_a_lane_owner_loses_nothing(client, start_workers, tiny_llama_dir):
     fleet = start_workers(tiny_llama_dir, 2, args=ARGS)
     workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
-    owner = workers[0]
+    owner = _busiest_owner(workers)
     ids = client.submit_many([{"model": MODEL, "prompt": f"p{i}", "affinity_key": _key_owned_by(owner, workers),
                                "sampling": {"temperature": 0, "max_tokens": 24}} for i in range(12)])
     wait_until(lambda: any(client.get(i).worker == owner and client.get(i).status is JobStatus.RUNNING

@@ -130,7 +130,8 @@ def test_cancel_running_job_keeps_partial_output(client):
 
 
 def test_run_timeout_stops_with_partial_output(client):
-    job_id = client.submit(model=MODEL, prompt="Our garden", run_timeout_s=0.3,
+    # 0.1 s: under the 240 tokens' time on a fast CPU (~1 ms a step: 0.3 s let the job finish)
+    job_id = client.submit(model=MODEL, prompt="Our garden", run_timeout_s=0.1,
                            sampling={"temperature": 0, "max_tokens": 240, "ignore_eos": True})
     r = client.wait(job_id, timeout=30)
     assert r.status is JobStatus.FAILED and r.error.code == "run_timeout"

@@ -9,7 +9,9 @@ from qinfer.schema import JobStatus
 from tests.fixtures_redis import queued_entries, wait_until
 
 ARGS = ("--served-model-name", "tiny", "--max-num-seqs", "8")
-LONG = {"temperature": 0, "max_tokens": 120, "ignore_eos": True}
+# 240 tokens (the tiny model's context is 256) at ~1 ms a step on a fast CPU outlast the wait for
+# every job to run plus the drain grace (120 tokens and a 0.1 s grace did not: all finished)
+LONG = {"temperature": 0, "max_tokens": 240, "ignore_eos": True}
 
 
 def test_expired_and_cancelled_jobs_never_run_then_sigterm_hands_back(test_settings, start_workers,
@@ -19,7 +21,7 @@ def test_expired_and_cancelled_jobs_never_run_then_sigterm_hands_back(test_setti
     cancelled = client.submit(model="tiny", prompt="never mind")
     assert client.cancel(cancelled) is JobStatus.CANCELLED
     time.sleep(0.4)
-    fleet = start_workers(tiny_llama_dir, 1, env={"QINFER_DRAIN_GRACE_S": "0.1"}, args=ARGS)
+    fleet = start_workers(tiny_llama_dir, 1, env={"QINFER_DRAIN_GRACE_S": "0.05"}, args=ARGS)
 
     r = client.wait(expired, timeout=30)
     assert r.status is JobStatus.EXPIRED and r.error.code == "queue_timeout" and r.token_ids == []
