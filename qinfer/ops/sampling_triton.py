@@ -93,8 +93,8 @@ def _load_row(ptr, offs, n, row_max, log_min_p, HAS_MIN_P: tl.constexpr):
 def _row_reduce(values, parts_ptr, arrivals_ptr, round_index, split, chunk, REDUCE_MAX: tl.constexpr,
                 WIDTH: tl.constexpr):
     """values [WIDTH] float32 of this program's chunk -> (their sum or max over the row's split
-    chunks, their sum over the chunks before this one), the same bits in every program of the
-    row. parts_ptr: the row's [2, split, WIDTH] buffer; rounds alternate its halves, so a program
+    chunks, their sum over the chunks before this one: zeros when REDUCE_MAX), the same bits in
+    every program of the row. parts_ptr: the row's [2, split, WIDTH] buffer; rounds alternate its halves, so a program
     a round ahead never overwrites parts a sibling still reads (two rounds ahead it cannot be:
     it would have passed a barrier the sibling has not reached). arrivals_ptr: the row's count
     of arrivals, split per round."""
