@@ -37,6 +37,7 @@ cumulative mass lies within float32 rounding (~1e-6) of top_p.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -94,10 +95,10 @@ def _row_reduce(values, parts_ptr, arrivals_ptr, round_index, split, chunk, REDU
                 WIDTH: tl.constexpr):
     """values [WIDTH] float32 of this program's chunk -> (their sum or max over the row's split
     chunks, their sum over the chunks before this one: zeros when REDUCE_MAX), the same bits in
-    every program of the row. parts_ptr: the row's [2, split, WIDTH] buffer; rounds alternate its halves, so a program
-    a round ahead never overwrites parts a sibling still reads (two rounds ahead it cannot be:
-    it would have passed a barrier the sibling has not reached). arrivals_ptr: the row's count
-    of arrivals, split per round."""
+    every program of the row. parts_ptr: the row's [2, split, WIDTH] buffer; rounds alternate
+    its halves, so a program a round ahead never overwrites parts a sibling still reads (two
+    rounds ahead it cannot be: it would have passed a barrier the sibling has not reached).
+    arrivals_ptr: the row's count of arrivals, split per round."""
     slot = parts_ptr + (round_index % 2) * split * WIDTH
     cols = tl.arange(0, WIDTH)
     tl.store(slot + chunk * WIDTH + cols, values)
@@ -345,14 +346,18 @@ def _top_k_top_p_min_p_kernel(logits_ptr, scratch_ptr, top_k_ptr, top_p_ptr, log
                          BLOCK)
 
 
-def row_split(num_rows: int, vocab_size: int, device: torch.device, programs: int, min_chunk: int) -> int:
-    """Programs per row: `programs` in all, chunks of at least min_chunk tokens, at most the SM
-    count (a row's programs must all be resident: see the module docstring); 1 in the
-    interpreter, which runs programs one after another."""
+def max_split(device: torch.device) -> int:
+    """Programs a row may have: its programs must all be resident at once (see the module
+    docstring), which the SM count ensures; 1 in the interpreter, which runs programs one
+    after another."""
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return 1
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(programs // max(num_rows, 1), triton.cdiv(vocab_size, min_chunk), num_sms))
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def top_k_top_p_min_p_triton(logits: torch.Tensor, top_k: Optional[torch.Tensor], top_p: Optional[torch.Tensor],
@@ -360,7 +365,8 @@ def top_k_top_p_min_p_triton(logits: torch.Tensor, top_k: Optional[torch.Tensor]
                              num_pivots: Optional[int] = None, num_warps: Optional[int] = None,
                              split: Optional[int] = None) -> torch.Tensor:
     """logits [S, V] float32, masked in place and returned (see the module docstring).
-    block, num_pivots, num_warps, split: CONFIG's, or row_split's, when None."""
+    block, num_pivots, num_warps: CONFIG's when None; split (programs per row, at most
+    max_split): CONFIG's programs over the rows, in chunks of at least min_chunk tokens."""
     if top_k is None and top_p is None and min_p is None:
         return logits
     assert logits.dtype == torch.float32 and logits.stride(1) == 1
@@ -369,7 +375,9 @@ def top_k_top_p_min_p_triton(logits: torch.Tensor, top_k: Optional[torch.Tensor]
         return logits
     block = block or CONFIG["block"]
     num_pivots = num_pivots or CONFIG["num_pivots"]
-    split = split or row_split(num_rows, vocab_size, logits.device, CONFIG["programs"], CONFIG["min_chunk"])
+    if split is None:
+        split = min(CONFIG["programs"] // num_rows, triton.cdiv(vocab_size, CONFIG["min_chunk"]))
+    split = max(1, min(split, max_split(logits.device)))
     chunk_size = triton.cdiv(triton.cdiv(vocab_size, split), block) * block
     split = triton.cdiv(vocab_size, chunk_size)          # no empty chunk
     needs_search = top_k is not None or top_p is not None
