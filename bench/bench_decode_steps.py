@@ -2,6 +2,8 @@
 
     python bench/bench_decode_steps.py [--points 1x512:greedy,64x1400:top_p,...] [--steps 40]
         [--parts steps,gemm] [--out DIR]
+    python bench/bench_decode_steps.py --device cpu --points 2x32:top_p --steps 3    (smoke: the tiny
+        demo model, CPU ops; no floors, no gemm part)
 
 The issue's engine (bench_prefill_graphs.py's: random-weight Llama-3.1-8B shape in bf16, the
 weights drawn in place on the GPU; max_num_seqs 256, max_num_batched_tokens 8192,
@@ -32,7 +34,6 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine_gpu import copy_bandwidth, hf_config, matmul_rate, random_prompts, weight_bytes  # noqa: E402
-from bench_prefill_graphs import SHAPE, draw_weights, model_dir  # noqa: E402
 
 from qinfer.sampling_params import SamplingParams  # noqa: E402
 
@@ -44,7 +45,7 @@ KERNEL_CLASSES = (  # (class, substrings of kernel names), first match wins
     ("sampler mask", ("_top_k_top_p",)),
     ("sampler other", ("exponential", "argmax", "divfunctor", "log_kernel", "logfunctor", "sub_kernel",
                        "cunn_softmax", "distribution")),
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "sm90")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "sm90", "linear_pointwise", "aten::mm")),
     ("rms norm", ("norm",)),
     ("rotary + cache write", ("rotary", "cache")),
     ("silu_and_mul", ("silu", "act_and_mul")),
@@ -58,10 +59,15 @@ def kernel_class(name: str) -> str:
     return next((cls for cls, keys in KERNEL_CLASSES if any(k in lowered for k in keys)), "other")
 
 
-def make_llm():
-    from qinfer.executor import model_runner
+def make_llm(device: str):
     from qinfer.llm import LLM
 
+    if device == "cpu":
+        from qinfer.testing.demo_model import make_demo_model
+        return LLM(str(make_demo_model()), device="cpu", max_num_seqs=256, max_num_batched_tokens=8192)
+    from bench_prefill_graphs import SHAPE, draw_weights, model_dir
+
+    from qinfer.executor import model_runner
     model_runner.load_weights = draw_weights
     return LLM(str(model_dir(Path(f"/tmp/qinfer-models/{SHAPE}-drawn"))), device="cuda", dtype="bfloat16",
                max_num_seqs=256, max_num_batched_tokens=8192, max_model_len=4096, enable_prefix_caching=True)
@@ -78,7 +84,7 @@ def parse_point(text: str) -> tuple[int, int, str]:
 def decode_only_steps(engine, batch: int, ctx: int, sampling: str, label: str, steps: int) -> None:
     """Admit `batch` requests and step until every one of them decodes (steps of `batch` tokens)."""
     params = SamplingParams(max_tokens=2 * steps + 64, ignore_eos=True, seed=None, **SAMPLINGS[sampling])
-    for i, prompt in enumerate(random_prompts(batch, ctx, seed=sum(map(ord, label)))):
+    for i, prompt in enumerate(random_prompts(batch, ctx, seed=sum(map(ord, label)), vocab=engine.vocab_size)):
         engine.add_request(f"{label}-{i}", prompt_token_ids=prompt, sampling_params=params)
     for _ in range(10_000):
         before = engine._num_scheduled_tokens
@@ -88,18 +94,22 @@ def decode_only_steps(engine, batch: int, ctx: int, sampling: str, label: str, s
     raise RuntimeError(f"{label}: the batch never reached decode-only steps")
 
 
-def profile_kernels(engine, steps: int) -> dict:
+def profile_kernels(engine, steps: int, on_gpu: bool) -> dict:
+    """Per step: GPU kernel time by class on a GPU; on the CPU, the ops' own CPU time."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             engine.step()
-        torch.cuda.synchronize()
+        synchronize()
     kernels: dict[str, float] = {}
     for event in prof.key_averages():
-        us = getattr(event, "self_device_time_total", None)
-        us = us if us is not None else getattr(event, "self_cuda_time_total", 0)
+        if on_gpu:
+            us = getattr(event, "self_device_time_total", None)
+            us = us if us is not None else getattr(event, "self_cuda_time_total", 0)
+        else:
+            us = event.self_cpu_time_total
         if us > 0:
             kernels[event.key] = kernels.get(event.key, 0.0) + us / 1e3 / steps
     classes: dict[str, float] = {}
@@ -108,6 +118,11 @@ def profile_kernels(engine, steps: int) -> dict:
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:14]
     return dict(kernel_ms_per_step=sum(classes.values()), classes_ms=classes,
                 top_kernels=[(name[:110], ms, kernel_class(name)) for name, ms in top])
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def floors(cfg: dict, batch: int, ctx: int, ceilings: dict) -> dict:
@@ -121,7 +136,7 @@ def floors(cfg: dict, batch: int, ctx: int, ceilings: dict) -> dict:
 
 
 def run_steps(llm, args, ceilings: dict) -> list[dict]:
-    engine, cfg, rows = llm.engine, hf_config(SHAPE), []
+    engine, rows, on_gpu = llm.engine, [], args.device == "cuda"
     for point in args.points.split(","):
         batch, ctx, sampling = parse_point(point)
         label = point.replace(":", "_")
@@ -129,14 +144,15 @@ def run_steps(llm, args, ceilings: dict) -> list[dict]:
             decode_only_steps(engine, batch, ctx, sampling, label, args.steps)
             for _ in range(3):
                 engine.step()
-            torch.cuda.synchronize()
+            synchronize()
             start = time.perf_counter()
             for _ in range(args.steps):
                 engine.step()
-            torch.cuda.synchronize()
+            synchronize()
             row = dict(point=point, batch=batch, ctx=ctx, sampling=sampling,
                        wall_ms_per_step=1e3 * (time.perf_counter() - start) / args.steps,
-                       **floors(cfg, batch, ctx + args.steps, ceilings), **profile_kernels(engine, args.steps))
+                       **(floors(hf_config("llama-3.1-8b"), batch, ctx + args.steps, ceilings) if on_gpu else {}),
+                       **profile_kernels(engine, args.steps, on_gpu))
         except Exception:   # one device call runs every point: a failing one must not cost the others
             row = dict(point=point, error=traceback.format_exc())
             print(row["error"], flush=True)
@@ -152,9 +168,10 @@ def print_step_row(row: dict) -> None:
     if "error" in row:
         return
     classes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row["classes_ms"].items(), key=lambda kv: -kv[1]))
+    floor = (f" (bytes floor {row['bytes_floor_ms']:.2f} ms = weights + {row['kv_gb']:.1f} GB of KV; linear FLOPs at "
+             f"the matmul rate {row['gemm_compute_ms']:.2f} ms)" if "bytes_floor_ms" in row else "")
     print(f"{row['point']:>16}: {row['wall_ms_per_step']:.2f} ms/step wall, {row['kernel_ms_per_step']:.2f} ms "
-          f"of kernels (bytes floor {row['bytes_floor_ms']:.2f} ms = weights + {row['kv_gb']:.1f} GB of KV; "
-          f"linear FLOPs at the matmul rate {row['gemm_compute_ms']:.2f} ms) | {classes}", flush=True)
+          f"of kernels{floor} | {classes}", flush=True)
     for name, ms, cls in row["top_kernels"][:8]:
         print(f"{'':>18}{ms:8.3f} ms  [{cls}] {name}")
 
@@ -201,6 +218,7 @@ def print_gemm(rows: list[dict]) -> None:
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--parts", default="steps,gemm")
     p.add_argument("--points", default=DEFAULT_POINTS)
     p.add_argument("--steps", type=int, default=40)
@@ -211,17 +229,19 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    ceilings = dict(copy_bytes_s=copy_bandwidth(), matmul_flop_s=matmul_rate())
-    print(f"copy {ceilings['copy_bytes_s'] / 1e12:.2f} TB/s, matmul {ceilings['matmul_flop_s'] / 1e12:.0f} TFLOP/s",
-          flush=True)
+    ceilings = {}
+    if args.device == "cuda":
+        ceilings = dict(copy_bytes_s=copy_bandwidth(), matmul_flop_s=matmul_rate())
+        print(f"copy {ceilings['copy_bytes_s'] / 1e12:.2f} TB/s, matmul {ceilings['matmul_flop_s'] / 1e12:.0f} "
+              "TFLOP/s", flush=True)
     start = time.perf_counter()
-    llm = make_llm()
-    results = dict(device=torch.cuda.get_device_name(), args=vars(args), ceilings=ceilings,
-                   engine_start_s=time.perf_counter() - start)
+    llm = make_llm(args.device)
+    results = dict(device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu", args=vars(args),
+                   ceilings=ceilings, engine_start_s=time.perf_counter() - start)
     parts = args.parts.split(",")
     if "steps" in parts:
         results["steps"] = run_steps(llm, args, ceilings)
-    if "gemm" in parts:
+    if "gemm" in parts and args.device == "cuda":
         results["gemm"] = run_gemm(llm, args, ceilings)
         print_gemm(results["gemm"])
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -170,8 +170,9 @@ def weight_bytes(cfg: dict) -> int:
 # ---- the engine parts ----------------------------------------------------------------------
 
 def random_prompts(n: int, length: int, seed: int = 0, vocab: int = PROMPT_VOCAB) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(1000, vocab - 1000) for _ in range(length)] for _ in range(n)]
+    """Ids clear of both ends of the vocabulary (where special tokens sit), 1,000 or vocab / 8."""
+    rng, margin = random.Random(seed), min(1000, vocab // 8)
+    return [[rng.randrange(margin, vocab - margin) for _ in range(length)] for _ in range(n)]
 
 
 def make_llm(model_dir: Path, args):

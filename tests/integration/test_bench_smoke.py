@@ -1,6 +1,6 @@
 """The issue-13 benchmarks' CPU smoke modes, a few jobs each: they run end to end (the tiny
 demo model; the varied bench in-process, the arrival-rate bench through a real fleet on an
-embedded Redis) and write the JSON their tables come from."""
+embedded Redis, the decode-step profile) and write the JSON their tables come from."""
 from __future__ import annotations
 
 import json
@@ -39,3 +39,11 @@ def test_arrivals_through_the_fleet(tmp_path):
 def test_sampler(tmp_path):
     result = run_bench("bench_sampler.py", tmp_path, "--batches", "2", "--vocab", "500", "--repeats", "1")
     assert {row["setting"] for row in result["masks"]} >= {"top_p 0.95", "top_k 50"}
+
+
+def test_decode_steps(tmp_path):
+    result = run_bench("bench_decode_steps.py", tmp_path, "--points", "3x24:top_p,1x8:greedy", "--steps", "3")
+    rows = {row["point"]: row for row in result["steps"]}
+    assert set(rows) == {"3x24:top_p", "1x8:greedy"} and not any("error" in row for row in rows.values())
+    assert all(row["wall_ms_per_step"] > 0 and row["classes_ms"].get("gemm", 0) > 0 for row in rows.values())
+    assert "sampler mask" in rows["3x24:top_p"]["classes_ms"] or "sampler other" in rows["3x24:top_p"]["classes_ms"]
