@@ -34,6 +34,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine_gpu import copy_bandwidth, hf_config, matmul_rate, random_prompts, weight_bytes  # noqa: E402
+from bench_prefill_graphs import SHAPE, draw_weights, model_dir  # noqa: E402
 
 from qinfer.sampling_params import SamplingParams  # noqa: E402
 
@@ -65,8 +66,6 @@ def make_llm(device: str):
     if device == "cpu":
         from qinfer.testing.demo_model import make_demo_model
         return LLM(str(make_demo_model()), device="cpu", max_num_seqs=256, max_num_batched_tokens=8192)
-    from bench_prefill_graphs import SHAPE, draw_weights, model_dir
-
     from qinfer.executor import model_runner
     model_runner.load_weights = draw_weights
     return LLM(str(model_dir(Path(f"/tmp/qinfer-models/{SHAPE}-drawn"))), device="cuda", dtype="bfloat16",
@@ -151,7 +150,7 @@ def run_steps(llm, args, ceilings: dict) -> list[dict]:
             synchronize()
             row = dict(point=point, batch=batch, ctx=ctx, sampling=sampling,
                        wall_ms_per_step=1e3 * (time.perf_counter() - start) / args.steps,
-                       **(floors(hf_config("llama-3.1-8b"), batch, ctx + args.steps, ceilings) if on_gpu else {}),
+                       **(floors(hf_config(SHAPE), batch, ctx + args.steps, ceilings) if on_gpu else {}),
                        **profile_kernels(engine, args.steps, on_gpu))
         except Exception:   # one device call runs every point: a failing one must not cost the others
             row = dict(point=point, error=traceback.format_exc())
