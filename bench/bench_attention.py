@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import triton
 
+from kernel_registers import compiled_variants, describe
 from qinfer.kernels import paged_attention as pa
 
 HQ, HK, HEAD, BLOCK, DTYPE = 32, 8, 128, 16, torch.bfloat16
@@ -115,10 +116,10 @@ def main() -> None:
                                                      pa.DECODE_CFG["max_parts"])))
         del sets
         torch.cuda.empty_cache()
-    report(rows, copy_bw, args.out)
+    report(rows, copy_bw, args.out, compiled_variants(pa._decode_kernel))
 
 
-def report(rows: list[dict], copy_bw: float, out_dir: str) -> None:
+def report(rows: list[dict], copy_bw: float, out_dir: str, variants: list[dict]) -> None:
     print(f"\ncopy bandwidth (read+write): {copy_bw / 1e9:.0f} GB/s; default cfg {pa.DECODE_CFG}")
     print(f"{'batch':>5} {'ctx':>6} {'splits':>6} {'us':>8} {'GB/s':>7} {'%copy':>6} "
           f"{'best us':>8} {'best GB/s':>9} {'rel err':>8}  best cfg")
@@ -130,8 +131,9 @@ def report(rows: list[dict], copy_bw: float, out_dir: str) -> None:
               f"{r['pct_copy']:>5.0f}% {r['best_us']:>8.1f} {r['best_gbs']:>9.0f} {err:>8}  {cfg}")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / "bench_attention.json"
+    print(describe("_decode_kernel", variants))
     path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy_gbs": copy_bw / 1e9,
-                                "default_cfg": pa.DECODE_CFG, "rows": rows}, indent=1))
+                                "default_cfg": pa.DECODE_CFG, "rows": rows, "compiled_variants": variants}, indent=1))
     print(f"wrote {path}")
 
 

@@ -135,6 +135,11 @@ def main(argv=None) -> dict:
                    masks=time_masks(args, time_us), samplers=time_samplers(args, time_us))
     if args.device == "cuda" and not args.no_sweep:
         results["sweep_top_p"] = sweep_configs(args, time_us)
+    if args.device == "cuda":
+        from kernel_registers import compiled_variants
+
+        from qinfer.ops import sampling_triton
+        results["compiled_variants"] = compiled_variants(sampling_triton._top_k_top_p_min_p_kernel)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "bench_sampler.json").write_text(json.dumps(results, indent=1))
     report(results)
@@ -153,6 +158,9 @@ def report(r: dict) -> None:
     for row in r["samplers"]:
         print(f"| {row['batch']} | {row['sort_us']:.0f} ({row['sort_impl']}) | "
               f"{row['threshold_us']:.0f} ({row['threshold_impl']}) |")
+    if "compiled_variants" in r:
+        from kernel_registers import describe
+        print("\n" + describe("_top_k_top_p_min_p_kernel", r["compiled_variants"]))
     if "sweep_top_p" in r:
         print("\nkernel launch shapes, top_p 0.95 (us; divide by temperature included)")
         batches = sorted({x["batch"] for x in r["sweep_top_p"]})

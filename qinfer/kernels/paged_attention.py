@@ -338,8 +338,8 @@ def _check_head(head_size: int) -> None:
 
 
 # Decode launch parameters; the GPU bench sweeps them (bench/bench_attention.py).
-# merge_chunk: partitions the merging program reads per step; its registers count against the
-# whole kernel's occupancy, so it is kept small (16 cost 10% at 16-64 requests: NOTES.md).
+# merge_chunk: partitions the merging program reads per step of its loop. 8 against 16 took
+# 10-15% off split launches (16-64 requests) on the H200 (bench/NOTES.md, session 6).
 DECODE_CFG = {"tile": 64, "num_warps": 4, "num_stages": 2, "min_partition": 64,
               "target_programs": 1024, "max_parts": 32, "merge_chunk": 8}
 
