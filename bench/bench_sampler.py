@@ -163,13 +163,13 @@ def report(r: dict) -> None:
         print("\n" + describe("_top_k_top_p_min_p_kernel", r["compiled_variants"]))
     if "sweep_top_p" in r:
         print("\nkernel launch shapes, top_p 0.95 (us; divide by temperature included)")
+        shape = lambda x: (x["block"], x["num_pivots"], x["num_warps"], x["programs"])  # noqa: E731
+        us = {(x["batch"], shape(x)): x["us"] for x in r["sweep_top_p"]}
         batches = sorted({x["batch"] for x in r["sweep_top_p"]})
         print("| block | pivots | warps | programs | " + " | ".join(f"batch {b}" for b in batches) + " |")
         for cfg in SWEEP:
-            cells = [next(x["us"] for x in r["sweep_top_p"] if x["batch"] == b and all(x[k] == v for k, v in
-                                                                                        cfg.items())) for b in batches]
-            print(f"| {cfg['block']} | {cfg['num_pivots']} | {cfg['num_warps']} | {cfg['programs']} | "
-                  + " | ".join(f"{us:.0f}" for us in cells) + " |")
+            print("| " + " | ".join(map(str, shape(cfg))) + " | "
+                  + " | ".join(f"{us[b, shape(cfg)]:.0f}" for b in batches) + " |")
 
 
 if __name__ == "__main__":

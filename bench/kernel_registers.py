@@ -16,10 +16,11 @@ def compiled_variants(jit_fn) -> list[dict]:
             try:
                 kernel._init_handles()
                 warps = kernel.metadata.num_warps
+                per_program = max(1, kernel.n_regs * 32 * warps)
                 variants.append(dict(n_regs=kernel.n_regs, n_spills=kernel.n_spills, num_warps=warps,
                                      num_stages=getattr(kernel.metadata, "num_stages", None),
                                      shared_bytes=kernel.metadata.shared,
-                                     programs_per_sm_by_registers=REGISTERS_PER_SM // max(1, kernel.n_regs * 32 * warps)))
+                                     programs_per_sm_by_registers=REGISTERS_PER_SM // per_program))
             except Exception as error:   # noqa: BLE001 - a report, whatever this Triton keeps
                 variants.append(dict(error=repr(error)))
     return variants
