@@ -92,6 +92,8 @@ def bench_shape(name: str, baseline) -> list[dict]:
                lambda: baseline.paged_prefill(q, kc, vc, bt, seq, qsl, max(query_lens), SCALE, out=out), out)
     if name == "fresh":
         record_sdpa(record, q, query_lens)
+    if name in ("fresh", "prefix"):
+        record_varlen(record, q, kc, vc, bt, seq, qsl, query_lens)
     return rows
 
 
@@ -108,6 +110,48 @@ def record_sdpa(record, q: torch.Tensor, query_lens) -> None:
                 return torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True,
                                                                         enable_gqa=True)
         record(f"torch sdpa {backend.name.lower()}", run, None)
+
+
+def record_varlen(record, q, kc, vc, bt, seq, qsl, query_lens) -> None:
+    """torch.nn.attention.varlen (FlashAttention) where this torch has it: on K/V gathered into
+    one contiguous ragged batch (what a fresh prompt's own new K/V are), and reading the paged
+    cache through its block table where the API takes one. Checked against the oracle like ours."""
+    try:
+        import inspect
+
+        from torch.nn.attention import varlen
+    except ImportError as exc:
+        print(f"torch varlen attention: absent ({exc})", flush=True)
+        return
+    params = inspect.signature(varlen.varlen_attn).parameters
+    print(f"torch varlen_attn{inspect.signature(varlen.varlen_attn)}", flush=True)
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    gqa = {"enable_gqa": True} if "enable_gqa" in params else {}
+    ctx = seq.long()
+    cu_k = torch.cat([ctx.new_zeros(1), ctx.cumsum(0)]).to(torch.int32)
+    rows = torch.cat([torch.arange(int(n), device=q.device) for n in ctx.tolist()])
+    req = torch.repeat_interleave(torch.arange(len(query_lens), device=q.device), ctx)
+    slots = bt[req, rows // BLOCK].long() * BLOCK + rows % BLOCK
+    k = kc.view(-1, HK, HEAD)[slots].contiguous()
+    v = vc.view(-1, HK, HEAD)[slots].contiguous()
+    max_q, max_k = max(query_lens), int(seq.max())
+
+    def contiguous():
+        return varlen.varlen_attn(q, k, v, qsl, cu_k, max_q, max_k, scale=SCALE, **causal, **gqa)
+
+    def paged():
+        return varlen.varlen_attn(q, kc, vc, qsl, None, max_q, max_k, scale=SCALE, **causal, **gqa,
+                                  seqused_k=seq, block_table=bt)
+
+    for label, fn in (("contiguous K/V", contiguous), ("paged cache", paged)):
+        if label == "paged cache" and "block_table" not in params:
+            continue
+        try:
+            out = fn()      # checked once; the timed calls return their own outputs
+        except Exception as exc:
+            print(f"torch varlen flash ({label}) failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            continue
+        record(f"torch varlen flash ({label})", fn, out)
 
 
 def best_config(rows: list[dict]) -> dict:

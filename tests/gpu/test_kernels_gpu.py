@@ -169,25 +169,39 @@ def _get(impl: str) -> dict:
             for _, name, devices, fn in entries if name == impl and "cuda" in devices}
 
 
+# Row widths and layouts: the CUDA kernels' 16-byte path (4,096; 8,192 = two Packs a thread; a
+# padded row stride) and their element-wise fallback (a width off the 16 bytes; rows starting off
+# them, from a column slice).
+NORM_LAYOUTS = [(4096, 0, 0), (8192, 0, 0), (2048, 8, 0), (4100, 0, 0), (4096, 0, 1)]
+
+
+def _rows(num_rows: int, width: int, pad: int, offset: int, dtype) -> torch.Tensor:
+    """[num_rows, width] whose rows lie `pad` elements apart beyond their width, from column `offset`."""
+    return torch.randn(num_rows, offset + width + pad, device="cuda", dtype=dtype)[:, offset:offset + width]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_norm_ops(impl, dtype):
+@pytest.mark.parametrize("hidden,pad,offset", NORM_LAYOUTS)
+def test_norm_ops(impl, dtype, hidden, pad, offset):
     from qinfer.ops import reference
     fns = _get(impl)
-    x = torch.randn(37, 4096, device="cuda", dtype=dtype)
-    res, w = torch.randn_like(x), torch.randn(4096, device="cuda", dtype=dtype)
+    x, res = _rows(37, hidden, pad, offset, dtype), _rows(37, hidden, pad, offset, dtype)
+    w = torch.randn(hidden, device="cuda", dtype=dtype)
     assert rel_err(fns["rms_norm"](x, w, 1e-5), reference.rms_norm(x, w, 1e-5)) < 1e-2
     ref_out, ref_sum = reference.fused_add_rms_norm(x, res, w, 1e-5)
-    out, summed = fns["fused_add_rms_norm"](x.clone(), res.clone(), w, 1e-5)
+    x_copy, res_copy = _rows(37, hidden, pad, offset, dtype), _rows(37, hidden, pad, offset, dtype)
+    out, summed = fns["fused_add_rms_norm"](x_copy.copy_(x), res_copy.copy_(res), w, 1e-5)   # in place: same layout
     assert torch.equal(summed, ref_sum)
     assert rel_err(out, ref_out) < 1e-2
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_silu_and_mul(impl, dtype):
+@pytest.mark.parametrize("inter,offset", [(14336, 0), (768, 0), (1001, 0), (14336, 1)])
+def test_silu_and_mul(impl, dtype, inter, offset):
     from qinfer.ops import reference
-    x = torch.randn(19, 2 * 14336, device="cuda", dtype=dtype)
+    x = _rows(19, 2 * inter, 0, offset, dtype)
     assert rel_err(_get(impl)["silu_and_mul"](x), reference.silu_and_mul(x)) < 1e-2
 
 
