@@ -43,6 +43,12 @@ SWEEP = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in
     (128, 128, 8, 2), (128, 32, 4, 3), (64, 128, 4, 2), (128, 128, 8, 3))]
 
 
+# fresh_prefill (no cached tokens: K/V read by TMA from the step's own rows)
+FRESH_SWEEP = [dict(block_m=m, block_n=n, num_warps=w, num_stages=s) for m, n, w, s in (
+    (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3),
+    (128, 128, 8, 4), (128, 64, 8, 4))]
+
+
 def causal_flops(query_lens, ctx_lens) -> float:
     keys_seen = sum(q * c + q * (q + 1) / 2 for q, c in zip(query_lens, ctx_lens))
     return 4 * HEAD * HQ * keys_seen
@@ -93,7 +99,14 @@ def bench_shape(name: str, baseline) -> list[dict]:
     if name == "fresh":
         record_sdpa(record, q, query_lens)
     if name in ("fresh", "prefix"):
-        record_varlen(record, q, kc, vc, bt, seq, qsl, query_lens)
+        k, v = contiguous_kv(kc, vc, bt, seq)
+        record_varlen(record, q, k, v, kc, vc, bt, seq, qsl, query_lens)
+    if name == "fresh":
+        for cfg in FRESH_SWEEP:
+            out = torch.full_like(q, float("nan"))
+            record(f"qinfer fresh (TMA) {cfg['block_m']}x{cfg['block_n']} w{cfg['num_warps']} s{cfg['num_stages']}",
+                   lambda cfg=cfg, out=out: pa.fresh_prefill(q, k, v, qsl, SCALE, out, num_prefills, cfg), out,
+                   {"fresh": cfg})
     return rows
 
 
@@ -112,7 +125,16 @@ def record_sdpa(record, q: torch.Tensor, query_lens) -> None:
         record(f"torch sdpa {backend.name.lower()}", run, None)
 
 
-def record_varlen(record, q, kc, vc, bt, seq, qsl, query_lens) -> None:
+def contiguous_kv(kc, vc, bt, seq) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each request's K / V rows gathered from the paged cache into one ragged [sum(seq), Hk, D]."""
+    ctx = seq.long()
+    rows = torch.cat([torch.arange(int(n), device=kc.device) for n in ctx.tolist()])
+    req = torch.repeat_interleave(torch.arange(len(ctx), device=kc.device), ctx)
+    slots = bt[req, rows // BLOCK].long() * BLOCK + rows % BLOCK
+    return kc.view(-1, HK, HEAD)[slots].contiguous(), vc.view(-1, HK, HEAD)[slots].contiguous()
+
+
+def record_varlen(record, q, k, v, kc, vc, bt, seq, qsl, query_lens) -> None:
     """torch.nn.attention.varlen (FlashAttention) where this torch has it: on K/V gathered into
     one contiguous ragged batch (what a fresh prompt's own new K/V are), and reading the paged
     cache through its block table where the API takes one. Checked against the oracle like ours."""
@@ -129,11 +151,6 @@ def record_varlen(record, q, kc, vc, bt, seq, qsl, query_lens) -> None:
     gqa = {"enable_gqa": True} if "enable_gqa" in params else {}
     ctx = seq.long()
     cu_k = torch.cat([ctx.new_zeros(1), ctx.cumsum(0)]).to(torch.int32)
-    rows = torch.cat([torch.arange(int(n), device=q.device) for n in ctx.tolist()])
-    req = torch.repeat_interleave(torch.arange(len(query_lens), device=q.device), ctx)
-    slots = bt[req, rows // BLOCK].long() * BLOCK + rows % BLOCK
-    k = kc.view(-1, HK, HEAD)[slots].contiguous()
-    v = vc.view(-1, HK, HEAD)[slots].contiguous()
     max_q, max_k = max(query_lens), int(seq.max())
 
     def contiguous():

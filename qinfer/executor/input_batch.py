@@ -335,6 +335,7 @@ class InputBatch:
     def _attn_metadata(self, rows, token_rows, positions, query_ends, seq_lens, num_scheduled):
         block_ids = self.block_table[token_rows, positions // self.block_size].astype(np.int64)
         max_num_blocks = -(-int(seq_lens.max()) // self.block_size)
+        is_prefill = num_scheduled > 1
         return AttentionMetadata(
             slot_mapping=self.staging.to_device("slot_mapping", block_ids * self.block_size
                                                 + positions % self.block_size, torch.long),
@@ -345,7 +346,8 @@ class InputBatch:
                                                 torch.int32),
             max_query_len=int(num_scheduled.max()),
             max_seq_len=int(seq_lens.max()),
-            num_prefills=int(np.count_nonzero(num_scheduled > 1)))
+            num_prefills=int(np.count_nonzero(is_prefill)),
+            prefills_are_fresh=bool(np.all(seq_lens[is_prefill] == num_scheduled[is_prefill])))
 
     # ---- sampling --------------------------------------------------------------------------
 

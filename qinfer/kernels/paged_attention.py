@@ -3,7 +3,7 @@
 Cache, per layer: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_size];
 token t of request r sits at block block_tables[r, t // block_size], row t % block_size.
 
-Two kernels:
+Three kernels:
 - decode (one query token per request): one program per (request, kv head,
   context partition) handles all query heads of the GQA group, so each K/V tile
   is read once for the whole group. Long contexts are split into partitions
@@ -18,15 +18,18 @@ Two kernels:
   tiles on the causal diagonal (masked). Tiles are numbered over the requests
   with more than one query token, in the kernel, from query_start_loc; a mixed
   batch's one-token rows (decodes) go to the decode kernel, in the same call.
-Both grids depend only on host integers that a CUDA graph can fix (token count,
+- fresh prefill (eager steps whose prefill requests have no cached tokens): the same
+  causal loop over the step's own new K/V rows, loaded by TMA through tensor
+  descriptors rather than gathered through the block table.
+The grids depend only on host integers that a CUDA graph can fix (token count,
 request count, a bound on the prefill requests, max_seq_len), never on the lengths
 in the device buffers: a graph captured once replays any batch within its bounds.
 Sliding window W (sliding_window argument; None: full causal): the query at
-position p sees keys p - W + 1 .. p. Both kernels start their key loop at the
-oldest key a query of the program sees, so they never read the blocks the block
+position p sees keys p - W + 1 .. p (fresh prefill has no window). The paged kernels start
+their key loop at the oldest key a query of the program sees, so they never read the blocks the block
 manager may have freed behind the window; decode partitions split only the
 window's keys.
-Both accumulate in float32 (F32: everything in float32 with exact dots) and use
+All accumulate in float32 (F32: everything in float32 with exact dots) and use
 exp2 with the scale folded into log2(e).
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 _LOG2E = 1.4426950408889634
 
@@ -307,6 +311,51 @@ def _prefill_kernel(
              out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])
 
 
+@triton.jit(do_not_specialize=["num_reqs"])
+def _fresh_prefill_kernel(
+    out_ptr, q_desc, k_desc, v_desc, query_start_loc_ptr, scale_log2, num_reqs, stride_ot, stride_oh,
+    GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    REQS_PAD: tl.constexpr,
+):
+    """_prefill_kernel for requests with no cached tokens: the keys are the step's own new K/V
+    rows ([T, Hk * D], ragged like the queries), read by TMA through tensor descriptors instead of
+    gathered through the block table. A tile's rows past its request hold another request's
+    queries or keys (or the descriptor's zero padding): the causal mask and the masked store
+    keep them out."""
+    req, mt = _prefill_tile(query_start_loc_ptr, tl.program_id(0), num_reqs, BLOCK_M, REQS_PAD)
+    if req >= num_reqs:
+        return
+    h = tl.program_id(1)
+    start = tl.load(query_start_loc_ptr + req)
+    q_len = tl.load(query_start_loc_ptr + req + 1) - start
+    mt = (q_len + BLOCK_M - 1) // BLOCK_M - 1 - mt            # a request's long (last) tiles first
+    kvh = h // GROUP
+    first_q = mt * BLOCK_M
+    offs_m = first_q + tl.arange(0, BLOCK_M)
+    q = q_desc.load([start + first_q, h * HEAD])              # [BLOCK_M, HEAD]
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
+    seen_by_all = (first_q // BLOCK_N) * BLOCK_N              # keys below: every query sees them
+    hi = tl.minimum(q_len, first_q + BLOCK_M)                 # causal: no key past the last query
+    for n0 in range(0, seen_by_all, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = k_desc.load([start + n0, kvh * HEAD])
+        v = v_desc.load([start + n0, kvh * HEAD])
+        m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, offs_m, scale_log2, m, l, acc,
+                                           0, False, False, False, False)
+    for n0 in range(seen_by_all, hi, BLOCK_N):                # the causal diagonal, masked
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = k_desc.load([start + n0, kvh * HEAD])
+        v = v_desc.load([start + n0, kvh * HEAD])
+        m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, offs_m, scale_log2, m, l, acc,
+                                           0, True, True, False, False)
+    out = acc / l[:, None]
+    d = tl.arange(0, HEAD)
+    tl.store(out_ptr + (start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(offs_m < q_len)[:, None])
+
+
 # The interpreter has no bf16/fp16 arithmetic (numpy): compute in float32 there.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -453,10 +502,16 @@ def paged_prefill(
     num_prefills: int | None = None,
     decode_cfg: dict | None = None,
     sliding_window: int | None = None,  # a query sees its last sliding_window keys only
+    new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:                  # [num_tokens, num_heads, head_size]
     """Causal attention of each request's new tokens to its cached and new keys, any mix of
     prefill chunks and decode rows: requests of one query token run in the decode kernel (a
     program per GQA group, split context), the others in the prefill kernel.
+
+    new_kv: the step's new (key, value) [num_tokens, num_kv_heads, head_size], passed when no
+    request of more than one query token has cached tokens: those requests then run in
+    fresh_prefill, which reads their keys from these rows by TMA, where it applies (no window,
+    fresh_prefill_applies); the decode rows still read the cache.
 
     num_prefills: host bound on the requests of more than one query token (None: num_reqs);
     it, the token count, the request count and max_seq_len fix the grids, so one CUDA graph
@@ -464,12 +519,25 @@ def paged_prefill(
     are rows past query_start_loc[-1]. The new K/V must already be in the cache.
     """
     cfg = {**PREFILL_CFG, **(cfg or {})}
+    _check_head(query.shape[2])
+    out = torch.empty_like(query) if out is None else out
+    num_prefills = seq_lens.shape[0] if num_prefills is None else num_prefills
+    if new_kv is not None and sliding_window is None and fresh_prefill_applies(query, *new_kv):
+        fresh_prefill(query, *new_kv, query_start_loc, scale, out, num_prefills)
+    else:
+        _launch_prefill(query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, out, cfg,
+                        num_prefills, sliding_window)
+    paged_decode(query, k_cache, v_cache, block_tables, seq_lens, max_seq_len, scale, out=out,
+                 cfg=decode_cfg, query_start_loc=query_start_loc, sliding_window=sliding_window)
+    return out
+
+
+def _launch_prefill(query, k_cache, v_cache, block_tables, seq_lens, query_start_loc, scale, out, cfg,
+                    num_prefills, sliding_window) -> None:
+    """_prefill_kernel over the step's prefill tiles (paged_prefill's arguments)."""
     num_tokens, num_heads, head = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    _check_head(head)
-    out = torch.empty_like(query) if out is None else out
     num_reqs = seq_lens.shape[0]
-    num_prefills = num_reqs if num_prefills is None else num_prefills
     grid = (prefill_tile_bound(num_tokens, num_prefills, cfg["block_m"]), num_heads)
     _prefill_kernel[grid](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
@@ -483,8 +551,52 @@ def paged_prefill(
         F32=_f32(query.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    paged_decode(query, k_cache, v_cache, block_tables, seq_lens, max_seq_len, scale, out=out,
-                 cfg=decode_cfg, query_start_loc=query_start_loc, sliding_window=sliding_window)
+
+
+# The best of bench_prefill_attention.py's FRESH_SWEEP on 4 x 2,048 fresh tokens (H200: 424 TFLOP/s; 128 x 128
+# w8 s3 410; the paged kernel 290)
+FRESH_PREFILL_CFG = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+
+
+def fresh_prefill_applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether fresh_prefill can read these tensors: a GPU's bf16 / fp16 rows whose starts and
+    strides TMA can address (16-byte multiples), heads contiguous; not the interpreter."""
+    if _INTERPRET or query.device.type != "cuda" or query.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return all(t.stride(2) == 1 and t.stride(1) == t.shape[2] and (t.stride(0) * t.element_size()) % 16 == 0
+               and t.data_ptr() % 16 == 0 for t in (query, key, value))
+
+
+def fresh_prefill(
+    query: torch.Tensor,            # [num_tokens, num_heads, head_size] (ragged, flat)
+    key: torch.Tensor,              # [num_tokens, num_kv_heads, head_size]: the step's new keys
+    value: torch.Tensor,
+    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
+    scale: float,
+    out: torch.Tensor,
+    num_prefills: int | None = None,
+    cfg: dict | None = None,
+) -> torch.Tensor:
+    """Causal attention of the requests of more than one query token that have no cached tokens
+    (each attends to its own new keys only), read from key / value rather than the cache
+    (fresh_prefill_applies must hold). Rows of one-token requests are left as they are in out."""
+    cfg = {**FRESH_PREFILL_CFG, **(cfg or {})}
+    num_tokens, num_heads, head = query.shape
+    num_kv_heads = key.shape[1]
+    _check_head(head)
+    num_reqs = query_start_loc.shape[0] - 1
+    num_prefills = num_reqs if num_prefills is None else num_prefills
+    block_m, block_n = cfg["block_m"], cfg["block_n"]
+    q_desc = TensorDescriptor.from_tensor(query.flatten(1), [block_m, head])
+    k_desc = TensorDescriptor.from_tensor(key.flatten(1), [block_n, head])
+    v_desc = TensorDescriptor.from_tensor(value.flatten(1), [block_n, head])
+    grid = (prefill_tile_bound(num_tokens, num_prefills, block_m), num_heads)
+    _fresh_prefill_kernel[grid](
+        out, q_desc, k_desc, v_desc, query_start_loc, scale * _LOG2E, num_reqs, out.stride(0), out.stride(1),
+        GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
+        REQS_PAD=max(256, triton.next_power_of_2(num_reqs)),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
     return out
 
 
@@ -493,5 +605,5 @@ def kv_bytes(seq_lens: torch.Tensor, num_kv_heads: int, head_size: int, elem_siz
     return int(seq_lens.sum()) * num_kv_heads * head_size * elem_size * 2
 
 
-__all__ = ["paged_decode", "paged_prefill", "decode_partitions", "prefill_tile_bound", "kv_bytes",
-           "DECODE_CFG", "PREFILL_CFG"]
+__all__ = ["paged_decode", "paged_prefill", "fresh_prefill", "fresh_prefill_applies", "decode_partitions",
+           "prefill_tile_bound", "kv_bytes", "DECODE_CFG", "PREFILL_CFG", "FRESH_PREFILL_CFG"]

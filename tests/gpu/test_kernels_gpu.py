@@ -102,6 +102,49 @@ def test_prefill_long_fresh_and_on_prefix(pa, cfg):
         assert rel_err(out, attention_ref(q, kc, vc, bt, seq, qsl, 0.088)) < 1e-2
 
 
+def _fused_new_kv(q, kc, vc, bt, seq, qsl):
+    """q and each token's new K / V rows (read back from the cache at its slot) as views of one
+    fused [T, (Hq + 2 Hk) * D] buffer, strided like the engine's qkv projection output."""
+    num_tokens, num_heads, head = q.shape
+    num_kv, block = kc.shape[2], kc.shape[1]
+    qkv = torch.empty(num_tokens, (num_heads + 2 * num_kv) * head, device="cuda", dtype=q.dtype)
+    fused_q = qkv[:, :num_heads * head].view(num_tokens, num_heads, head)
+    key = qkv[:, num_heads * head:(num_heads + num_kv) * head].view(num_tokens, num_kv, head)
+    value = qkv[:, (num_heads + num_kv) * head:].view(num_tokens, num_kv, head)
+    fused_q.copy_(q)
+    for r in range(len(seq)):
+        start, end = int(qsl[r]), int(qsl[r + 1])
+        pos = torch.arange(int(seq[r]) - (end - start), int(seq[r]), device="cuda")
+        blocks = bt[r, pos // block].long()
+        key[start:end] = kc[blocks, pos % block]
+        value[start:end] = vc[blocks, pos % block]
+    return fused_q, key, value
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head", [64, 128])
+@pytest.mark.parametrize("cfg", [None, {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 3}])
+def test_prefill_fresh_from_new_rows(pa, dtype, head, cfg):
+    # Prefill requests with no cached tokens read their keys from the step's own rows (TMA);
+    # lengths off the tiles, a one-row-past-a-tile request, decode rows on long contexts.
+    query_lens = [1, 17, 2048, 129, 1, 300, 2, 1]
+    ctx = [40, 0, 0, 0, 3000, 0, 0, 8200]
+    q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 32, 8, head, 16, dtype, seed=head, device="cuda")
+    fused_q, key, value = _fused_new_kv(q, kc, vc, bt, seq, qsl)
+    assert pa.fresh_prefill_applies(fused_q, key, value)
+    ref = attention_ref(q, kc, vc, bt, seq, qsl, head ** -0.5)
+    out = torch.full_like(q, float("nan"))
+    pa.paged_prefill(fused_q, kc, vc, bt, seq, qsl, int(seq.max()), head ** -0.5, out=out, num_prefills=5,
+                     new_kv=(key, value))
+    assert rel_err(out, ref) < TOL[dtype]
+    if cfg is not None:   # fresh_prefill alone, another tile shape: its rows only
+        alone = torch.zeros_like(q)
+        pa.fresh_prefill(fused_q, key, value, qsl, head ** -0.5, alone, cfg=cfg)
+        rows = torch.repeat_interleave(torch.tensor(query_lens, device="cuda") > 1,
+                                       torch.tensor(query_lens, device="cuda"))
+        assert rel_err(alone[rows], ref[rows]) < TOL[dtype]
+
+
 def test_prefill_mixed_batches_under_graph_replay(pa):
     # One graph captured for 96 token rows, 8 request rows, at most 3 prefill requests and a
     # static max_seq_len; replayed with batches of other mixes, padded as cuda_graphs pads them.
@@ -138,14 +181,17 @@ def test_backend_matches_reference_backend():
     from qinfer.layers.attention.reference import ReferenceAttentionBackend
     from qinfer.layers.attention.triton_backend import TritonAttentionBackend
 
-    for query_lens, ctx in (([1] * 5, [3, 100, 0, 2000, 64]), ([9, 1, 300], [0, 50, 1000])):
+    for query_lens, ctx in (([1] * 5, [3, 100, 0, 2000, 64]), ([9, 1, 300], [0, 50, 1000]),
+                            ([9, 1, 300], [0, 50, 0])):
         q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 32, 8, 128, 16, torch.bfloat16,
                                              seed=7, device="cuda")
         key, value = torch.randn_like(q[:, :8]), torch.randn_like(q[:, :8])
         slots = torch.cat([bt[r, torch.arange(c, c + n, device="cuda") // 16].long() * 16
                            + torch.arange(c, c + n, device="cuda") % 16
                            for r, (c, n) in enumerate(zip(ctx, query_lens))])
-        meta = AttentionMetadata(slots, qsl, seq, bt, max(query_lens), int(seq.max()))
+        is_fresh = all(c == 0 for c, n in zip(ctx, query_lens) if n > 1)   # the last batch: fresh_prefill
+        meta = AttentionMetadata(slots, qsl, seq, bt, max(query_lens), int(seq.max()),
+                                 num_prefills=sum(n > 1 for n in query_lens), prefills_are_fresh=is_fresh)
         kc2, vc2 = kc.clone(), vc.clone()
         ref = ReferenceAttentionBackend().forward(q, key, value, kc, vc, meta, 0.088)
         out = TritonAttentionBackend().forward(q, key, value, kc2, vc2, meta, 0.088)

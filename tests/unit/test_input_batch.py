@@ -34,8 +34,26 @@ def test_flat_inputs_of_a_mixed_step():
     assert meta.query_start_loc.tolist() == [0, 2, 4] and meta.seq_lens.tolist() == [2, 6]
     assert meta.block_tables.tolist() == [[5, 0], [7, 2]]
     assert (meta.max_query_len, meta.max_seq_len) == (2, 6)
+    assert meta.num_prefills == 2 and not meta.prefills_are_fresh   # a's keys start in the cache
     assert inputs.is_sampling.tolist() == [False, True]  # b is mid-prefill
     assert inputs.logits_indices.tolist() == [3]
+
+
+def test_prefills_are_fresh_only_without_cached_tokens():
+    # Fresh prompts beside a decode: the prefill keys are the step's own rows (the decode's
+    # cached context does not count); one prefill chunk on a cached prefix makes the step not fresh.
+    batch = make_batch()
+    first = SchedulerOutput(new_requests=[new_request("a", [10, 11, 12], [3]), new_request("b", [20, 21], [4])],
+                            num_scheduled_tokens={"a": 3, "b": 1})
+    batch.update(first)
+    meta = batch.prepare(first).attn_metadata
+    assert meta.num_prefills == 1 and meta.prefills_are_fresh
+    batch = make_batch()
+    second = SchedulerOutput(new_requests=[new_request("a", [10, 11, 12, 13, 14, 15], [3, 5], num_computed=4),
+                                           new_request("b", [20, 21, 22], [4])],
+                             num_scheduled_tokens={"a": 2, "b": 3})
+    batch.update(second)
+    assert not batch.prepare(second).attn_metadata.prefills_are_fresh
 
 
 def test_rows_condense_and_keep_their_data_across_steps():

@@ -38,6 +38,9 @@ class AttentionMetadata:
     max_query_len: int             # host-side copies so kernels need no device sync
     max_seq_len: int
     num_prefills: Optional[int] = None  # host: requests of more than one query token (None: unknown)
+    # host: no request of more than one query token has cached tokens, so their keys are exactly
+    # this step's new ones (a backend may read those rows instead of the cache); False: unknown
+    prefills_are_fresh: bool = False
 
     @property
     def num_reqs(self) -> int:

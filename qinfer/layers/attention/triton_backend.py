@@ -4,8 +4,9 @@ Decode-only batches (every request has one query token) use the GQA decode
 kernel with split-K over long contexts; any batch with a longer query (prefill,
 chunked prefill, mixed prefill + decode) goes to paged_prefill, which runs its
 prefill chunks in the causal prefill kernel and its decode rows in the decode
-kernel. Launch grids depend only on host integers of the metadata (no lengths
-read back), so every batch shape can run inside a CUDA graph.
+kernel (or, where no prefill request has cached tokens, fresh_prefill, reading
+the step's own new K/V). Launch grids depend only on host integers of the metadata
+(no lengths read back), so every batch shape can run inside a CUDA graph.
 """
 from __future__ import annotations
 
@@ -39,4 +40,5 @@ class TritonAttentionBackend(AttentionBackend):
                 sliding_window=sliding_window)
         return paged_attention.paged_prefill(
             query, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-            meta.max_seq_len, scale, num_prefills=meta.num_prefills, sliding_window=sliding_window)
+            meta.max_seq_len, scale, num_prefills=meta.num_prefills, sliding_window=sliding_window,
+            new_kv=(key, value) if meta.prefills_are_fresh else None)
