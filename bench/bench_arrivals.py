@@ -13,8 +13,8 @@ so every figure includes the queue, the worker's Redis writes and the client's r
   queue wait            the job's started_at - queued_at (the worker's admission)
   end-to-end            end event - submit
 and throughput (output tokens over first submit to last end), and the Triton kernels the
-worker compiled during the rate (it starts on a fresh cache: a compile mid-traffic stalls
-every job of the worker). Each rate drains before the next. A rate is saturated when jobs
+worker compiled during the rate, by name (it starts on a fresh cache: a compile mid-traffic
+stalls every job of the worker). Each rate drains before the next. A rate is saturated when jobs
 finish slower than they arrive (the queue grows).
 Prints a table (p50 / p99) and writes bench_arrivals.json to --out.
 """
@@ -123,9 +123,20 @@ def parse_args(argv=None):
     return parse_shared(p, argv)
 
 
-def kernel_compiles(cache_dir: Path) -> int:
-    """Triton kernels compiled so far into cache_dir (one folder per compiled kernel)."""
-    return sum(1 for _ in cache_dir.iterdir()) if cache_dir.is_dir() else 0
+def compiled_folders(cache_dir: Path) -> set[Path]:
+    """Triton's cache folders so far in cache_dir (one per compiled kernel or launcher)."""
+    return set(cache_dir.iterdir()) if cache_dir.is_dir() else set()
+
+
+def kernel_names(folders: set[Path]) -> list[str]:
+    """What these cache folders hold: each compiled kernel's name (its metadata file's stem),
+    else the folder's first file (a launcher stub)."""
+    names = []
+    for folder in folders:
+        files = sorted(f.name for f in folder.iterdir())
+        metadata = [n[:-len(".json")] for n in files if n.endswith(".json") and not n.startswith("__grp__")]
+        names.append(metadata[0] if metadata else (files[0] if files else folder.name))
+    return sorted(names)
 
 
 def run_rates(args, model_dir: str, vocab_size: int, cache_dir: Path, results: dict) -> None:
@@ -134,9 +145,10 @@ def run_rates(args, model_dir: str, vocab_size: int, cache_dir: Path, results: d
         for i, rate in enumerate(float(r) for r in args.rates.split(",")):
             jobs = varied_jobs(max(1, round(rate * args.duration_s)), vocab_size, seed=args.seed + i,
                                content_seed=args.seed + 1000 * (i + 1), scale=args.scale)
-            before = kernel_compiles(cache_dir)
-            results["rates"].append(dict(run_rate(client, jobs, rate, args.seed + i),
-                                         kernel_compiles=kernel_compiles(cache_dir) - before))
+            before = compiled_folders(cache_dir)
+            row = run_rate(client, jobs, rate, args.seed + i)
+            new = compiled_folders(cache_dir) - before
+            results["rates"].append(dict(row, kernel_compiles=len(new), kernels_compiled=kernel_names(new)))
             save(results, args.out, "bench_arrivals.json")
 
 
@@ -158,11 +170,12 @@ def report(r: dict) -> None:
           "| queue wait p50 / p99 ms | e2e p50 / p99 s | saturated | kernels compiled |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for x in r["rates"]:
+        compiled = f"{x['kernel_compiles']}" + (f" ({', '.join(x['kernels_compiled'])})" if x["kernels_compiled"] else "")
         print(f"| {x['rate']:g} | {x['jobs']} | {x['output_tok_s']:.0f} | {x['finished_jobs_per_s']:.2f} "
               f"| {x['ttft_ms_p50']:.0f} / {x['ttft_ms_p99']:.0f} | {x['tpot_ms_p50']:.1f} / {x['tpot_ms_p99']:.1f} "
               f"| {x['queue_wait_ms_p50']:.0f} / {x['queue_wait_ms_p99']:.0f} "
               f"| {x['e2e_ms_p50'] / 1e3:.2f} / {x['e2e_ms_p99'] / 1e3:.2f} | {'yes' if x['saturated'] else 'no'} "
-              f"| {x['kernel_compiles']} |")
+              f"| {compiled} |")
 
 
 if __name__ == "__main__":

@@ -206,7 +206,9 @@ class ModelRunner:
             seq_lens=seq_lens,
             block_tables=torch.zeros(len(lens), -(-max(lens) // self.config.block_size),
                                      dtype=torch.int32, device=self.device),
-            max_query_len=max(lens), max_seq_len=max(lens))
+            # no cached tokens: the backend takes its fresh-prefill path here, so that kernel
+            # compiles now, not at the first long fresh prompt mid-traffic
+            max_query_len=max(lens), max_seq_len=max(lens), num_prefills=len(lens), prefills_are_fresh=True)
         positions = torch.cat([torch.arange(n, device=self.device) for n in lens])
         self._bind_kv_cache(torch.zeros(self.kv_cache_shape(1), dtype=self.dtype, device=self.device))
         with torch.inference_mode(), set_forward_context(meta, self.attn_backend):
