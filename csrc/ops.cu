@@ -37,6 +37,17 @@ template <> struct Cuda<at::Half> { using type = __half; };
 
 constexpr int kNormThreads = 512;
 
+// 1 / rms of a block's row from each thread's partial sum of squares; every thread gets it.
+__device__ __forceinline__ float block_inv_rms(float sq, int hidden, float eps) {
+  using Reduce = cub::BlockReduce<float, kNormThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float inv;
+  const float total = Reduce(tmp).Sum(sq);
+  if (threadIdx.x == 0) inv = rsqrtf(total / hidden + eps);
+  __syncthreads();
+  return inv;
+}
+
 // out[row] = rms_norm(x[row] (+ res[row])) * w; with ADD, res[row] <- x[row] + res[row].
 // The row (hidden <= kNormThreads * 16 elements) stays in registers between the passes.
 template <typename T, bool ADD>
@@ -62,12 +73,7 @@ __global__ void rms_norm_kernel(T* __restrict__ out, const T* __restrict__ x, T*
     vals[j] = v;
     sq += v * v;
   }
-  using Reduce = cub::BlockReduce<float, kNormThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float inv;
-  const float total = Reduce(tmp).Sum(sq);
-  if (threadIdx.x == 0) inv = rsqrtf(total / hidden + eps);
-  __syncthreads();
+  const float inv = block_inv_rms(sq, hidden, eps);
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
     const int c = threadIdx.x + j * kNormThreads;
@@ -126,12 +132,7 @@ __global__ void rms_norm_packed_kernel(T* __restrict__ out, const T* __restrict_
       if (ADD) reinterpret_cast<P*>(res + row * stride_r)[p] = rp;
     }
   }
-  using Reduce = cub::BlockReduce<float, kNormThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float inv;
-  const float total = Reduce(tmp).Sum(sq);
-  if (threadIdx.x == 0) inv = rsqrtf(total / hidden + eps);
-  __syncthreads();
+  const float inv = block_inv_rms(sq, hidden, eps);
 #pragma unroll
   for (int j = 0; j < kNormPacksPerThread; ++j) {
     const int p = threadIdx.x + j * kNormThreads;
