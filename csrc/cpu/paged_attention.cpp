@@ -12,6 +12,8 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
+#include "vectors.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -19,37 +21,9 @@
 
 namespace {
 
-// One vector of 16 floats (GCC / Clang vector extensions: one AVX-512 register, two AVX2 or four
-// NEON ones), so the dot product is vector FMAs and a reduction in registers: the array of lanes
-// it replaced was reduced through the stack, a third of the kernel's time (perf, 64 requests).
-typedef float Floats16 __attribute__((vector_size(64)));
-typedef float Floats8 __attribute__((vector_size(32)));
-typedef float Floats4 __attribute__((vector_size(16)));
-typedef uint16_t Halves16 __attribute__((vector_size(32)));
-typedef uint32_t Words16 __attribute__((vector_size(64)));
-
-inline Floats16 load16(const float* p) {
-  Floats16 v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline Floats16 load16(const c10::BFloat16* p) {   // bfloat16 -> float: the bits, 16 places up
-  Halves16 h;
-  __builtin_memcpy(&h, p, sizeof h);
-  const Words16 w = __builtin_convertvector(h, Words16) << 16;
-  Floats16 v;
-  __builtin_memcpy(&v, &w, sizeof v);
-  return v;
-}
-
-inline float sum16(Floats16 v) {
-  const Floats8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Floats4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
-}
-
+// Vectors of 16 floats (vectors.h), so the dot product is vector FMAs and a reduction in
+// registers: the array of lanes it replaced was reduced through the stack, a third of the
+// kernel's time (perf, 64 requests).
 template <typename T>
 inline float dot(const float* q, const T* k, int64_t n) {
   Floats16 acc = {};

@@ -3,6 +3,9 @@
     paged_decode_attention(out, query [R, Hq, D], k_cache, v_cache, block_tables [R, B] int32,
                            seq_lens [R] int32, scale, sliding_window (0: none)) -> None
         one query token per request over its paged context, read in place (float32, bfloat16)
+    rms_norm, fused_add_rms_norm, rotary_and_cache (elementwise.cpp): the ops of qinfer.ops with
+        those names, one pass over the rows each; registered as their "cpu" implementation once the
+        library loads, for float32 / bfloat16 rows the kernels take (the torch reference otherwise)
 
 The library is built once per machine (g++ -O3 -march=native, ~20 s) into the cache folder
 QINFER_CPU_OPS_DIR (default ~/.cache/qinfer/cpu_ops), named by a hash of the sources, the torch
@@ -29,7 +32,9 @@ from qinfer.ops.registry import forced_implementation
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).resolve().parents[2] / "csrc" / "cpu" / "paged_attention.cpp",)
+_CSRC = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
+SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "elementwise.cpp")
+HEADERS = (_CSRC / "vectors.h",)
 # -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno: the
 # softmax's exp calls need not set errno (the loops around them schedule freely).
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++20", "-shared", "-fPIC", "-w")
@@ -44,7 +49,52 @@ def available() -> bool:
         return False
     if _loaded is None:
         _loaded = _load()
+        if _loaded:
+            _register_ops()
     return _loaded
+
+
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _rows(x: torch.Tensor) -> bool:
+    return x.dim() == 2 and x.stride(1) == 1 and x.dtype in _DTYPES
+
+
+def _register_ops() -> None:
+    """The elementwise kernels as the "cpu" implementation of their qinfer.ops ops (above the
+    torch reference for CPU tensors), each falling back to the reference where it does not apply."""
+    from qinfer.ops import reference
+    from qinfer.ops.registry import register
+
+    kernels = torch.ops.qinfer_cpu
+
+    @register("rms_norm", "cpu", ("cpu",))
+    def rms_norm(x, weight, eps):
+        if not (_rows(x) and weight.dtype == x.dtype):
+            return reference.rms_norm(x, weight, eps)
+        return kernels.rms_norm(x, weight.contiguous(), eps)
+
+    @register("fused_add_rms_norm", "cpu", ("cpu",))
+    def fused_add_rms_norm(x, residual, weight, eps):
+        if not (_rows(x) and _rows(residual) and residual.dtype == x.dtype == weight.dtype):
+            return reference.fused_add_rms_norm(x, residual, weight, eps)
+        kernels.fused_add_rms_norm(x, residual, weight.contiguous(), eps)   # in place, as on the GPU
+        return x, residual
+
+    @register("rotary_and_cache", "cpu", ("cpu",))
+    def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                         cos_sin_cache, is_neox=True):
+        if not (_rows(query) and _rows(key) and _rows(value) and cos_sin_cache.shape[1] == head_size
+                and cos_sin_cache.dtype in _DTYPES and cos_sin_cache.stride(1) == 1
+                and query.dtype == key.dtype == value.dtype == k_cache.dtype == v_cache.dtype
+                and k_cache.stride(3) == 1 and k_cache.stride(2) == head_size and v_cache.stride(3) == 1
+                and v_cache.stride(2) == head_size):
+            return reference.rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping,
+                                              head_size, cos_sin_cache, is_neox)
+        kernels.rotary_and_cache(positions.long().contiguous(), query, key, value, k_cache, v_cache,
+                                 slot_mapping.long().contiguous(), head_size, cos_sin_cache, is_neox)
+        return query, key
 
 
 def _load() -> bool:
@@ -81,7 +131,7 @@ def _cpu_features() -> str:
 
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
-    for part in (*(s.read_bytes() for s in SOURCES), torch.__version__.encode(), " ".join(FLAGS).encode(),
+    for part in (*(s.read_bytes() for s in (*SOURCES, *HEADERS)), torch.__version__.encode(), " ".join(FLAGS).encode(),
                  compiler.encode(), _cpu_features().encode()):
         digest.update(part)
     return _cache_dir() / f"qinfer_cpu-{digest.hexdigest()[:16]}.so"

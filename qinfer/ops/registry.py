@@ -6,7 +6,8 @@ from typing import Callable
 
 # op name -> list of (priority, impl name, device types, fn); higher priority wins.
 _IMPLS: dict[str, list[tuple[int, str, tuple[str, ...], Callable]]] = {}
-_PRIORITY = {"cuda": 30, "triton": 20, "torch": 10}
+# "cpu": the compiled CPU kernels of csrc/cpu (ops/cpu_compiled.py), registered for CPU tensors only.
+_PRIORITY = {"cuda": 30, "cpu": 25, "triton": 20, "torch": 10}
 # (op, device type) -> the chosen (impl name, fn); cleared whenever an implementation registers.
 _CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
 # op -> impl name that use_implementation() forces (A/B timing of one op in a running engine).
@@ -14,7 +15,7 @@ _OVERRIDES: dict[str, str] = {}
 
 
 def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")):
-    """Decorator: register fn as implementation `impl` ("cuda" | "triton" | "torch") of `op`."""
+    """Decorator: register fn as implementation `impl` ("cuda" | "cpu" | "triton" | "torch") of `op`."""
     def wrap(fn: Callable) -> Callable:
         _IMPLS.setdefault(op, []).append((_PRIORITY[impl], impl, device_types, fn))
         _IMPLS[op].sort(key=lambda entry: -entry[0])

@@ -128,3 +128,67 @@ def test_a_failing_build_leaves_the_torch_path_and_says_why(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if "CPU kernels unavailable" in line]
     assert len(warnings) == 1 and "cxx: cannot build here" in warnings[0]
 
+
+
+# ---- the elementwise kernels (csrc/cpu/elementwise.cpp) against qinfer.ops.reference ----------
+
+def _wide_rows(num_rows: int, width: int, dtype, pad: int = 0) -> torch.Tensor:
+    """[num_rows, width] whose rows lie width + pad apart (pad > 0: a view, like the fused qkv's)."""
+    return torch.randn(num_rows, width + pad).to(dtype)[:, :width]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,hidden,pad", [(1, 576, 0), (37, 576, 8), (5, 17, 0), (64, 2048, 0)])
+def test_norms_match_the_reference(dtype, rows, hidden, pad):
+    """Widths with and without a remainder past the 16-float vectors; rows apart (a view)."""
+    from qinfer.ops import reference
+    assert cpu_compiled.available()
+    x, residual = _wide_rows(rows, hidden, dtype, pad), _wide_rows(rows, hidden, dtype, pad)
+    weight = torch.randn(hidden).to(dtype)
+    assert rel_err(torch.ops.qinfer_cpu.rms_norm(x, weight, 1e-5), reference.rms_norm(x, weight, 1e-5)) \
+        < TOLERANCE[dtype]
+    expected, expected_sum = reference.fused_add_rms_norm(x, residual, weight, 1e-5)
+    x_in, residual_in = x.clone(), residual.clone()
+    torch.ops.qinfer_cpu.fused_add_rms_norm(x_in, residual_in, weight, 1e-5)
+    assert torch.equal(residual_in, expected_sum)          # x + residual, rounded once like torch
+    assert rel_err(x_in, expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("head_size", [64, 20])
+def test_rotary_and_cache_matches_the_reference(dtype, is_neox, head_size):
+    """Query and key rotated in place (views of one fused qkv row, as the layer passes them), the
+    rotated key and the value written at their slots, a negative slot skipped."""
+    from qinfer.layers.rotary import RotaryEmbedding
+    from qinfer.ops import reference
+    assert cpu_compiled.available()
+    num_tokens, num_heads, num_kv, block_size = 11, 9, 3, 4
+    cos_sin = RotaryEmbedding(head_size, 64, {"rope_type": "default", "rope_theta": 10000.0}).cos_sin_cache
+    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv) * head_size).to(dtype)
+    positions = torch.randint(0, 64, (num_tokens,))
+    slots = torch.randperm(6 * block_size)[:num_tokens]
+    slots[3] = -1
+    caches = [torch.zeros(6, block_size, num_kv, head_size, dtype=dtype) for _ in range(4)]
+
+    def split(t):
+        q_end, k_end = num_heads * head_size, (num_heads + num_kv) * head_size
+        return t[:, :q_end], t[:, q_end:k_end], t[:, k_end:]
+
+    expected_qkv, got_qkv = qkv.clone(), qkv.clone()
+    reference.rotary_and_cache(positions, *split(expected_qkv), caches[0], caches[1], slots, head_size, cos_sin, is_neox)
+    torch.ops.qinfer_cpu.rotary_and_cache(positions, *split(got_qkv), caches[2], caches[3], slots, head_size,
+                                          cos_sin, is_neox)
+    tolerance = {torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    assert rel_err(got_qkv, expected_qkv) < tolerance
+    assert rel_err(caches[2], caches[0]) < tolerance and torch.equal(caches[3], caches[1])
+
+
+def test_the_elementwise_kernels_serve_the_cpu_ops():
+    """Once the library loads, qinfer.ops dispatches CPU tensors to it, the reference where a
+    kernel does not apply (a float64 row)."""
+    assert cpu_compiled.available()
+    chosen = ops.implementations("cpu")
+    assert {chosen[op] for op in ("rms_norm", "fused_add_rms_norm", "rotary_and_cache")} == {"cpu"}
+    x = torch.randn(3, 8, dtype=torch.float64)
+    assert ops.rms_norm(x, torch.ones(8, dtype=torch.float64), 1e-6).dtype == torch.float64
