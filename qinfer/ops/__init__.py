@@ -1,9 +1,10 @@
 """Hot ops, dispatched to the fastest implementation that is available.
 
 Order: compiled qinfer._C (CUDA, from csrc/) if built and the tensor is on a
-GPU, else Triton on a GPU, else the torch reference in reference.py, which is
-also the test oracle for the others. `implementations()` reports which one
-each op uses on a given device.
+GPU, else Triton on a GPU; on the CPU the kernels of csrc/cpu once they load
+(ops/cpu_compiled.py: norms, rotary + cache write); else the torch reference in
+reference.py, which is also the test oracle for the others. `implementations()`
+reports which one each op uses on a given device.
 
 Op signatures (every implementation keeps them):
   linear(x [T, K], weight [N, K], bias [N] | None) -> [T, N]   (F.linear; compiled: a GEMV for

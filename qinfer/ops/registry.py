@@ -44,7 +44,7 @@ def forced_implementation(op: str) -> str | None:
 
 
 def use_implementation(op: str, impl: str | None) -> None:
-    """Force `op` to implementation `impl` ("torch", "triton", "cuda") where it exists, or
+    """Force `op` to implementation `impl` ("torch", "triton", "cuda", "cpu") where it exists, or
     back to the best one (None): benchmarks compare two implementations in one engine."""
     if impl is None:
         _OVERRIDES.pop(op, None)
