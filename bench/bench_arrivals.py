@@ -170,7 +170,8 @@ def report(r: dict) -> None:
           "| queue wait p50 / p99 ms | e2e p50 / p99 s | saturated | kernels compiled |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for x in r["rates"]:
-        compiled = f"{x['kernel_compiles']}" + (f" ({', '.join(x['kernels_compiled'])})" if x["kernels_compiled"] else "")
+        names = f" ({', '.join(x['kernels_compiled'])})" if x["kernels_compiled"] else ""
+        compiled = f"{x['kernel_compiles']}{names}"
         print(f"| {x['rate']:g} | {x['jobs']} | {x['output_tok_s']:.0f} | {x['finished_jobs_per_s']:.2f} "
               f"| {x['ttft_ms_p50']:.0f} / {x['ttft_ms_p99']:.0f} | {x['tpot_ms_p50']:.1f} / {x['tpot_ms_p99']:.1f} "
               f"| {x['queue_wait_ms_p50']:.0f} / {x['queue_wait_ms_p99']:.0f} "

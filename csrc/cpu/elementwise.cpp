@@ -29,7 +29,8 @@ int64_t grain(int64_t width) { return std::max<int64_t>(1, (int64_t{1} << 15) / 
 template <typename T>
 void norm_row(T* out, const T* x, T* residual, const T* w, int64_t hidden, float eps) {
   if (residual != nullptr)
-    for (int64_t i = 0; i < hidden; ++i) residual[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(residual[i]));
+    for (int64_t i = 0; i < hidden; ++i)
+      residual[i] = static_cast<T>(static_cast<float>(x[i]) + static_cast<float>(residual[i]));
   const T* src = residual != nullptr ? residual : x;
   const float inv = 1.f / std::sqrt(sum_of_squares(src, hidden) / static_cast<float>(hidden) + eps);
   for (int64_t i = 0; i < hidden; ++i) {
@@ -134,14 +135,15 @@ void rotary_and_cache(const at::Tensor& positions, at::Tensor query, at::Tensor 
                   key.stride(1) == 1 && value.stride(1) == 1 && query.size(1) % head_size == 0 &&
                   key.size(1) % head_size == 0 && head_size % 2 == 0,
               "rotary_and_cache: query [T, Hq*D], key and value [T, Hk*D], rows contiguous");
-  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.size(2) * k_cache.size(3) == key.size(1) &&
-                  k_cache.stride(2) == k_cache.size(3) && k_cache.stride(3) == 1 && v_cache.stride(2) == v_cache.size(3) &&
-                  v_cache.stride(3) == 1,
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() &&
+                  k_cache.size(2) * k_cache.size(3) == key.size(1) && k_cache.stride(2) == k_cache.size(3) &&
+                  k_cache.stride(3) == 1 && v_cache.stride(2) == v_cache.size(3) && v_cache.stride(3) == 1,
               "rotary_and_cache: caches [blocks, block_size, Hk, D], each token's row contiguous");
   TORCH_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.size(1) == head_size && cos_sin_cache.stride(1) == 1,
               "rotary_and_cache: cos_sin_cache [max_pos, D] (the whole head rotated)");
-  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && slot_mapping.scalar_type() == at::kLong &&
-                  slot_mapping.is_contiguous() && positions.size(0) == query.size(0) && slot_mapping.size(0) == query.size(0),
+  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() &&
+                  slot_mapping.scalar_type() == at::kLong && slot_mapping.is_contiguous() &&
+                  positions.size(0) == query.size(0) && slot_mapping.size(0) == query.size(0),
               "rotary_and_cache: positions and slot_mapping [T] int64");
   const auto dtype = query.scalar_type();
   TORCH_CHECK(key.scalar_type() == dtype && value.scalar_type() == dtype && k_cache.scalar_type() == dtype &&

@@ -134,7 +134,8 @@ void decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache,
       for_each_row(lo, n, block_size, table, row_bytes, v_row, [&](int64_t t, int64_t block, int64_t row) {
         const T* v = v_row(block, row);
         for (int64_t kvh = 0, qh = 0; kvh < num_kv_heads; ++kvh)
-          for (int64_t g = 0; g < group; ++g, ++qh) axpy(&acc[qh * head], scores[qh * n + t] * inv[qh], v + kvh * sv2, head);
+          for (int64_t g = 0; g < group; ++g, ++qh)
+            axpy(&acc[qh * head], scores[qh * n + t] * inv[qh], v + kvh * sv2, head);
       });
       for (int64_t qh = 0; qh < num_heads; ++qh) {
         T* o = out_base + r * so0 + qh * so1;

@@ -58,6 +58,7 @@ _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _rows(x: torch.Tensor) -> bool:
+    """Whether x is [T, W] with contiguous rows, in a dtype the kernels take."""
     return x.dim() == 2 and x.stride(1) == 1 and x.dtype in _DTYPES
 
 
@@ -131,8 +132,8 @@ def _cpu_features() -> str:
 
 def _library_path(compiler: str) -> Path:
     digest = hashlib.sha256()
-    for part in (*(s.read_bytes() for s in (*SOURCES, *HEADERS)), torch.__version__.encode(), " ".join(FLAGS).encode(),
-                 compiler.encode(), _cpu_features().encode()):
+    for part in (*(s.read_bytes() for s in (*SOURCES, *HEADERS)), torch.__version__.encode(),
+                 " ".join(FLAGS).encode(), compiler.encode(), _cpu_features().encode()):
         digest.update(part)
     return _cache_dir() / f"qinfer_cpu-{digest.hexdigest()[:16]}.so"
 

@@ -176,7 +176,8 @@ def test_rotary_and_cache_matches_the_reference(dtype, is_neox, head_size):
         return t[:, :q_end], t[:, q_end:k_end], t[:, k_end:]
 
     expected_qkv, got_qkv = qkv.clone(), qkv.clone()
-    reference.rotary_and_cache(positions, *split(expected_qkv), caches[0], caches[1], slots, head_size, cos_sin, is_neox)
+    reference.rotary_and_cache(positions, *split(expected_qkv), caches[0], caches[1], slots, head_size, cos_sin,
+                               is_neox)
     torch.ops.qinfer_cpu.rotary_and_cache(positions, *split(got_qkv), caches[2], caches[3], slots, head_size,
                                           cos_sin, is_neox)
     tolerance = {torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
