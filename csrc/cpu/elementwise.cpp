@@ -17,6 +17,12 @@
 #include <cstdint>
 #include <type_traits>
 
+// Every product rounded on its own, as torch's elementwise ops round them: no fused multiply-add but
+// the one the reference's addcmul makes (rotate_heads). The rotary result then equals the torch
+// reference bit for bit (the fused layer's cache equals the unfused path's, test_attention_layer).
+#pragma GCC optimize("fp-contract=off")
+#pragma STDC FP_CONTRACT OFF
+
 namespace {
 
 // Rows per parallel task: about 32k elements, so a small batch is not split into tasks shorter
@@ -89,8 +95,8 @@ void rotate_heads(T* x, int64_t heads, int64_t d, const C* cos, const C* sin, bo
       T* b = is_neox ? x + i + half : x + 2 * i + 1;
       const float x1 = static_cast<float>(*a), x2 = static_cast<float>(*b);
       const float c = static_cast<float>(cos[i]), s = static_cast<float>(sin[i]);
-      const float rotated1 = x1 * c - x2 * s;
-      const float rotated2 = x2 * c + x1 * s;
+      const float rotated1 = x1 * c - x2 * s;              // reference: two products, one difference
+      const float rotated2 = std::fma(x1, s, x2 * c);     // reference: x2 * cos, then addcmul's fma
       *a = static_cast<T>(rotated1);
       *b = static_cast<T>(rotated2);
     }

@@ -1,9 +1,13 @@
 """The Attention layer with a rotary embedding (rotary + cache write fused, the backend told
-kv_written) gives the caches and outputs of the unfused sequence: rotate, then backend.forward."""
+kv_written) gives the caches and outputs of the unfused sequence: rotate, then backend.forward.
+The layer's wiring is what is tested, so the fused op is its torch twin (the CPU kernel of
+csrc/cpu has its own test against it in test_cpu_kernels.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from qinfer import ops
 from qinfer.layers.attention.backend import AttentionMetadata
 from qinfer.layers.attention.forward_context import set_forward_context
 from qinfer.layers.attention.layer import Attention
@@ -11,7 +15,14 @@ from qinfer.layers.attention.reference import ReferenceAttentionBackend
 from qinfer.layers.rotary import RotaryEmbedding
 
 
-def test_fused_rotary_cache_write_matches_the_unfused_path():
+@pytest.fixture
+def torch_rotary_and_cache():
+    ops.use_implementation("rotary_and_cache", "torch")
+    yield
+    ops.use_implementation("rotary_and_cache", None)
+
+
+def test_fused_rotary_cache_write_matches_the_unfused_path(torch_rotary_and_cache):
     head, num_heads, num_kv, block_size = 16, 4, 2, 4
     rotary = RotaryEmbedding(head, 64, {"rope_type": "default", "rope_theta": 10000.0})
     # Two requests: a prefill of 3 tokens and a decode at position 5 (5 tokens cached).
