@@ -112,8 +112,9 @@ def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, 
 
 
 # Host integers that vary step by step are not specialized on (Triton would compile a variant
-# for 1 and for multiples of 16): a serving engine must not stop for a compile mid-traffic.
-@triton.jit(do_not_specialize=["num_parts"])
+# for 1 and for multiples of 16): a serving engine must not stop for a compile mid-traffic. The
+# block table's row stride is one of them: an eager step's table is as wide as its longest context.
+@triton.jit(do_not_specialize=["num_parts", "stride_bt"])
 def _decode_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, counter_ptr,
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
@@ -240,7 +241,7 @@ def _prefill_tile(query_start_loc_ptr, tile, num_reqs, BLOCK_M: tl.constexpr, RE
     return req, tile - first
 
 
-@triton.jit(do_not_specialize=["num_reqs"])
+@triton.jit(do_not_specialize=["num_reqs", "stride_bt"])   # (see _decode_kernel)
 def _prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
     scale_log2, window, num_reqs,

@@ -145,6 +145,30 @@ def test_prefill_fresh_from_new_rows(pa, dtype, head, cfg):
         assert rel_err(alone[rows], ref[rows]) < TOL[dtype]
 
 
+def test_block_table_width_compiles_no_new_variant(pa):
+    # An eager step's block table is as wide as its longest context: another width must run the
+    # kernels compiled for the first (Triton specializes integers on 1 and on multiples of 16; a
+    # compile mid-traffic stalls every job of a worker), with the same outputs.
+    q, kc, vc, bt, seq, qsl = make_batch([1, 40, 1], [30, 0, 200], 32, 8, 128, 16, torch.bfloat16,
+                                         seed=5, device="cuda")
+
+    def widened(width: int) -> torch.Tensor:    # the same table, its rows `width` entries apart
+        table = torch.zeros(bt.shape[0], width, dtype=bt.dtype, device="cuda")
+        table[:, :bt.shape[1]] = bt
+        return table
+
+    def compiled() -> int:
+        device = torch.cuda.current_device()
+        return sum(len(k.device_caches[device][0]) for k in (pa._decode_kernel, pa._prefill_kernel))
+
+    first = pa.paged_prefill(q, kc, vc, widened(bt.shape[1]), seq, qsl, int(seq.max()), 0.088, num_prefills=1)
+    variants = compiled()
+    for width in (16, 77, 256):
+        out = pa.paged_prefill(q, kc, vc, widened(width), seq, qsl, int(seq.max()), 0.088, num_prefills=1)
+        assert torch.equal(out, first)
+    assert compiled() == variants
+
+
 def test_prefill_mixed_batches_under_graph_replay(pa):
     # One graph captured for 96 token rows, 8 request rows, at most 3 prefill requests and a
     # static max_seq_len; replayed with batches of other mixes, padded as cuda_graphs pads them.
