@@ -28,6 +28,7 @@ import torch
 import triton
 
 from qinfer.kernels import paged_attention as pa
+from qinfer.kernels.fresh_prefill import fresh_prefill
 from qinfer.testing.paged_batch import attention_ref, make_batch, rel_err
 
 HQ, HK, HEAD, BLOCK, DTYPE = 32, 8, 128, 16, torch.bfloat16
@@ -105,7 +106,7 @@ def bench_shape(name: str, baseline) -> list[dict]:
         for cfg in FRESH_SWEEP:
             out = torch.full_like(q, float("nan"))
             record(f"qinfer fresh (TMA) {cfg['block_m']}x{cfg['block_n']} w{cfg['num_warps']} s{cfg['num_stages']}",
-                   lambda cfg=cfg, out=out: pa.fresh_prefill(q, k, v, qsl, SCALE, out, num_prefills, cfg), out,
+                   lambda cfg=cfg, out=out: fresh_prefill(q, k, v, qsl, SCALE, out, num_prefills, cfg), out,
                    {"fresh": cfg})
     return rows
 

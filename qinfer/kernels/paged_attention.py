@@ -3,7 +3,7 @@
 Cache, per layer: k_cache, v_cache [num_blocks, block_size, num_kv_heads, head_size];
 token t of request r sits at block block_tables[r, t // block_size], row t % block_size.
 
-Three kernels:
+Two kernels here, and a third in fresh_prefill.py:
 - decode (one query token per request): one program per (request, kv head,
   context partition) handles all query heads of the GQA group, so each K/V tile
   is read once for the whole group. Long contexts are split into partitions
@@ -18,9 +18,9 @@ Three kernels:
   tiles on the causal diagonal (masked). Tiles are numbered over the requests
   with more than one query token, in the kernel, from query_start_loc; a mixed
   batch's one-token rows (decodes) go to the decode kernel, in the same call.
-- fresh prefill (eager steps whose prefill requests have no cached tokens): the same
-  causal loop over the step's own new K/V rows, loaded by TMA through tensor
-  descriptors rather than gathered through the block table.
+- fresh prefill (fresh_prefill.py; eager steps whose prefill requests have no cached
+  tokens): the same causal loop over the step's own new K/V rows, loaded by TMA
+  through tensor descriptors rather than gathered through the block table.
 The grids depend only on host integers that a CUDA graph can fix (token count,
 request count, a bound on the prefill requests, max_seq_len), never on the lengths
 in the device buffers: a graph captured once replays any batch within its bounds.
@@ -34,15 +34,13 @@ exp2 with the scale folded into log2(e).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
-_LOG2E = 1.4426950408889634
-
+from qinfer.kernels.flash import (INTERPRET, LOG2E, check_head, online_softmax_update, prefill_tile,
+                                  prefill_tile_bound)
+from qinfer.kernels.fresh_prefill import fresh_prefill, fresh_prefill_applies
 
 @triton.jit
 def _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, mask, kvh, d,
@@ -65,50 +63,6 @@ def _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, mask, kvh, d,
         v = tl.load(v_cache_ptr + blk[:, None] * stride_vb + row[:, None] * stride_vt
                     + kvh * stride_vh + d[None, :])
     return k, v
-
-
-@triton.jit
-def _online_softmax_update(q, k, v, key_mask, key_pos, q_pos, scale_log2, m, l, acc, window,
-                           MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOWED: tl.constexpr,
-                           F32: tl.constexpr):
-    """One flash-attention step: fold the keys k / values v [N, HEAD] at positions key_pos [N]
-    (valid where key_mask) into the running max m [M], denominator l [M] and output
-    acc [M, HEAD] of the queries q [M, HEAD] at positions q_pos [M] (used only if CAUSAL).
-    MASKED False: every query sees every key of the tile (no mask is built).
-    WINDOWED (with MASKED and CAUSAL): a query also skips keys at or before q_pos - window.
-    Without WINDOWED, callers guarantee each row has an allowed key in this tile or an
-    earlier one: an all -inf row would give exp2(-inf - -inf) = NaN. With it, a row may
-    see its first key in a later tile (its window starts there), so the max is made safe.
-    The mask is built here, after the QK^T dot as it was inline; built by the caller before
-    the dot, the fp32 prefill kernel compiled to reordered code that spilled more."""
-    if F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    if MASKED:
-        if CAUSAL:
-            allowed = (key_pos[None, :] <= q_pos[:, None]) & key_mask[None, :]
-            if WINDOWED:
-                allowed = allowed & (key_pos[None, :] > q_pos[:, None] - window)
-        else:
-            allowed = key_mask[None, :]
-        s = tl.where(allowed, s * scale_log2, float("-inf"))  # [M, N], log2 domain
-    else:
-        s = s * scale_log2
-    m_new = tl.maximum(m, tl.max(s, 1))
-    if WINDOWED:
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: p = 0, alpha = 0
-    p = tl.exp2(s - m_new[:, None])
-    alpha = tl.exp2(m - m_new)
-    l = l * alpha + tl.sum(p, 1)
-    if F32:
-        pv = tl.dot(p, v, input_precision="ieee")
-    else:
-        pv = tl.dot(p.to(v.dtype), v)
-    acc = acc * alpha[:, None] + pv
-    return m_new, l, acc
 
 
 # Host integers that vary step by step are not specialized on (Triton would compile a variant
@@ -163,8 +117,8 @@ def _decode_kernel(
         k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs, tmask, kvh, d,
                              stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                              BLOCK_SIZE, True)                # [TILE, HEAD] each
-        m, l, acc = _online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc, window,
-                                           True, False, False, F32)  # [GROUP_PAD, TILE]; g: unused q_pos
+        m, l, acc = online_softmax_update(q, k, v, tmask, offs, g, scale_log2, m, l, acc, window,
+                                          True, False, False, F32)  # [GROUP_PAD, TILE]; g: unused q_pos
 
     hmask = g < GROUP
     out_ptrs = out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :]
@@ -225,22 +179,6 @@ def _merge_partitions(out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, req, row, k
              (acc / total[:, None]).to(out_ptr.dtype.element_ty), mask=(g < GROUP)[:, None])
 
 
-@triton.jit
-def _prefill_tile(query_start_loc_ptr, tile, num_reqs, BLOCK_M: tl.constexpr, REQS_PAD: tl.constexpr):
-    """(request, query tile of that request) of the step's prefill tile number `tile`: tiles
-    are counted over the requests with more than one query token, in batch order (a request
-    of q tokens has cdiv(q, BLOCK_M) of them). The request is num_reqs or more past the last tile."""
-    r = tl.arange(0, REQS_PAD)
-    is_req = r < num_reqs
-    starts = tl.load(query_start_loc_ptr + r, mask=is_req, other=0)
-    lens = tl.load(query_start_loc_ptr + r + 1, mask=is_req, other=0) - starts
-    num_tiles = tl.where(lens > 1, (lens + BLOCK_M - 1) // BLOCK_M, 0)
-    ends = tl.cumsum(num_tiles, 0)                            # [REQS_PAD] end tile of each request
-    req = tl.sum((ends <= tile).to(tl.int32), 0)              # the first request ending past tile
-    first = tl.sum(tl.where(r == req, ends - num_tiles, 0), 0)
-    return req, tile - first
-
-
 @triton.jit(do_not_specialize=["num_reqs", "stride_bt"])   # (see _decode_kernel)
 def _prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr,
@@ -251,7 +189,7 @@ def _prefill_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, REQS_PAD: tl.constexpr, WINDOWED: tl.constexpr,
     F32: tl.constexpr,
 ):
-    req, mt = _prefill_tile(query_start_loc_ptr, tl.program_id(0), num_reqs, BLOCK_M, REQS_PAD)
+    req, mt = prefill_tile(query_start_loc_ptr, tl.program_id(0), num_reqs, BLOCK_M, REQS_PAD)
     if req >= num_reqs:
         return  # the grid is a bound on the step's prefill tiles
     h = tl.program_id(1)
@@ -286,16 +224,16 @@ def _prefill_kernel(
                                  stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                  BLOCK_SIZE, True)
             # a real row sees its own key by the last tile; rows before their window are kept finite
-            m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
-                                               window, True, True, True, F32)
+            m, l, acc = online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
+                                              window, True, True, True, F32)
     else:
         for n0 in range(0, seen_by_all, BLOCK_N):             # whole key tiles, no mask
             offs_n = n0 + tl.arange(0, BLOCK_N)
             k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_row, offs_n, offs_n < hi, kvh, d,
                                  stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
                                  BLOCK_SIZE, False)
-            m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, q_pos, scale_log2, m, l, acc,
-                                               window, False, False, False, F32)
+            m, l, acc = online_softmax_update(q, k, v, offs_n < hi, offs_n, q_pos, scale_log2, m, l, acc,
+                                              window, False, False, False, F32)
         for n0 in range(seen_by_all, hi, BLOCK_N):            # the causal diagonal, masked
             offs_n = n0 + tl.arange(0, BLOCK_N)               # [BLOCK_N] key positions
             nmask = offs_n < hi
@@ -304,61 +242,12 @@ def _prefill_kernel(
                                  BLOCK_SIZE, True)            # [BLOCK_N, HEAD] each
             # [BLOCK_M, BLOCK_N] scores; key seen_by_all <= first_q is allowed for every row of the
             # first masked tile, so every row has a finite max
-            m, l, acc = _online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
-                                               window, True, True, False, F32)
+            m, l, acc = online_softmax_update(q, k, v, nmask, offs_n, q_pos, scale_log2, m, l, acc,
+                                              window, True, True, False, F32)
 
     out = acc / l[:, None]
     tl.store(out_ptr + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=mmask[:, None])
-
-
-@triton.jit(do_not_specialize=["num_reqs"])
-def _fresh_prefill_kernel(
-    out_ptr, q_desc, k_desc, v_desc, query_start_loc_ptr, scale_log2, num_reqs, stride_ot, stride_oh,
-    GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    REQS_PAD: tl.constexpr,
-):
-    """_prefill_kernel for requests with no cached tokens: the keys are the step's own new K/V
-    rows ([T, Hk * D], ragged like the queries), read by TMA through tensor descriptors instead of
-    gathered through the block table. A tile's rows past its request hold another request's
-    queries or keys (or the descriptor's zero padding): the causal mask and the masked store
-    keep them out."""
-    req, mt = _prefill_tile(query_start_loc_ptr, tl.program_id(0), num_reqs, BLOCK_M, REQS_PAD)
-    if req >= num_reqs:
-        return
-    h = tl.program_id(1)
-    start = tl.load(query_start_loc_ptr + req)
-    q_len = tl.load(query_start_loc_ptr + req + 1) - start
-    mt = (q_len + BLOCK_M - 1) // BLOCK_M - 1 - mt            # a request's long (last) tiles first
-    kvh = h // GROUP
-    first_q = mt * BLOCK_M
-    offs_m = first_q + tl.arange(0, BLOCK_M)
-    q = q_desc.load([start + first_q, h * HEAD])              # [BLOCK_M, HEAD]
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
-    seen_by_all = (first_q // BLOCK_N) * BLOCK_N              # keys below: every query sees them
-    hi = tl.minimum(q_len, first_q + BLOCK_M)                 # causal: no key past the last query
-    for n0 in range(0, seen_by_all, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = k_desc.load([start + n0, kvh * HEAD])
-        v = v_desc.load([start + n0, kvh * HEAD])
-        m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, offs_m, scale_log2, m, l, acc,
-                                           0, False, False, False, False)
-    for n0 in range(seen_by_all, hi, BLOCK_N):                # the causal diagonal, masked
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = k_desc.load([start + n0, kvh * HEAD])
-        v = v_desc.load([start + n0, kvh * HEAD])
-        m, l, acc = _online_softmax_update(q, k, v, offs_n < hi, offs_n, offs_m, scale_log2, m, l, acc,
-                                           0, True, True, False, False)
-    out = acc / l[:, None]
-    d = tl.arange(0, HEAD)
-    tl.store(out_ptr + (start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=(offs_m < q_len)[:, None])
-
-
-# The interpreter has no bf16/fp16 arithmetic (numpy): compute in float32 there.
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # The window argument when there is none: larger than any context (seq_len - it stays an int32).
@@ -374,17 +263,12 @@ def _window_arg(sliding_window: int | None) -> int:
 
 def _f32(dtype: torch.dtype) -> bool:
     """float32 inputs get exact (ieee) dots instead of tf32."""
-    return dtype == torch.float32 or _INTERPRET
+    return dtype == torch.float32 or INTERPRET
 
 
 def _cache_strides(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, ...]:
     assert k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_size must be contiguous"
     return (*k_cache.stride()[:3], *v_cache.stride()[:3])
-
-
-def _check_head(head_size: int) -> None:
-    # tl.dot needs dims >= 16 and arange needs powers of two.
-    assert head_size >= 16 and head_size & (head_size - 1) == 0, f"head_size {head_size} unsupported"
 
 
 # Decode launch parameters; the GPU bench sweeps them (bench/bench_attention.py).
@@ -443,7 +327,7 @@ def paged_decode(
     _, num_heads, head = query.shape
     num_reqs = seq_lens.shape[0]
     _, block_size, num_kv_heads, _ = k_cache.shape
-    _check_head(head)
+    check_head(head)
     group = num_heads // num_kv_heads
     out = torch.empty_like(query) if out is None else out
     tile = max(16, min(cfg["tile"], triton.next_power_of_2(max(max_seq_len, 1))))
@@ -467,7 +351,7 @@ def paged_decode(
     _decode_kernel[(num_reqs, num_kv_heads, parts)](
         out, part_m, part_l, part_acc, counters, query, k_cache, v_cache, block_tables, seq_lens,
         query_start_loc if is_mixed else seq_lens,   # unused when not mixed
-        scale * _LOG2E, _window_arg(sliding_window), parts, num_heads, num_kv_heads,
+        scale * LOG2E, _window_arg(sliding_window), parts, num_heads, num_kv_heads,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=group, GROUP_PAD=group_pad, HEAD=head,
@@ -481,12 +365,6 @@ def paged_decode(
 # Prefill launch parameters: the best of bench/bench_prefill_attention.py's sweep on the H200
 # (head 128, bf16) over fresh 2k prompts and 512-token chunks on a 1.5k prefix (bench/NOTES.md).
 PREFILL_CFG = {"block_m": 128, "block_n": 32, "num_warps": 4, "num_stages": 3}
-
-
-def prefill_tile_bound(num_tokens: int, num_prefills: int, block_m: int) -> int:
-    """At most this many query tiles of block_m rows hold the step's prefill requests (those of
-    more than one token): each needs cdiv(q, block_m) <= q / block_m + 1 of them."""
-    return triton.cdiv(num_tokens, block_m) + num_prefills
 
 
 def paged_prefill(
@@ -520,7 +398,7 @@ def paged_prefill(
     are rows past query_start_loc[-1]. The new K/V must already be in the cache.
     """
     cfg = {**PREFILL_CFG, **(cfg or {})}
-    _check_head(query.shape[2])
+    check_head(query.shape[2])
     out = torch.empty_like(query) if out is None else out
     num_prefills = seq_lens.shape[0] if num_prefills is None else num_prefills
     if new_kv is not None and sliding_window is None and fresh_prefill_applies(query, *new_kv):
@@ -542,7 +420,7 @@ def _launch_prefill(query, k_cache, v_cache, block_tables, seq_lens, query_start
     grid = (prefill_tile_bound(num_tokens, num_prefills, cfg["block_m"]), num_heads)
     _prefill_kernel[grid](
         out, query, k_cache, v_cache, block_tables, seq_lens, query_start_loc,
-        scale * _LOG2E, _window_arg(sliding_window), num_reqs,
+        scale * LOG2E, _window_arg(sliding_window), num_reqs,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         *_cache_strides(k_cache, v_cache), block_tables.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_SIZE=block_size,
@@ -554,57 +432,9 @@ def _launch_prefill(query, k_cache, v_cache, block_tables, seq_lens, query_start
     )
 
 
-# The best of bench_prefill_attention.py's FRESH_SWEEP on 4 x 2,048 fresh tokens (H200: 424 TFLOP/s; 128 x 128
-# w8 s3 410; the paged kernel 290)
-FRESH_PREFILL_CFG = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
-
-
-def fresh_prefill_applies(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether fresh_prefill can read these tensors: a GPU's bf16 / fp16 rows whose starts and
-    strides TMA can address (16-byte multiples), heads contiguous; not the interpreter."""
-    if _INTERPRET or query.device.type != "cuda" or query.dtype not in (torch.bfloat16, torch.float16):
-        return False
-    return all(t.stride(2) == 1 and t.stride(1) == t.shape[2] and (t.stride(0) * t.element_size()) % 16 == 0
-               and t.data_ptr() % 16 == 0 for t in (query, key, value))
-
-
-def fresh_prefill(
-    query: torch.Tensor,            # [num_tokens, num_heads, head_size] (ragged, flat)
-    key: torch.Tensor,              # [num_tokens, num_kv_heads, head_size]: the step's new keys
-    value: torch.Tensor,
-    query_start_loc: torch.Tensor,  # [num_reqs + 1] int32
-    scale: float,
-    out: torch.Tensor,
-    num_prefills: int | None = None,
-    cfg: dict | None = None,
-) -> torch.Tensor:
-    """Causal attention of the requests of more than one query token that have no cached tokens
-    (each attends to its own new keys only), read from key / value rather than the cache
-    (fresh_prefill_applies must hold). Rows of one-token requests are left as they are in out."""
-    cfg = {**FRESH_PREFILL_CFG, **(cfg or {})}
-    num_tokens, num_heads, head = query.shape
-    num_kv_heads = key.shape[1]
-    _check_head(head)
-    num_reqs = query_start_loc.shape[0] - 1
-    num_prefills = num_reqs if num_prefills is None else num_prefills
-    block_m, block_n = cfg["block_m"], cfg["block_n"]
-    q_desc = TensorDescriptor.from_tensor(query.flatten(1), [block_m, head])
-    k_desc = TensorDescriptor.from_tensor(key.flatten(1), [block_n, head])
-    v_desc = TensorDescriptor.from_tensor(value.flatten(1), [block_n, head])
-    grid = (prefill_tile_bound(num_tokens, num_prefills, block_m), num_heads)
-    _fresh_prefill_kernel[grid](
-        out, q_desc, k_desc, v_desc, query_start_loc, scale * _LOG2E, num_reqs, out.stride(0), out.stride(1),
-        GROUP=num_heads // num_kv_heads, HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n,
-        REQS_PAD=max(256, triton.next_power_of_2(num_reqs)),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return out
-
-
 def kv_bytes(seq_lens: torch.Tensor, num_kv_heads: int, head_size: int, elem_size: int) -> int:
     """Bytes of K and V a decode step must read: the bandwidth numerator of the bench."""
     return int(seq_lens.sum()) * num_kv_heads * head_size * elem_size * 2
 
 
-__all__ = ["paged_decode", "paged_prefill", "fresh_prefill", "fresh_prefill_applies", "decode_partitions",
-           "prefill_tile_bound", "kv_bytes", "DECODE_CFG", "PREFILL_CFG", "FRESH_PREFILL_CFG"]
+__all__ = ["paged_decode", "paged_prefill", "decode_partitions", "kv_bytes", "DECODE_CFG", "PREFILL_CFG"]

@@ -125,13 +125,14 @@ def _fused_new_kv(q, kc, vc, bt, seq, qsl):
 @pytest.mark.parametrize("head", [64, 128])
 @pytest.mark.parametrize("cfg", [None, {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 3}])
 def test_prefill_fresh_from_new_rows(pa, dtype, head, cfg):
+    from qinfer.kernels import fresh_prefill as fresh
     # Prefill requests with no cached tokens read their keys from the step's own rows (TMA);
     # lengths off the tiles, a one-row-past-a-tile request, decode rows on long contexts.
     query_lens = [1, 17, 2048, 129, 1, 300, 2, 1]
     ctx = [40, 0, 0, 0, 3000, 0, 0, 8200]
     q, kc, vc, bt, seq, qsl = make_batch(query_lens, ctx, 32, 8, head, 16, dtype, seed=head, device="cuda")
     fused_q, key, value = _fused_new_kv(q, kc, vc, bt, seq, qsl)
-    assert pa.fresh_prefill_applies(fused_q, key, value)
+    assert fresh.fresh_prefill_applies(fused_q, key, value)
     ref = attention_ref(q, kc, vc, bt, seq, qsl, head ** -0.5)
     out = torch.full_like(q, float("nan"))
     pa.paged_prefill(fused_q, kc, vc, bt, seq, qsl, int(seq.max()), head ** -0.5, out=out, num_prefills=5,
@@ -139,7 +140,7 @@ def test_prefill_fresh_from_new_rows(pa, dtype, head, cfg):
     assert rel_err(out, ref) < TOL[dtype]
     if cfg is not None:   # fresh_prefill alone, another tile shape: its rows only
         alone = torch.zeros_like(q)
-        pa.fresh_prefill(fused_q, key, value, qsl, head ** -0.5, alone, cfg=cfg)
+        fresh.fresh_prefill(fused_q, key, value, qsl, head ** -0.5, alone, cfg=cfg)
         rows = torch.repeat_interleave(torch.tensor(query_lens, device="cuda") > 1,
                                        torch.tensor(query_lens, device="cuda"))
         assert rel_err(alone[rows], ref[rows]) < TOL[dtype]
