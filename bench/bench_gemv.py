@@ -6,7 +6,8 @@ Llama-3.1-8B weight shapes (fused qkv, o, fused gate_up, down, LM head), bf16, x
 Each timed call reads another copy of the weight (>= 512 MB rotated, L2 is 60 MB) and the
 calls are replayed from a CUDA graph, as in a decode step. Figures: microseconds per call,
 % of the measured copy bandwidth (weight bytes / time); the GEMV at one row, checked against a
-float32 product first. The summary adds up an 8B decode step's linear layers.
+float32 product first; gate_up at one row also as the MLP runs it, the GEMV then silu_and_mul
+against the gated GEMV that does both. The summary adds up an 8B decode step's linear layers.
 Prints a table and writes bench_gemv.json under --out.
 """
 from __future__ import annotations
@@ -76,6 +77,12 @@ def main() -> None:
             if m == 1:
                 row["max_err"] = check(gemv, x, weights[0])
                 row["gemv_us"] = graph_time_us([lambda w=w: gemv(x, w, None) for w in weights])
+                if name == "gate_up":   # the MLP's activation: in the GEMV, or a launch after it
+                    ops = torch.ops.qinfer
+                    row["gemv_then_silu_us"] = graph_time_us(
+                        [lambda w=w: ops.silu_and_mul(gemv(x, w, None)) for w in weights])
+                    row["gemv_silu_fused_us"] = graph_time_us(
+                        [lambda w=w: ops.gemv_silu_and_mul(x, w, None) for w in weights])
             rows.append(row)
             pct = lambda us: 100 * nbytes / (us * 1e-6) / bandwidth   # noqa: E731
             print(f"{name:>8} N={n:<6} K={k:<5} M={m:<2} " + "  ".join(

@@ -1,4 +1,5 @@
-// qinfer._C GEMV for batch-1 decode: out[1, N] = x[1, K] . W[N, K]^T (+ bias).
+// qinfer._C GEMV for batch-1 decode: out[1, N] = x[1, K] . W[N, K]^T (+ bias), and the MLP's
+// gated form, out[1, I] = silu(x . Wg^T) * (x . Wu^T) over a [gate; up] weight [2I, K].
 //
 // At one token a linear layer is one pass over its weight: its time is weight bytes / memory
 // bandwidth plus the kernel's ramp-up and tail. Each warp owns one output row and streams it in
@@ -7,6 +8,9 @@
 // On the H200 it beats cuBLAS on the small Llama-3.1-8B weights (o_proj 10.8 vs 13.9 us,
 // qkv_proj 15.2 vs 16.6 us, down_proj 31.6 vs 33.5 us) and ties on the large ones
 // (bench/bench_gemv.py); a batch-1 8B forward is 6% faster with it (bench/NOTES.md).
+// The gated form saves the silu_and_mul launch of every layer (~5 us of a ~140 us layer at one
+// token): a warp owns a gate row and its up row, and rounds both to 16 bits before the silu, as
+// gemv then silu_and_mul would, so the two paths give the same bits.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -16,6 +20,8 @@
 
 #include <optional>
 #include <type_traits>
+
+#include "activation.cuh"
 
 namespace qinfer {
 namespace {
@@ -60,7 +66,45 @@ template <typename T> __device__ __forceinline__ float to_float(T x);
 template <> __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <> __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
-// One warp per output row.
+// sum_u of `rows` weight rows . x, ROWS rows streamed together (they share x's loads), one float per row
+// reduced over the warp. w_rows[r]: row r's first 16-byte vector.
+template <typename T, int ROWS>
+__device__ __forceinline__ void warp_dots(const uint4* const (&w_rows)[ROWS], const uint4* x_vecs, int row_vecs,
+                                          int lane, float (&out)[ROWS]) {
+  // One accumulator per unrolled vector and __launch_bounds__(.., 1): with a single FMA chain,
+  // or held to few registers, ptxas issues each load just before its FMAs (~1 load in flight).
+  float sums[ROWS][kUnroll] = {};
+  int v = lane;
+  for (; v + (kUnroll - 1) * kWarpSize < row_vecs; v += kUnroll * kWarpSize) {
+    uint4 wv[ROWS][kUnroll], xv[kUnroll];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) wv[r][u] = load_streaming(w_rows[r] + v + u * kWarpSize);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) xv[u] = __ldg(x_vecs + v + u * kWarpSize);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) sums[r][u] = dot8<T>(wv[r][u], xv[u], sums[r][u]);
+  }
+  for (; v < row_vecs; v += kWarpSize) {  // the last < kUnroll * 32 vectors of the row
+    const uint4 xv = __ldg(x_vecs + v);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) sums[r][0] = dot8<T>(load_streaming(w_rows[r] + v), xv, sums[r][0]);
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    float sum = 0.f;
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) sum += sums[r][u];
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    out[r] = sum;
+  }
+}
+
+// One warp per output row: out[row] = W[row] . x (+ bias[row]).
 template <typename T>
 __global__ void __launch_bounds__(kGemvThreads, 1)
 gemv_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
@@ -69,44 +113,63 @@ gemv_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ 
   const int lane = threadIdx.x % kWarpSize;
   if (row >= n) return;
   const int row_vecs = k / kVecElems;
-  const uint4* x_vecs = reinterpret_cast<const uint4*>(x);
-  const uint4* w_row = reinterpret_cast<const uint4*>(w) + static_cast<int64_t>(row) * row_vecs;
-
-  // One accumulator per unrolled vector and __launch_bounds__(.., 1): with a single FMA chain,
-  // or held to few registers, ptxas issues each load just before its FMAs (~1 load in flight).
-  float sums[kUnroll] = {};
-  int v = lane;
-  for (; v + (kUnroll - 1) * kWarpSize < row_vecs; v += kUnroll * kWarpSize) {
-    uint4 wv[kUnroll], xv[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wv[u] = load_streaming(w_row + v + u * kWarpSize);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) xv[u] = __ldg(x_vecs + v + u * kWarpSize);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) sums[u] = dot8<T>(wv[u], xv[u], sums[u]);
-  }
-  for (; v < row_vecs; v += kWarpSize)   // the last < kUnroll * 32 vectors of the row
-    sums[0] = dot8<T>(load_streaming(w_row + v), __ldg(x_vecs + v), sums[0]);
-  float sum = 0.f;
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) sum += sums[u];
-
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
-  if (lane == 0) out[row] = to_t<T>(sum + (bias != nullptr ? to_float(bias[row]) : 0.f));
+  const uint4* w_rows[1] = {reinterpret_cast<const uint4*>(w) + static_cast<int64_t>(row) * row_vecs};
+  float sum[1];
+  warp_dots<T, 1>(w_rows, reinterpret_cast<const uint4*>(x), row_vecs, lane, sum);
+  if (lane == 0) out[row] = to_t<T>(sum[0] + (bias != nullptr ? to_float(bias[row]) : 0.f));
 }
 
+// One warp per output row of the gated form: gate row `row` and up row `inter + row` of W.
 template <typename T>
-void launch(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  const int n = w.size(0), k = w.size(1);
+__global__ void __launch_bounds__(kGemvThreads, 1)
+gemv_silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
+                         const T* __restrict__ bias, int inter, int k) {
+  const int row = (blockIdx.x * kGemvThreads + threadIdx.x) / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  if (row >= inter) return;
+  const int row_vecs = k / kVecElems;
+  const uint4* w_vecs = reinterpret_cast<const uint4*>(w);
+  const uint4* w_rows[2] = {w_vecs + static_cast<int64_t>(row) * row_vecs,
+                            w_vecs + static_cast<int64_t>(inter + row) * row_vecs};
+  float sums[2];
+  warp_dots<T, 2>(w_rows, reinterpret_cast<const uint4*>(x), row_vecs, lane, sums);
+  if (lane == 0) {
+    const float gate = to_float(to_t<T>(sums[0] + (bias != nullptr ? to_float(bias[row]) : 0.f)));
+    const float up = to_float(to_t<T>(sums[1] + (bias != nullptr ? to_float(bias[inter + row]) : 0.f)));
+    out[row] = to_t<T>(silu_mul(gate, up));
+  }
+}
+
+// out [1, rows] from `kernel` over weight w, one warp per output row.
+template <typename T, typename Kernel>
+void launch(Kernel kernel, at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
+            const std::optional<at::Tensor>& bias, int rows) {
   constexpr int rows_per_block = kGemvThreads / kWarpSize;
-  const int blocks = (n + rows_per_block - 1) / rows_per_block;
+  const int blocks = (rows + rows_per_block - 1) / rows_per_block;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  auto* o = reinterpret_cast<T*>(out.data_ptr());
-  const auto* xp = reinterpret_cast<const T*>(x.data_ptr());
-  const auto* wp = reinterpret_cast<const T*>(w.data_ptr());
   const T* b = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  gemv_kernel<T><<<blocks, kGemvThreads, 0, stream>>>(o, xp, wp, b, n, k);
+  kernel<<<blocks, kGemvThreads, 0, stream>>>(reinterpret_cast<T*>(out.data_ptr()),
+                                               reinterpret_cast<const T*>(x.data_ptr()),
+                                               reinterpret_cast<const T*>(w.data_ptr()), b, rows,
+                                               static_cast<int>(w.size(1)));
+}
+
+void check_gemv_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const char* op) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) == 1 && weight.dim() == 2,
+              op, ": x [1, K] and weight [N, K] on cuda");
+  TORCH_CHECK(x.size(1) == weight.size(1) && x.size(1) % kVecElems == 0,
+              op, ": K must match and be a multiple of 8");
+  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), op, ": contiguous x and weight");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), op, ": x and weight of one dtype");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              op, ": bf16 or fp16, got ", x.scalar_type());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+              reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0, op, ": 16-byte aligned x and weight");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_contiguous() && bias->numel() == weight.size(0) &&
+                bias->scalar_type() == x.scalar_type(), op, ": bias [N] of x's dtype");
+  }
 }
 
 }  // namespace
@@ -114,25 +177,30 @@ void launch(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const std
 // x [1, K], weight [N, K], both contiguous bf16 or fp16, K % 8 == 0, 16-byte aligned; bias [N]
 // or None.
 at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.size(0) == 1 && weight.dim() == 2,
-              "gemv: x [1, K] and weight [N, K] on cuda");
-  TORCH_CHECK(x.size(1) == weight.size(1) && x.size(1) % kVecElems == 0,
-              "gemv: K must match and be a multiple of 8");
-  TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), "gemv: contiguous x and weight");
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "gemv: x and weight of one dtype");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-              reinterpret_cast<uintptr_t>(weight.data_ptr()) % 16 == 0, "gemv: 16-byte aligned x and weight");
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->is_contiguous() && bias->numel() == weight.size(0) &&
-                bias->scalar_type() == x.scalar_type(), "gemv: bias [N] of x's dtype");
-  }
+  check_gemv_args(x, weight, bias, "gemv");
   const at::cuda::OptionalCUDAGuard guard(x.device());
-  at::Tensor out = at::empty({1, weight.size(0)}, x.options());
+  const int n = weight.size(0);
+  at::Tensor out = at::empty({1, n}, x.options());
   if (x.scalar_type() == at::kBFloat16) {
-    launch<__nv_bfloat16>(out, x, weight, bias);
+    launch<__nv_bfloat16>(gemv_kernel<__nv_bfloat16>, out, x, weight, bias, n);
   } else {
-    TORCH_CHECK(x.scalar_type() == at::kHalf, "gemv: bf16 or fp16, got ", x.scalar_type());
-    launch<__half>(out, x, weight, bias);
+    launch<__half>(gemv_kernel<__half>, out, x, weight, bias, n);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// silu_and_mul(gemv(x, weight, bias)) in one launch: weight [2I, K] = [gate; up], out [1, I].
+at::Tensor gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_gemv_args(x, weight, bias, "gemv_silu_and_mul");
+  TORCH_CHECK(weight.size(0) % 2 == 0, "gemv_silu_and_mul: weight rows [gate; up] of equal halves");
+  const at::cuda::OptionalCUDAGuard guard(x.device());
+  const int inter = weight.size(0) / 2;
+  at::Tensor out = at::empty({1, inter}, x.options());
+  if (x.scalar_type() == at::kBFloat16) {
+    launch<__nv_bfloat16>(gemv_silu_and_mul_kernel<__nv_bfloat16>, out, x, weight, bias, inter);
+  } else {
+    launch<__half>(gemv_silu_and_mul_kernel<__half>, out, x, weight, bias, inter);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -142,6 +210,10 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
 
 TORCH_LIBRARY_FRAGMENT(qinfer, m) {
   m.def("gemv(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("gemv_silu_and_mul(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(qinfer, CUDA, m) { m.impl("gemv", &qinfer::gemv); }
+TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
+  m.impl("gemv", &qinfer::gemv);
+  m.impl("gemv_silu_and_mul", &qinfer::gemv_silu_and_mul);
+}

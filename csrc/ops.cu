@@ -14,6 +14,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <type_traits>
 
+#include "activation.cuh"
+
 namespace qinfer {
 namespace {
 
@@ -187,8 +189,6 @@ void fused_add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& w
   check_rows(residual, "fused_add_rms_norm");
   launch_norm<true>(x, x, residual, weight.contiguous(), eps);
 }
-
-__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.f + __expf(-g)) * u; }
 
 // out[t, i] = silu(x[t, i]) * x[t, I + i]; grid (T, blocks over the row).
 template <typename T>

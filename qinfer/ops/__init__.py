@@ -16,6 +16,8 @@ Op signatures (every implementation keeps them):
   rotary_embedding(positions [T] int64, query [T, Hq*D], key [T, Hk*D], head_size,
                    cos_sin_cache [max_pos, D] (cos | sin halves), is_neox) -> (query, key), in place
   silu_and_mul(x [T, 2I]) -> [T, I]
+  linear_silu_and_mul(x [T, K], weight [2I, K] (gate | up), bias [2I] | None) -> [T, I]
+      silu_and_mul(linear(x, weight, bias)); compiled: one GEMV launch at one row, same bits
   reshape_and_cache(key [T, Hk, D], value [T, Hk, D], k_cache, v_cache, slot_mapping [T]) -> None
       (caches [num_blocks, block_size, Hk, D]; a negative slot means "do not write")
   rotary_and_cache(positions, query [T, Hq*D], key [T, Hk*D], value [T, Hk*D], k_cache, v_cache,
@@ -83,6 +85,10 @@ def rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox=Tr
 
 def silu_and_mul(x):
     return dispatch("silu_and_mul", x)(x)
+
+
+def linear_silu_and_mul(x, weight, bias=None):
+    return dispatch("linear_silu_and_mul", x)(x, weight, bias)
 
 
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping):

@@ -73,6 +73,13 @@ def _register() -> None:
                 return ops.gemv(x, weight, bias)
             return F.linear(x, weight, bias)
 
+    if hasattr(ops, "gemv_silu_and_mul"):
+        @register("linear_silu_and_mul", "cuda", _CUDA)
+        def linear_silu_and_mul(x, weight, bias=None):
+            if gemv_applies(x, weight):   # one launch instead of two at one row
+                return ops.gemv_silu_and_mul(x, weight, bias)
+            return ops.silu_and_mul(F.linear(x, weight, bias))
+
     if hasattr(ops, "topk_softmax"):  # the MoE routing ops of csrc/moe (absent from older builds)
         register("topk_softmax", "cuda", _CUDA)(ops.topk_softmax)
         register("moe_align_block_size", "cuda", _CUDA)(ops.moe_align_block_size)

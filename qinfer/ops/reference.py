@@ -57,6 +57,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate).mul_(up)
 
 
+@register("linear_silu_and_mul", "torch", _DEVICES)
+def linear_silu_and_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return silu_and_mul(F.linear(x, weight, bias))
+
+
 @register("reshape_and_cache", "torch", _DEVICES)
 def reshape_and_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     is_written = slot_mapping >= 0

@@ -7,6 +7,7 @@ does. The compiled qinfer._C ops, when built, take precedence over these.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -76,6 +77,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     _silu_and_mul_kernel[(x.shape[0], triton.cdiv(inter, block))](
         out, x, out.stride(0), x.stride(0), inter, BLOCK=block)
     return out
+
+
+@register("linear_silu_and_mul", "triton", _CUDA)
+def linear_silu_and_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return silu_and_mul(F.linear(x, weight, bias))
 
 
 @triton.jit

@@ -353,6 +353,37 @@ def test_gemv(dtype, n, k):
     assert rel_err(torch.ops.qinfer.gemv(x, w, None), (x.float() @ w.float().T).to(dtype)) < 1e-2
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("inter, k", [(1001, 1032), (14336, 4096)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemv_silu_and_mul_gives_the_bits_of_gemv_then_silu(dtype, inter, k, bias):
+    # The gated GEMV rounds gate and up to 16 bits before the silu, as the two launches do:
+    # the fused and unfused batch-1 MLPs must decode the same tokens.
+    _get("cuda")
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    w = torch.randn(2 * inter, k, device="cuda", dtype=dtype) / k ** 0.5
+    b = torch.randn(2 * inter, device="cuda", dtype=dtype) if bias else None
+    fused = torch.ops.qinfer.gemv_silu_and_mul(x, w, b)
+    assert fused.shape == (1, inter) and fused.dtype == dtype
+    assert torch.equal(fused, torch.ops.qinfer.silu_and_mul(torch.ops.qinfer.gemv(x, w, b)))
+    gate, up = (x.float() @ w.float().T + (b.float() if bias else 0)).chunk(2, dim=-1)
+    assert rel_err(fused, (torch.nn.functional.silu(gate) * up).to(dtype)) < 2e-2
+
+
+def test_linear_silu_and_mul_dispatch():
+    # One row: the fused GEMV; more rows, or a strided row: cuBLAS then silu_and_mul. Each
+    # against the torch reference.
+    from qinfer.ops import reference
+    fns = _get("cuda")
+    w = torch.randn(1024, 256, device="cuda", dtype=torch.bfloat16) / 16
+    for x in (torch.randn(1, 256, device="cuda", dtype=torch.bfloat16),
+              torch.randn(3, 256, device="cuda", dtype=torch.bfloat16),
+              torch.randn(1, 512, device="cuda", dtype=torch.bfloat16)[:, ::2]):
+        out = fns["linear_silu_and_mul"](x, w)
+        assert out.shape == (x.shape[0], 512)
+        assert rel_err(out, reference.linear_silu_and_mul(x, w)) < 1e-2
+
+
 def test_linear_dispatch_uses_gemv_for_one_row_only():
     from qinfer.ops import compiled
     fns = _get("cuda")

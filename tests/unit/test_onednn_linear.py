@@ -55,6 +55,18 @@ def test_packed_layers_give_the_outputs_of_the_dense_ones():
     assert layers[2].weight.shape == (100, 32)                              # may be the tied embedding
 
 
+def test_gated_activation_of_merged_layer_dense_and_packed():
+    """MergedColumnParallelLinear.silu_and_mul(x) is silu(gate) * up of the layer's [gate; up]
+    output, computed here directly, with the dense weight and with the packed one."""
+    merged, x = _layers()[0], torch.randn(5, 32)
+    with torch.inference_mode():
+        gate, up = (x @ merged.weight.T + merged.bias).chunk(2, dim=-1)
+        expected = gate * torch.sigmoid(gate) * up
+        torch.testing.assert_close(merged.silu_and_mul(x), expected, atol=1e-5, rtol=1e-5)
+        assert merged.pack_for_cpu(batch_hint=8)
+        torch.testing.assert_close(merged.silu_and_mul(x), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_forcing_the_reference_keeps_dense_weights(monkeypatch):
     monkeypatch.setenv("QINFER_OPS_IMPL", "torch")
     layers = _layers()
