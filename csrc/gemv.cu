@@ -8,6 +8,7 @@
 // On the H200 it beats cuBLAS on the small Llama-3.1-8B weights (o_proj 10.8 vs 13.9 us,
 // qkv_proj 15.2 vs 16.6 us, down_proj 31.6 vs 33.5 us) and ties on the large ones
 // (bench/bench_gemv.py); a batch-1 8B forward is 6% faster with it (bench/NOTES.md).
+// Launched as programmatic dependents (pdl.cuh): a GEMV's launch overlaps the kernel before it.
 // The gated form saves the silu_and_mul launch of every layer (~5 us of a ~140 us layer at one
 // token): a warp owns a gate row and its up row, and rounds both to 16 bits before the silu, as
 // gemv then silu_and_mul would, so the two paths give the same bits.
@@ -22,6 +23,7 @@
 #include <type_traits>
 
 #include "activation.cuh"
+#include "pdl.cuh"
 
 namespace qinfer {
 namespace {
@@ -109,6 +111,8 @@ template <typename T>
 __global__ void __launch_bounds__(kGemvThreads, 1)
 gemv_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
             const T* __restrict__ bias, int n, int k) {
+  pdl_launch_dependents();
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh): x is the previous kernel's
   const int row = (blockIdx.x * kGemvThreads + threadIdx.x) / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= n) return;
@@ -124,6 +128,8 @@ template <typename T>
 __global__ void __launch_bounds__(kGemvThreads, 1)
 gemv_silu_and_mul_kernel(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ w,
                          const T* __restrict__ bias, int inter, int k) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int row = (blockIdx.x * kGemvThreads + threadIdx.x) / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (row >= inter) return;
@@ -148,10 +154,9 @@ void launch(Kernel kernel, at::Tensor& out, const at::Tensor& x, const at::Tenso
   const int blocks = (rows + rows_per_block - 1) / rows_per_block;
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const T* b = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  kernel<<<blocks, kGemvThreads, 0, stream>>>(reinterpret_cast<T*>(out.data_ptr()),
-                                               reinterpret_cast<const T*>(x.data_ptr()),
-                                               reinterpret_cast<const T*>(w.data_ptr()), b, rows,
-                                               static_cast<int>(w.size(1)));
+  launch_dependent(kernel, blocks, kGemvThreads, stream, reinterpret_cast<T*>(out.data_ptr()),
+                   reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(w.data_ptr()), b, rows,
+                   static_cast<int>(w.size(1)));
 }
 
 void check_gemv_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -186,7 +191,6 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& weight, const std::option
   } else {
     launch<__half>(gemv_kernel<__half>, out, x, weight, bias, n);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -202,7 +206,6 @@ at::Tensor gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& weight, cons
   } else {
     launch<__half>(gemv_silu_and_mul_kernel<__half>, out, x, weight, bias, inter);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

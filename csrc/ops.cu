@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "activation.cuh"
+#include "pdl.cuh"
 
 namespace qinfer {
 namespace {
@@ -56,6 +57,8 @@ template <typename T, bool ADD>
 __global__ void rms_norm_kernel(T* __restrict__ out, const T* __restrict__ x, T* __restrict__ res,
                                 const T* __restrict__ w, int64_t stride_o, int64_t stride_x,
                                 int64_t stride_r, int hidden, float eps) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh): x is the previous kernel's
+  pdl_launch_dependents();
   constexpr int kPer = 16;
   const int64_t row = blockIdx.x;
   float vals[kPer];
@@ -109,6 +112,8 @@ template <typename T, bool ADD>
 __global__ void rms_norm_packed_kernel(T* __restrict__ out, const T* __restrict__ x, T* __restrict__ res,
                                        const T* __restrict__ w, int64_t stride_o, int64_t stride_x,
                                        int64_t stride_r, int hidden, float eps) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh): x is the previous kernel's
+  pdl_launch_dependents();
   using P = Pack<T>;
   const int64_t row = blockIdx.x;
   const int packs = hidden / P::kSize;
@@ -167,12 +172,11 @@ void launch_norm(at::Tensor& out, const at::Tensor& x, at::Tensor& res, const at
                       aligned16(w) && hidden <= kNormThreads * kNormPacksPerThread * (16 / x.element_size());
   QINFER_DISPATCH(x.scalar_type(), "rms_norm", [&] {
     auto kernel = packed ? rms_norm_packed_kernel<T, ADD> : rms_norm_kernel<T, ADD>;
-    kernel<<<x.size(0), kNormThreads, 0, stream>>>(
-        reinterpret_cast<T*>(out.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
-        reinterpret_cast<T*>(res.data_ptr()), reinterpret_cast<const T*>(w.data_ptr()),
-        out.stride(0), x.stride(0), res.stride(0), hidden, static_cast<float>(eps));
+    launch_dependent(kernel, x.size(0), kNormThreads, stream,
+                     reinterpret_cast<T*>(out.data_ptr()), reinterpret_cast<const T*>(x.data_ptr()),
+                     reinterpret_cast<T*>(res.data_ptr()), reinterpret_cast<const T*>(w.data_ptr()),
+                     out.stride(0), x.stride(0), res.stride(0), hidden, static_cast<float>(eps));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
@@ -254,6 +258,8 @@ __global__ void rotary_kernel(const int64_t* __restrict__ positions, T* __restri
                               T* __restrict__ k, const C* __restrict__ cache, int64_t stride_q,
                               int64_t stride_k, int64_t stride_c, int num_q, int num_k, int head,
                               bool neox, KvCacheArgs kv) {
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh): q and k are the previous kernel's
+  pdl_launch_dependents();
   const int64_t tok = blockIdx.x;
   const C* row = cache + positions[tok] * stride_c;
   const int half = head / 2;
@@ -300,13 +306,13 @@ void launch_rotary(const at::Tensor& positions, at::Tensor& query, at::Tensor& k
   QINFER_DISPATCH(query.scalar_type(), "rotary_embedding", [&] {
     using QT = T;
     QINFER_DISPATCH(cos_sin_cache.scalar_type(), "rotary_cache", [&] {
-      rotary_kernel<QT, T, CACHE><<<query.size(0), threads, 0, stream>>>(
-          positions.data_ptr<int64_t>(), reinterpret_cast<QT*>(query.data_ptr()),
-          reinterpret_cast<QT*>(key.data_ptr()), reinterpret_cast<const T*>(cos_sin_cache.data_ptr()),
-          query.stride(0), key.stride(0), cos_sin_cache.stride(0), num_q, num_k, head_size, is_neox, kv);
+      launch_dependent(rotary_kernel<QT, T, CACHE>, query.size(0), threads, stream,
+                       positions.data_ptr<int64_t>(), reinterpret_cast<QT*>(query.data_ptr()),
+                       reinterpret_cast<QT*>(key.data_ptr()), reinterpret_cast<const T*>(cos_sin_cache.data_ptr()),
+                       query.stride(0), key.stride(0), cos_sin_cache.stride(0), num_q, num_k,
+                       static_cast<int>(head_size), is_neox, kv);
     });
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key, int64_t head_size,

@@ -370,6 +370,44 @@ def test_gemv_silu_and_mul_gives_the_bits_of_gemv_then_silu(dtype, inter, k, bia
     assert rel_err(fused, (torch.nn.functional.silu(gate) * up).to(dtype)) < 2e-2
 
 
+def test_dependent_launches_in_a_graph_give_the_bits_of_synchronized_ones():
+    # The GEMVs, norms and rotary kernels start before the kernel ahead of them ends (programmatic
+    # dependent launch, csrc/pdl.cuh) and must not read its output early: a batch-1 layer's chain,
+    # replayed from a CUDA graph on new inputs, against the same ops with a device sync between
+    # every two (no overlap possible).
+    _get("cuda")
+    ops, hidden, inter, eps = torch.ops.qinfer, 2048, 5632, 1e-5
+    torch.manual_seed(5)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    norm_w, w13 = torch.rand(hidden, **bf) + 0.5, torch.randn(2 * inter, hidden, **bf) / hidden ** 0.5
+    w2, wqkv = torch.randn(hidden, inter, **bf) / inter ** 0.5, torch.randn(3072, hidden, **bf) / hidden ** 0.5
+    cache = torch.randn(64, 128, **bf)                          # cos | sin of 64 positions, head 128
+    positions = torch.tensor([7], device="cuda")
+
+    def layer(x, residual, sync):
+        step = torch.cuda.synchronize if sync else (lambda: None)
+        h = ops.rms_norm(x, norm_w, eps); step()
+        h = ops.gemv_silu_and_mul(h, w13, None); step()
+        h = ops.gemv(h, w2, None); step()
+        ops.fused_add_rms_norm(h, residual, norm_w, eps); step()   # residual <- h + residual, h <- norm
+        qkv = ops.gemv(h, wqkv, None); step()
+        q, k = qkv[:, :2048], qkv[:, 2048:2560]
+        ops.rotary_embedding(positions, q, k, 128, cache, True); step()
+        return ops.gemv(q, w13[:, :2048].contiguous(), None), residual
+
+    static_x, static_res = torch.randn(1, hidden, **bf), torch.randn(1, hidden, **bf)
+    layer(static_x, static_res.clone(), sync=False)             # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out, graph_res = layer(static_x, static_res, sync=False)
+    for _ in range(20):
+        x, res = torch.randn(1, hidden, **bf), torch.randn(1, hidden, **bf)
+        static_x.copy_(x), static_res.copy_(res)
+        graph.replay()
+        expected_out, expected_res = layer(x, res.clone(), sync=True)
+        assert torch.equal(graph_out, expected_out) and torch.equal(graph_res, expected_res)
+
+
 def test_linear_silu_and_mul_dispatch():
     # One row: the fused GEMV; more rows, or a strided row: cuBLAS then silu_and_mul. Each
     # against the torch reference.
