@@ -13,7 +13,7 @@ from torch import nn
 from qinfer.distributed.communication import tp_all_reduce, tp_gather_to_driver
 from qinfer.distributed.parallel_state import tp_rank, tp_size
 from qinfer.layers.linear import dense_or_packed_linear, narrow_read
-from qinfer.ops import onednn_linear
+from qinfer.ops import cpu_linear
 
 
 class VocabEmbedding(nn.Module):
@@ -49,13 +49,13 @@ class LMHead(VocabEmbedding):
     samples); the other ranks get None.
     """
 
-    packed_weight: torch.Tensor | None = None
+    packed_weight: cpu_linear.PackedWeight | None = None
 
     def pack_for_cpu(self, batch_hint: int) -> bool:
-        """A oneDNN-packed copy of the weight (ops/onednn_linear.py); the dense one stays, since
-        the embedding may share it. True if packed."""
-        if self.packed_weight is None and onednn_linear.can_pack(self.weight):
-            self.packed_weight = onednn_linear.pack(self.weight, batch_hint)
+        """A packed copy of the weight for a CPU kernel (ops/cpu_linear.py); the dense one stays,
+        since the embedding may share it. True if packed."""
+        if self.packed_weight is None and cpu_linear.can_pack(self.weight):
+            self.packed_weight = cpu_linear.PackedWeight(self.weight, batch_hint)
         return self.packed_weight is not None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from qinfer import ops
-from qinfer.ops import onednn_linear
+from qinfer.ops import cpu_linear
 
 from qinfer.distributed.communication import tp_all_reduce
 from qinfer.distributed.parallel_state import tp_rank as current_tp_rank
@@ -52,7 +52,7 @@ class LinearBase(nn.Module):
     """y = x W^T (+ b); `tp_dim` is the weight dim split across ranks (None: replicated)."""
 
     tp_dim: int | None = None
-    packed_weight: torch.Tensor | None = None   # pack_for_cpu(): the weight in oneDNN's layout
+    packed_weight: cpu_linear.PackedWeight | None = None   # pack_for_cpu(): the weight in a CPU kernel's layout
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
                  tp_rank: int | None = None, tp_size: int | None = None):
@@ -76,11 +76,11 @@ class LinearBase(nn.Module):
         return narrow_read(loaded_weight, self.tp_dim, self.tp_rank * shard, shard)
 
     def pack_for_cpu(self, batch_hint: int) -> bool:
-        """Keep the weight packed for oneDNN (ops/onednn_linear.py) where that applies, and free
+        """Keep the weight packed for a CPU kernel (ops/cpu_linear.py) where that applies, and free
         the dense copy (only the packed one is read from here on). True if packed."""
-        if self.packed_weight is not None or not onednn_linear.can_pack(self.weight):
+        if self.packed_weight is not None or not cpu_linear.can_pack(self.weight):
             return self.packed_weight is not None
-        self.packed_weight = onednn_linear.pack(self.weight, batch_hint)
+        self.packed_weight = cpu_linear.PackedWeight(self.weight, batch_hint)
         self.weight.data = torch.empty(0, dtype=self.weight.dtype)
         return True
 
@@ -91,11 +91,11 @@ class LinearBase(nn.Module):
         return self.matmul(x, self.bias)
 
 
-def dense_or_packed_linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None,
+def dense_or_packed_linear(x: torch.Tensor, weight: torch.Tensor, packed: cpu_linear.PackedWeight | None,
                            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T (+ b) from the oneDNN-packed weight where the layer holds one, else ops.linear."""
+    """x W^T (+ b) from the packed weight where the layer holds one, else ops.linear."""
     if packed is not None:
-        return onednn_linear.packed_linear(x, packed, bias)
+        return packed(x, bias)
     return ops.linear(x, weight, bias)
 
 

@@ -9,7 +9,8 @@ reports which one each op uses on a given device.
 Op signatures (every implementation keeps them):
   linear(x [T, K], weight [N, K], bias [N] | None) -> [T, N]   (F.linear; compiled: a GEMV for
       one row, where it beats cuBLAS (compiled.gemv_applies), cuBLAS otherwise). On the CPU the
-      linear layers bypass it: they hold oneDNN-packed weights (onednn_linear.py)
+      linear layers bypass it: they hold packed weights (cpu_linear.py: float32 tiles of
+      csrc/cpu/linear.cpp, oneDNN for bfloat16)
   rms_norm(x [T, H], weight [H], eps) -> [T, H]
   fused_add_rms_norm(x [T, H], residual [T, H], weight, eps) -> (normed, x + residual)
       may overwrite x and residual in place; callers use only the returned tensors

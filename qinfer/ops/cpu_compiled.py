@@ -6,6 +6,8 @@
     rms_norm, fused_add_rms_norm, rotary_and_cache (elementwise.cpp): the ops of qinfer.ops with
         those names, one pass over the rows each; registered as their "cpu" implementation once the
         library loads, for float32 / bfloat16 rows the kernels take (the torch reference otherwise)
+    linear_tiled(x [M, K] float32, packed [ceil(N / 16), K, 16], bias [N] | None, N) -> [M, N]
+        (linear.cpp): x W^T (+ bias) over a weight packed by qinfer.ops.cpu_linear
 
 The library is built once per machine (g++ -O3 -march=native, ~20 s) into the cache folder
 QINFER_CPU_OPS_DIR (default ~/.cache/qinfer/cpu_ops), named by a hash of the sources, the torch
@@ -33,7 +35,7 @@ from qinfer.ops.registry import forced_implementation
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
-SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "elementwise.cpp")
+SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "elementwise.cpp", _CSRC / "linear.cpp")
 HEADERS = (_CSRC / "vectors.h",)
 # -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno: the
 # softmax's exp calls need not set errno (the loops around them schedule freely).

@@ -193,3 +193,45 @@ def test_the_elementwise_kernels_serve_the_cpu_ops():
     assert {chosen[op] for op in ("rms_norm", "fused_add_rms_norm", "rotary_and_cache")} == {"cpu"}
     x = torch.randn(3, 8, dtype=torch.float64)
     assert ops.rms_norm(x, torch.ones(8, dtype=torch.float64), 1e-6).dtype == torch.float64
+
+
+# ---- float32 linear layers over 16-column tiles (csrc/cpu/linear.cpp, qinfer.ops.cpu_linear) ----
+
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 33, 64])
+@pytest.mark.parametrize("n, k", [(96, 64), (1000, 72), (37, 5)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_tiled_linear_matches_float64(rows, n, k, bias):
+    """Row counts across the kernel's row blocks (one, two near-equal ones, several), N off the
+    16-column tiles (the padded last tile), K off any vector width."""
+    from qinfer.ops.cpu_linear import PackedWeight
+
+    assert cpu_compiled.available()
+    torch.manual_seed(rows * n + k)
+    x, weight = torch.randn(rows, k), torch.randn(n, k) / k ** 0.5
+    b = torch.randn(n) if bias else None
+    packed = PackedWeight(weight, batch_hint=16)
+    assert packed.tiles.shape == (-(-n // 16), k, 16)
+    expected = torch.nn.functional.linear(x.double(), weight.double(), None if b is None else b.double())
+    out = torch.ops.qinfer_cpu.linear_tiled(x, packed.tiles, b, n)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed(x, b).double(), expected, atol=1e-5, rtol=1e-5)   # tiles or oneDNN
+
+
+def test_tiled_linear_takes_strided_rows_and_leading_dimensions():
+    from qinfer.ops.cpu_linear import PackedWeight
+
+    weight = torch.randn(48, 32)
+    packed = PackedWeight(weight, batch_hint=16)
+    assert packed.tiles is not None
+    wide = torch.randn(7, 64)
+    torch.testing.assert_close(packed(wide[:, :32]), wide[:, :32] @ weight.T, atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 3, 32)
+    torch.testing.assert_close(packed(x), x @ weight.T, atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_linear_refuses_a_weight_of_another_width():
+    from qinfer.ops.cpu_linear import PackedWeight
+
+    packed = PackedWeight(torch.randn(48, 32), batch_hint=16)
+    with pytest.raises(RuntimeError, match="linear_tiled"):
+        torch.ops.qinfer_cpu.linear_tiled(torch.randn(2, 31), packed.tiles, None, 48)

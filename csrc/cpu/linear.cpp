@@ -1,0 +1,113 @@
+// CPU float32 linear layers at decode sizes: out[M, N] = x[M, K] W^T (+ bias), W packed once at
+// load as tiles of 16 output columns, [ceil(N / 16)][K][16] (zero columns pad the last tile).
+// Registered as torch.ops.qinfer_cpu.linear_tiled; qinfer/ops/cpu_linear.py packs and calls it.
+//
+// A pass over a tile keeps kRowBlock rows' accumulators (16 columns each) in vector registers and
+// reads one 16-column row of weights per K step: each weight vector feeds kRowBlock FMAs, and x
+// (transposed into [K][rows] blocks) is broadcast from L1. The tiles lie one after the other, so
+// each thread streams its share of W from DRAM once; the further row blocks of a big batch re-read
+// a tile from L2 (K x 64 bytes). oneDNN's packed linear, which this replaces for float32, reached
+// 50-70% of the read bandwidth at 16 rows on SmolLM2-135M's shapes (bench/NOTES.md).
+#include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "vectors.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTile = 16;
+constexpr int64_t kTileVecs = kTile / kVecFloats;
+// Accumulators kRowBlock x kTileVecs and kTileVecs weight vectors fit the register file: 32 zmm
+// with AVX-512, 16 ymm with AVX2, 16 xmm / 32 NEON registers otherwise.
+constexpr int kRowBlock = kVecFloats == 16 ? 16 : (kVecFloats == 8 ? 6 : 3);
+constexpr int64_t kPrefetchRows = 64;   // 4 KB ahead in the packed weights (a tile row is 64 bytes)
+
+// out rows 0..R-1 (row stride ldo), columns [0, cols) of one tile, from xt [K][R] and the tile [K][16].
+template <int R>
+inline void tile_pass(const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo, int64_t cols,
+                      const float* bias) {
+  FloatVec acc[R][kTileVecs] = {};
+  for (int64_t k = 0; k < k_len; ++k) {
+    // The hardware prefetcher alone left the stream waiting on DRAM behind the FMAs (16 rows:
+    // 10 GB/s against 20 at one row); a line kPrefetchRows K steps ahead keeps it in flight.
+    __builtin_prefetch(tile + (k + kPrefetchRows) * kTile);
+    FloatVec w[kTileVecs];
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < kTileVecs; ++v) w[v] = load_vec(tile + k * kTile + v * kVecFloats);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float xv = xt[k * R + r];
+#pragma GCC unroll 4
+      for (int64_t v = 0; v < kTileVecs; ++v) acc[r][v] += xv * w[v];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float row[kTile];
+    __builtin_memcpy(row, acc[r], sizeof row);
+    for (int64_t c = 0; c < cols; ++c) out[r * ldo + c] = row[c] + (bias ? bias[c] : 0.f);
+  }
+}
+
+template <int R>
+void tile_pass_rows(int rows, const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo,
+                    int64_t cols, const float* bias) {
+  if constexpr (R > 1) {
+    if (rows < R) return tile_pass_rows<R - 1>(rows, xt, tile, k_len, out, ldo, cols, bias);
+  }
+  tile_pass<R>(xt, tile, k_len, out, ldo, cols, bias);
+}
+
+at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
+                        int64_t n) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.stride(1) == 1, "linear_tiled: x [M, K] float32");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kTile && packed.is_contiguous() &&
+                  packed.scalar_type() == at::kFloat && packed.size(1) == x.size(1) &&
+                  packed.size(0) * kTile >= n && packed.size(0) * kTile < n + kTile,
+              "linear_tiled: packed [ceil(N / 16), K, 16] float32 for x's K");
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == n && bias->is_contiguous() && bias->scalar_type() == at::kFloat),
+              "linear_tiled: bias [N] float32");
+  const int64_t m = x.size(0), k = x.size(1), tiles = packed.size(0), sx = x.stride(0);
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (m == 0) return out;
+  // x as row blocks of near-equal size, at most kRowBlock rows (17 rows: 9 + 8, not 16 + 1: a
+  // pass's cost is mostly its weight reads), each transposed to [K][rows].
+  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
+  auto block_start = [&](int64_t b) { return b * m / blocks; };
+  std::vector<float> xt(static_cast<size_t>(m * k));
+  const float* xp = x.data_ptr<float>();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = block_start(b), rows = block_start(b + 1) - r0;
+    float* dst = xt.data() + r0 * k;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < k; ++j) dst[j * rows + r] = xp[(r0 + r) * sx + j];
+  }
+  const float* wp = packed.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = t * kTile, cols = std::min(kTile, n - c0);
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t r0 = block_start(b), rows = block_start(b + 1) - r0;
+        tile_pass_rows<kRowBlock>(static_cast<int>(rows), xt.data() + r0 * k, wp + t * k * kTile, k,
+                                  op + r0 * n + c0, n, cols, bp ? bp + c0 : nullptr);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qinfer_cpu, m) {
+  m.def("linear_tiled(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qinfer_cpu, CPU, m) { m.impl("linear_tiled", &linear_tiled); }
