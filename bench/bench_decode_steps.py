@@ -46,7 +46,7 @@ KERNEL_CLASSES = (  # (class, substrings of kernel names), first match wins
     ("sampler mask", ("_top_k_top_p",)),
     ("sampler other", ("exponential", "argmax", "divfunctor", "log_kernel", "logfunctor", "sub_kernel",
                        "cunn_softmax", "distribution")),
-    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "sm90", "linear_pointwise", "aten::mm")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "sm90", "linear_pointwise", "linear_tiled", "aten::mm")),
     ("rms norm", ("norm",)),
     ("rotary + cache write", ("rotary", "cache")),
     ("silu_and_mul", ("silu", "act_and_mul")),

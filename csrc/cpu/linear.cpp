@@ -6,8 +6,10 @@
 // reads one 16-column row of weights per K step: each weight vector feeds kRowBlock FMAs, and x
 // (transposed into [K][rows] blocks) is broadcast from L1. The tiles lie one after the other, so
 // each thread streams its share of W from DRAM once; the further row blocks of a big batch re-read
-// a tile from L2 (K x 64 bytes). oneDNN's packed linear, which this replaces for float32, reached
-// 50-70% of the read bandwidth at 16 rows on SmolLM2-135M's shapes (bench/NOTES.md).
+// a tile from L2 (K x 64 bytes). At 16 rows on SmolLM2-135M's shapes it reads the weights 1.3-1.8x
+// faster than oneDNN's packed linear (50-60% of the read bandwidth there); from ~48 rows the work is
+// compute-bound and oneDNN's wider register blocks win, so cpu_linear.py sends it only decode-sized
+// inputs (bench/NOTES.md).
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -36,7 +38,8 @@ inline void tile_pass(const float* xt, const float* tile, int64_t k_len, float* 
   FloatVec acc[R][kTileVecs] = {};
   for (int64_t k = 0; k < k_len; ++k) {
     // The hardware prefetcher alone left the stream waiting on DRAM behind the FMAs (16 rows:
-    // 10 GB/s against 20 at one row); a line kPrefetchRows K steps ahead keeps it in flight.
+    // 10 GB/s against 20 at one row); a line kPrefetchRows K steps ahead keeps it in flight (past
+    // the last tile it names no data: a prefetch never faults).
     __builtin_prefetch(tile + (k + kPrefetchRows) * kTile);
     FloatVec w[kTileVecs];
 #pragma GCC unroll 4
