@@ -151,9 +151,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         param.data.narrow(0, offset, size).copy_(narrow_read(loaded_weight, 0, self.tp_rank * size, size))
 
     def silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
-        """silu(gate) * up of a [gate; up] layer's output (the MLP's activation), in one op: at one
-        row on the GPU a single GEMV launch (ops.linear_silu_and_mul)."""
-        assert len(self.output_sizes) == 2 and self.output_sizes[0] == self.output_sizes[1]
+        """silu(gate) * up of a [gate; up] layer's output (the MLP's activation; two parts of one
+        size), in one op: at one row on the GPU a single GEMV launch (ops.linear_silu_and_mul)."""
         if self.packed_weight is not None:
             return ops.silu_and_mul(self.matmul(x, self.bias))
         return ops.linear_silu_and_mul(x, self.weight, self.bias)

@@ -7,8 +7,8 @@ at 16 rows 7.9 vs 24.5 ms), with results within float rounding of F.linear (the 
 ops.linear). End to end: bench/bench_cpu_vs_hf.py.
 
 Only where oneDNN is built into torch, for float32 / bfloat16 CPU weights (bfloat16 where the
-CPU supports it: `packs`), and not when the reference is forced (QINFER_OPS_IMPL=torch or
-use_implementation("linear", "torch")).
+CPU supports it: `packs`). cpu_linear.py decides which layers pack (none when the reference is
+forced: QINFER_OPS_IMPL=torch or use_implementation("linear", "torch")).
 """
 from __future__ import annotations
 
@@ -17,14 +17,8 @@ from typing import Optional
 
 import torch
 
-from qinfer.ops.registry import forced_implementation
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def can_pack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dim() == 2 and forced_implementation("linear") != "torch"
-            and packs(weight.dtype))
 
 
 @functools.cache
