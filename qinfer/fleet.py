@@ -96,7 +96,7 @@ class Fleet:
         return self
 
     def _spawn(self, i: int) -> None:
-        args = (*self.worker_args, "--name", f"{self._name_base()}-{i}")
+        args = (*self.worker_args, "--name", self._worker_name(i))
         command = worker_command(self.model_dir, self.redis_url, *args, module=self.worker_module)
         self.processes[i] = subprocess.Popen(command, env=self.env, start_new_session=True)
 
@@ -114,15 +114,17 @@ class Fleet:
         self.callbacks = subprocess.Popen(callbacks_worker_command(), env=env,
                                           stdout=subprocess.DEVNULL, start_new_session=True)
 
-    def _name_base(self) -> str:
+    def _worker_name(self, i: int) -> str:
         # a second fleet of one process (a test adding workers) gets names of its own
-        return f"{os.uname().nodename}-{os.getpid()}" + (f"-f{self.number}" if self.number else "")
+        return f"{os.uname().nodename}-{os.getpid()}" + (f"-f{self.number}" if self.number else "") + f"-{i}"
 
     def wait_ready(self, timeout: float = 120.0, cancelled: Callable[[], bool] = lambda: False) -> bool:
-        """Block until every worker has sent a heartbeat (True), or cancelled() turns true (False)."""
+        """Block until every worker of this fleet has sent a heartbeat (True), or cancelled() turns
+        true (False). Workers of other fleets on the same Redis do not count."""
         client = connect(self.redis_url)
         deadline = time.monotonic() + timeout
-        while len(list_workers(client, self.keys)) < self.num_workers:
+        mine = {self._worker_name(i) for i in range(self.num_workers)}
+        while not mine <= {w["name"] for w in list_workers(client, self.keys)}:
             if cancelled():
                 return False
             if time.monotonic() > deadline:

@@ -76,3 +76,15 @@ def test_demo_spreads_its_jobs_over_its_workers(tmp_path_factory):
     assert len(workers) == 32
     counts = collections.Counter(workers)
     assert len(counts) == 2 and min(counts.values()) >= 8, counts
+
+
+def test_a_second_fleet_is_ready_only_once_its_own_worker_beats(fleet_url, tiny_llama_dir):
+    """Two fleets on one Redis (the cluster test's two models): the second used to count the
+    first one's workers and report ready while its own was still loading."""
+    second = Fleet(tiny_llama_dir, fleet_url, 1, env=TEST_ENV,
+                   worker_args=("--served-model-name", "tiny-second", "--num-kv-blocks", "64"))
+    try:
+        assert second.start().wait_ready()
+        assert [w["model"] for w in list_workers(redis.Redis.from_url(fleet_url), Keys())].count("tiny-second") == 1
+    finally:
+        assert second.stop(timeout=30) == [0]
