@@ -4,7 +4,8 @@
         [--num-requests 1000] [--input-len 512] [--output-len 256] [--sweep] [--out DIR]
 
 kernel  ops.fused_experts alone (Triton grouped GEMMs, compiled alignment) on each model's expert
-        shapes at 1, 16, 256 and 4,096 tokens with random routings: TFLOP/s (6 T k H I FLOPs)
+        shapes at 1 to 4,096 tokens with random routings, and up to 16 tokens the compiled
+        experts GEMVs (config "gemv") that serve decode: TFLOP/s (6 T k H I FLOPs)
         against the measured bf16 matmul rate, and GB/s of the expert weights the tokens touch
         against the measured copy bandwidth. Calls are replayed from a CUDA graph, each on another
         routing (so a 1-token call reads its experts from memory, not L2). --sweep times other tile
@@ -51,7 +52,10 @@ MODELS = {
         rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False, hidden_act="silu",
         bos_token_id=1, eos_token_id=2, torch_dtype="bfloat16"),
 }
-KERNEL_TOKENS = (1, 16, 256, 4096)
+KERNEL_TOKENS = (1, 2, 4, 8, 16, 256, 4096)
+# Token counts at which the experts GEMVs of csrc/moe/experts_gemv.cu are timed next to the grouped
+# GEMMs (ops.fused_experts switches at compiled.EXPERTS_GEMV_MAX_TOKENS).
+GEMV_TOKENS = (1, 2, 4, 8, 16)
 # Extra tile configs for --sweep, by token count (small: weight streaming; large: tensor cores).
 _SMALL = [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4),
           dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=3),
@@ -116,12 +120,17 @@ def random_routings(num_tokens: int, num_experts: int, top_k: int, count: int):
 
 
 def time_fused_experts(x, w13, w2, routings, config) -> float:
-    """Median ms of one fused_experts call, from a CUDA graph of one call per routing."""
+    """Median ms of one fused_experts call, from a CUDA graph of one call per routing. config
+    "gemv": the compiled experts GEMVs; otherwise the Triton grouped GEMMs with that tile config
+    (None: gemm_config's)."""
     from qinfer.ops.fused_moe_triton import fused_experts_triton
 
     def calls():
         for weights, ids in routings:
-            fused_experts_triton(x, w13, w2, weights, ids, config=config)
+            if config == "gemv":
+                torch.ops.qinfer.moe_down_gemv(torch.ops.qinfer.moe_gate_up_gemv(x, w13, ids), w2, weights, ids)
+            else:
+                fused_experts_triton(x, w13, w2, weights, ids, config=config)
 
     calls()                                                   # compile, outside the capture
     torch.cuda.synchronize()
@@ -155,7 +164,8 @@ def run_kernel(name: str, args, ceilings: dict) -> list[dict]:
         x = torch.randn(num_tokens, h, device="cuda", dtype=torch.bfloat16)
         routings = random_routings(num_tokens, num_experts, top_k, 8 if num_tokens <= 256 else 2)
         default = gemm_config(num_tokens * top_k / num_experts)
-        configs = [None] + (SWEEP.get(num_tokens, []) if args.sweep else [])
+        configs = ([None] + (SWEEP.get(num_tokens, []) if args.sweep else [])
+                   + (["gemv"] if num_tokens in GEMV_TOKENS and hasattr(torch.ops.qinfer, "moe_gate_up_gemv") else []))
         for config in configs:
             try:
                 ms = time_fused_experts(x, w13, w2, routings, config)
@@ -263,7 +273,7 @@ def report(r: dict) -> None:
         print("| model | tokens | config | us | TFLOP/s | % matmul | experts touched | GB/s | % copy |")
         print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for k in r["kernel"]:
-            cfg = k["config"] if k["config"] == "default" else "/".join(str(v) for v in k["config"].values())
+            cfg = k["config"] if isinstance(k["config"], str) else "/".join(str(v) for v in k["config"].values())
             print(f"| {k['model']} | {k['tokens']} | {cfg} | {k['us']:.1f} | {k['tflops']:.0f} | "
                   f"{k['pct_matmul']:.0f}% | {k['experts_touched']:.1f} | {k['weight_gb_s']:.0f} | {k['pct_copy']:.0f}% |")
     for name, e in r.get("engine", {}).items():

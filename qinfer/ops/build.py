@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "qinfer" / "_C.so"
-SOURCES = [ROOT / "csrc" / name for name in ("ops.cu", "gemv.cu", "moe/topk_softmax.cu", "moe/align.cu")]
+SOURCES = [ROOT / "csrc" / name for name in ("ops.cu", "gemv.cu", "moe/topk_softmax.cu", "moe/align.cu",
+                                               "moe/experts_gemv.cu")]
 CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-gencode=arch=compute_90,code=sm_90"]
 
 

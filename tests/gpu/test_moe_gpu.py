@@ -1,5 +1,6 @@
 """Mixture-of-experts ops on a GPU against their torch twins: the compiled routing ops of csrc/moe
-(top-k softmax, alignment by expert) and the Triton fused experts kernel, bf16.
+(top-k softmax, alignment by expert), the Triton fused experts kernel and the compiled experts
+GEMVs for a few tokens (csrc/moe/experts_gemv.cu; not yet routed by ops.fused_experts), bf16.
 
 Run on the device machine after `python -m qinfer.ops.build`:
     python -m pytest -m gpu tests/gpu/test_moe_gpu.py
@@ -91,7 +92,42 @@ def test_every_tile_config(triton_moe, rows_per_expert):
     assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
 
 
-def test_moe_layer_replays_in_a_cuda_graph_with_new_routings():
+# (tokens, top_k, experts, experts used, hidden, intermediate): Qwen3-30B-A3B's shape at one token,
+# Mixtral's top-2 of 8, top-1, two tokens on the same experts, widths off the unroll (200 * 8 / 8).
+GEMV_CASES = [(1, 8, 128, 128, 2048, 768), (1, 2, 8, 8, 1024, 3584), (3, 1, 8, 8, 256, 384),
+              (2, 4, 8, 4, 512, 200), (4, 8, 64, 64, 264, 136), (8, 8, 16, 16, 256, 384)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used,hidden,inter", GEMV_CASES)
+def test_experts_gemv(compiled, num_tokens, top_k, num_experts, num_used, hidden, inter, dtype):
+    x, w13, w2 = random_experts(num_tokens, hidden, inter, num_experts, dtype, seed=num_tokens + hidden,
+                                device="cuda")
+    weights, ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=inter, device="cuda")
+    gate, up = torch.einsum("th,tkih->tki", x.float(), w13.float()[ids.long()]).chunk(2, dim=-1)
+    expected_inter = (torch.nn.functional.silu(gate.to(dtype).float()) * up.to(dtype).float()).reshape(-1, inter)
+    inter_out = compiled.moe_gate_up_gemv(x, w13, ids)
+    assert rel_err(inter_out.float(), expected_inter) < 1e-2
+    out = compiled.moe_down_gemv(inter_out, w2, weights, ids)
+    expected = torch.einsum("tki,tkhi,tk->th", inter_out.float().view(num_tokens, top_k, inter),
+                            w2.float()[ids.long()], weights)
+    assert rel_err(out.float(), expected) < 1e-2
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 2e-2
+
+
+def test_experts_gemv_rejects_what_it_cannot_read(compiled):
+    x, w13, w2 = random_experts(1, 256, 384, 8, torch.bfloat16, seed=0, device="cuda")
+    weights, ids = random_routing(1, 2, 8, 8, seed=0, device="cuda")
+    with pytest.raises(RuntimeError, match="topk_ids"):
+        compiled.moe_gate_up_gemv(x, w13, ids.long())
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        compiled.moe_gate_up_gemv(x[:, :252], w13[:, :, :252], ids)
+    with pytest.raises(RuntimeError, match="topk_weights"):
+        compiled.moe_down_gemv(compiled.moe_gate_up_gemv(x, w13, ids), w2, weights.half(), ids)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 24])
+def test_moe_layer_replays_in_a_cuda_graph_with_new_routings(num_tokens):
     """Router, alignment and both GEMMs captured once; routing changes between replays."""
     from qinfer.layers.moe import SparseMoeBlock
 
@@ -100,13 +136,13 @@ def test_moe_layer_replays_in_a_cuda_graph_with_new_routings():
         block = SparseMoeBlock(256, 16, 4, 384, renormalize=True).to(torch.bfloat16)
     for p in block.parameters():
         p.data.normal_(0, 0.05)
-    static_x = torch.randn(24, 256, device="cuda", dtype=torch.bfloat16)
+    static_x = torch.randn(num_tokens, 256, device="cuda", dtype=torch.bfloat16)
     block(static_x)                                       # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = block(static_x)
     for seed in range(3):
-        static_x.copy_(torch.randn(24, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
+        static_x.copy_(torch.randn(num_tokens, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)))
         graph.replay()
         logits = torch.nn.functional.linear(static_x, block.gate.weight)
         weights, ids = ref.topk_softmax(logits, 4, True)
