@@ -7,9 +7,10 @@
 // (transposed into [K][rows] blocks) is broadcast from L1. The tiles lie one after the other, so
 // each thread streams its share of W from DRAM once; the further row blocks of a big batch re-read
 // a tile from L2 (K x 64 bytes). At 16 rows on SmolLM2-135M's shapes it reads the weights 1.3-1.8x
-// faster than oneDNN's packed linear (50-60% of the read bandwidth there); from ~48 rows the work is
-// compute-bound and oneDNN's wider register blocks win, so cpu_linear.py sends it only decode-sized
-// inputs (bench/NOTES.md).
+// faster than oneDNN's packed linear (50-60% of the read bandwidth there). Past that the work is
+// compute-bound and the register block decides: AVX-512's 16 rows x 1 vector issue a broadcast
+// load per FMA, and oneDNN wins from ~48 rows; AVX2's 6 x 2 (the BLIS shape) keeps the FMAs busy
+// and ties or beats oneDNN up to 128 rows. cpu_linear.py sends each machine its share (bench/NOTES.md).
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -31,16 +32,24 @@ constexpr int64_t kTileVecs = kTile / kVecFloats;
 constexpr int kRowBlock = kVecFloats == 16 ? 16 : (kVecFloats == 8 ? 6 : 3);
 constexpr int64_t kPrefetchRows = 64;   // 4 KB ahead in the packed weights (a tile row is 64 bytes)
 
+// What a pass prefetches while it runs: the first pass over a tile streams that tile from DRAM
+// (its lines kPrefetchRows K steps ahead, into L1); the second pulls the thread's next tile into
+// L2, so the next tile's first pass finds it there; the others prefetch nothing. On a 2-core AVX2
+// VM the next-tile prefetch took 0-10% off 14 of 20 SmolLM2 shape x row-count cases (16-128 rows,
+// interleaved A/B, best of 6), lost 4-8% on 3 (bench/NOTES.md).
+enum class Prefetch { kOwnAhead, kNextTile, kNone };
+
 // out rows 0..R-1 (row stride ldo), columns [0, cols) of one tile, from xt [K][R] and the tile [K][16].
 template <int R>
 inline void tile_pass(const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo, int64_t cols,
-                      const float* bias) {
+                      const float* bias, Prefetch prefetch, const float* next_tile) {
   FloatVec acc[R][kTileVecs] = {};
   for (int64_t k = 0; k < k_len; ++k) {
     // The hardware prefetcher alone left the stream waiting on DRAM behind the FMAs (16 rows:
     // 10 GB/s against 20 at one row); a line kPrefetchRows K steps ahead keeps it in flight (past
     // the last tile it names no data: a prefetch never faults).
-    __builtin_prefetch(tile + (k + kPrefetchRows) * kTile);
+    if (prefetch == Prefetch::kOwnAhead) __builtin_prefetch(tile + (k + kPrefetchRows) * kTile);
+    else if (prefetch == Prefetch::kNextTile) __builtin_prefetch(next_tile + k * kTile, 0, 2);
     FloatVec w[kTileVecs];
 #pragma GCC unroll 4
     for (int64_t v = 0; v < kTileVecs; ++v) w[v] = load_vec(tile + k * kTile + v * kVecFloats);
@@ -60,11 +69,11 @@ inline void tile_pass(const float* xt, const float* tile, int64_t k_len, float* 
 
 template <int R>
 void tile_pass_rows(int rows, const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo,
-                    int64_t cols, const float* bias) {
+                    int64_t cols, const float* bias, Prefetch prefetch, const float* next_tile) {
   if constexpr (R > 1) {
-    if (rows < R) return tile_pass_rows<R - 1>(rows, xt, tile, k_len, out, ldo, cols, bias);
+    if (rows < R) return tile_pass_rows<R - 1>(rows, xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
   }
-  tile_pass<R>(xt, tile, k_len, out, ldo, cols, bias);
+  tile_pass<R>(xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
 }
 
 at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
@@ -97,20 +106,28 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c0 = t * kTile, cols = std::min(kTile, n - c0);
+      const bool has_next = t + 1 < end;
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t r0 = block_start(b), rows = block_start(b + 1) - r0;
+        const Prefetch prefetch = b == 0 ? Prefetch::kOwnAhead
+                                         : (b == 1 && has_next ? Prefetch::kNextTile : Prefetch::kNone);
         tile_pass_rows<kRowBlock>(static_cast<int>(rows), xt.data() + r0 * k, wp + t * k * kTile, k,
-                                  op + r0 * n + c0, n, cols, bp ? bp + c0 : nullptr);
+                                  op + r0 * n + c0, n, cols, bp ? bp + c0 : nullptr, prefetch,
+                                  wp + (t + 1) * k * kTile);
       }
     }
   });
   return out;
 }
 
+// The rows one pass keeps in registers: cpu_linear.py sizes the inputs it sends here by it.
+int64_t linear_tiled_row_block() { return kRowBlock; }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qinfer_cpu, m) {
   m.def("linear_tiled(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
+  m.def("linear_tiled_row_block() -> int", &linear_tiled_row_block);
 }
 
 TORCH_LIBRARY_IMPL(qinfer_cpu, CPU, m) { m.impl("linear_tiled", &linear_tiled); }

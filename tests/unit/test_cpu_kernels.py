@@ -197,7 +197,7 @@ def test_the_elementwise_kernels_serve_the_cpu_ops():
 
 # ---- float32 linear layers over 16-column tiles (csrc/cpu/linear.cpp, qinfer.ops.cpu_linear) ----
 
-@pytest.mark.parametrize("rows", [1, 5, 16, 17, 33, 64])
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 33, 64, 129])
 @pytest.mark.parametrize("n, k", [(96, 64), (1000, 72), (37, 5)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_tiled_linear_matches_float64(rows, n, k, bias):
@@ -227,6 +227,22 @@ def test_tiled_linear_takes_strided_rows_and_leading_dimensions():
     torch.testing.assert_close(packed(wide[:, :32]), wide[:, :32] @ weight.T, atol=1e-5, rtol=1e-5)
     x = torch.randn(2, 3, 32)
     torch.testing.assert_close(packed(x), x @ weight.T, atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_past_the_tiles_share_go_to_onednn(monkeypatch):
+    """The row limit follows the kernel's register block (32 rows for AVX-512's, 128 for AVX2's)."""
+    from qinfer.ops import cpu_linear, onednn_linear
+
+    packed = cpu_linear.PackedWeight(torch.randn(48, 32), batch_hint=16)
+    limit = packed.tiled_max_rows
+    assert limit == (32 if torch.ops.qinfer_cpu.linear_tiled_row_block() == 16 else 128)
+    if packed.onednn is None:
+        pytest.skip("this torch has no oneDNN")
+    sent, packed_linear = [], onednn_linear.packed_linear
+    monkeypatch.setattr(onednn_linear, "packed_linear", lambda x, *rest: sent.append(len(x)) or packed_linear(x, *rest))
+    for rows in (1, limit, limit + 1):
+        packed(torch.randn(rows, 32))
+    assert sent == [limit + 1]
 
 
 def test_tiled_linear_refuses_a_weight_of_another_width():
