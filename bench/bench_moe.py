@@ -54,7 +54,7 @@ MODELS = {
 }
 KERNEL_TOKENS = (1, 2, 4, 8, 16, 256, 4096)
 # Token counts at which the experts GEMVs of csrc/moe/experts_gemv.cu are timed next to the grouped
-# GEMMs (ops.fused_experts switches at compiled.EXPERTS_GEMV_MAX_TOKENS).
+# GEMMs: where they win is where ops.fused_experts should route to them (not yet routed).
 GEMV_TOKENS = (1, 2, 4, 8, 16)
 # Extra tile configs for --sweep, by token count (small: weight streaming; large: tensor cores).
 _SMALL = [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4),
