@@ -81,10 +81,11 @@ def apply_penalties(logits: torch.Tensor, md: SamplingMetadata) -> torch.Tensor:
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """logits [S, V] -> [S] argmax, exact in any dtype (bf16 -> float32 keeps the order). On the
     CPU reduced-precision logits are widened first: torch's bfloat16 argmax there took 5.3 ms
-    for [64, 49152] against 1.1 ms for the copy and a float32 argmax (AVX-512 Zen 5 VM)."""
+    for [64, 49152] against 1.1 ms for the copy and a float32 argmax (AVX-512 Zen 5 VM), and
+    ops.argmax's compiled float32 pass takes 0.37 ms where torch's took 3.0 (AVX2 EPYC)."""
     if logits.device.type == "cpu" and logits.dtype != torch.float32:
         logits = logits.float()
-    return logits.argmax(dim=-1)
+    return ops.argmax(logits)
 
 
 def random_sample(logits: torch.Tensor, md: SamplingMetadata, generator: torch.Generator) -> torch.Tensor:
@@ -92,7 +93,7 @@ def random_sample(logits: torch.Tensor, md: SamplingMetadata, generator: torch.G
     q = torch.empty_like(logits).exponential_(generator=generator)
     for row, row_generator in md.generators.items():
         q[row].exponential_(generator=row_generator)
-    return (logits - q.log_()).argmax(dim=-1)
+    return ops.argmax(logits - q.log_())
 
 
 def gather_logprobs(raw_logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> LogprobsTensors:

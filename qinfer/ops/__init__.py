@@ -27,6 +27,8 @@ Op signatures (every implementation keeps them):
       (one launch instead of two; the attention layer runs it, the backend then skips its write)
 
 Sampling:
+  argmax(x [S, V]) -> [S] int64: x.argmax(dim=-1) (first index of the maximum, a NaN counting as the
+      largest); on the CPU a compiled pass over float32 rows (ops/cpu_compiled.py)
   top_k_top_p_min_p(logits [S, V] float32, top_k [S] long | None, top_p [S] | None, min_p [S] | None)
       -> logits with the tokens each row drops at -inf (semantics: reference.top_k_top_p_min_p);
       may overwrite logits in place. Triton: a threshold search per row, no sort of the vocabulary
@@ -112,6 +114,10 @@ def moe_align_block_size(topk_ids, num_experts, block_size):
 
 def fused_experts(hidden, w13, w2, topk_weights, topk_ids):
     return dispatch("fused_experts", hidden)(hidden, w13, w2, topk_weights, topk_ids)
+
+
+def argmax(x):
+    return dispatch("argmax", x)(x)
 
 
 def top_k_top_p_min_p(logits, top_k, top_p, min_p):

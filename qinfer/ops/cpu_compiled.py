@@ -8,6 +8,7 @@
         library loads, for float32 / bfloat16 rows the kernels take (the torch reference otherwise)
     linear_tiled(x [M, K] float32, packed [ceil(N / 16), K, 16], bias [N] | None, N) -> [M, N]
         (linear.cpp): x W^T (+ bias) over a weight packed by qinfer.ops.cpu_linear
+    argmax_rows (argmax.cpp): the "cpu" implementation of ops.argmax (float32 rows)
 
 The library is built once per machine (g++ -O3 -march=native, ~20 s) into the cache folder
 QINFER_CPU_OPS_DIR (default ~/.cache/qinfer/cpu_ops), named by a hash of the sources, the torch
@@ -35,7 +36,8 @@ from qinfer.ops.registry import forced_implementation
 log = logging.getLogger(__name__)
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
-SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "elementwise.cpp", _CSRC / "linear.cpp")
+SOURCES = (_CSRC / "paged_attention.cpp", _CSRC / "elementwise.cpp", _CSRC / "linear.cpp",
+           _CSRC / "argmax.cpp")
 HEADERS = (_CSRC / "vectors.h",)
 # -fopenmp: at::parallel_for is inline and runs on one thread without it; -fno-math-errno: the
 # softmax's exp calls need not set errno (the loops around them schedule freely).
@@ -84,6 +86,12 @@ def _register_ops() -> None:
             return reference.fused_add_rms_norm(x, residual, weight, eps)
         kernels.fused_add_rms_norm(x, residual, weight.contiguous(), eps)   # in place, as on the GPU
         return x, residual
+
+    @register("argmax", "cpu", ("cpu",))
+    def argmax(x):
+        if not (x.dim() == 2 and x.dtype == torch.float32 and x.stride(1) == 1 and x.shape[1] > 0):
+            return reference.argmax(x)
+        return kernels.argmax_rows(x)
 
     @register("rotary_and_cache", "cpu", ("cpu",))
     def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,

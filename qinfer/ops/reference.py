@@ -81,6 +81,11 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
     return query, key
 
 
+@register("argmax", "torch", _DEVICES)
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    return x.argmax(dim=-1)
+
+
 @register("top_k_top_p_min_p", "torch", _DEVICES)
 def top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None,
                       min_p: torch.Tensor | None) -> torch.Tensor:

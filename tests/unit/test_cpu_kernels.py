@@ -185,12 +185,29 @@ def test_rotary_and_cache_matches_the_reference(dtype, is_neox, head_size):
     assert rel_err(caches[2], caches[0]) < tolerance and torch.equal(caches[3], caches[1])
 
 
+@pytest.mark.parametrize("width", [49152, 8, 13, 1])
+def test_argmax_rows_equals_torch_argmax(width):
+    """torch's semantics: the first of equal maxima (in any lane, or the tail), the first NaN, 0 for -inf rows."""
+    assert cpu_compiled.available()
+    x = torch.randn(9, width + 5)[:, :width]             # rows apart: a view
+    x[1] = 3.0                                           # all equal: index 0
+    x[2, -1] = 50.0                                      # the tail or the last lane
+    if width > 3:
+        x[3, [2, width - 1]] = 40.0                      # a tie: the first
+        x[4, [1, 3]] = float("nan")                      # the first NaN
+    x[5] = float("-inf")
+    x[6, 0] = float("inf")
+    got = torch.ops.qinfer_cpu.argmax_rows(x)
+    assert torch.equal(got, x.argmax(dim=-1))
+
+
 def test_the_elementwise_kernels_serve_the_cpu_ops():
     """Once the library loads, qinfer.ops dispatches CPU tensors to it, the reference where a
     kernel does not apply (a float64 row)."""
     assert cpu_compiled.available()
     chosen = ops.implementations("cpu")
-    assert {chosen[op] for op in ("rms_norm", "fused_add_rms_norm", "rotary_and_cache")} == {"cpu"}
+    assert {chosen[op] for op in ("rms_norm", "fused_add_rms_norm", "rotary_and_cache", "argmax")} \
+        == {"cpu"}
     x = torch.randn(3, 8, dtype=torch.float64)
     assert ops.rms_norm(x, torch.ones(8, dtype=torch.float64), 1e-6).dtype == torch.float64
 
