@@ -112,9 +112,10 @@ moe_down_kernel(T* __restrict__ out, const T* __restrict__ inter_in, const T* __
   if (lane == 0) out[static_cast<int64_t>(tok) * hidden + row] = to_t<T>(sum);
 }
 
-void check_16bit(const at::Tensor& t, const at::Tensor& like, const char* what, const char* op) {
-  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == like.scalar_type(),
-              op, ": ", what, " must be a contiguous CUDA tensor of x's dtype");
+// A contiguous, 16-byte aligned CUDA operand of the activations' 16-bit dtype.
+void check_operand(const at::Tensor& t, at::ScalarType dtype, const char* what, const char* op) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.scalar_type() == dtype,
+              op, ": ", what, " must be a contiguous CUDA tensor of the activations' dtype");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", what, " 16-byte aligned");
 }
 
@@ -133,8 +134,8 @@ at::Tensor moe_gate_up_gemv(const at::Tensor& x, const at::Tensor& w13, const at
               op, ": x [T, H] and w13 [E, 2I, H]");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op, ": bf16 or fp16");
   TORCH_CHECK(x.size(1) % kVecElems == 0, op, ": H a multiple of 8");
-  check_16bit(x, x, "x", op);
-  check_16bit(w13, x, "w13", op);
+  check_operand(x, x.scalar_type(), "x", op);
+  check_operand(w13, x.scalar_type(), "w13", op);
   check_ids(topk_ids, x.size(0), op);
   const at::cuda::OptionalCUDAGuard guard(x.device());
   const int top_k = topk_ids.size(1), inter = w13.size(1) / 2, hidden = x.size(1);
@@ -160,8 +161,8 @@ at::Tensor moe_down_gemv(const at::Tensor& inter, const at::Tensor& w2, const at
   TORCH_CHECK(inter.dim() == 2 && w2.dim() == 3 && w2.size(2) == inter.size(1), op, ": inter [T*k, I] and w2 [E, H, I]");
   TORCH_CHECK(inter.scalar_type() == at::kBFloat16 || inter.scalar_type() == at::kHalf, op, ": bf16 or fp16");
   TORCH_CHECK(inter.size(1) % kVecElems == 0, op, ": I a multiple of 8");
-  check_16bit(inter, inter, "inter", op);
-  check_16bit(w2, inter, "w2", op);
+  check_operand(inter, inter.scalar_type(), "inter", op);
+  check_operand(w2, inter.scalar_type(), "w2", op);
   TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.size(1) > 0 && inter.size(0) % topk_ids.size(1) == 0, op,
               ": inter has T * k rows");
   const int64_t num_tokens = inter.size(0) / topk_ids.size(1);
