@@ -2,6 +2,7 @@
 
     python bench/bench_moe.py [--parts kernel,engine] [--models qwen3-30b-a3b,mixtral-8x7b]
         [--num-requests 1000] [--input-len 512] [--output-len 256] [--sweep] [--out DIR]
+        [--engine-parts latency,profile,throughput] [--use OP=IMPL,...]
 
 kernel  ops.fused_experts alone (Triton grouped GEMMs, compiled alignment) on each model's expert
         shapes at 1 to 4,096 tokens with random routings, and up to 16 tokens the compiled
@@ -15,7 +16,9 @@ engine  random bf16 weights of the real shapes, filled on the GPU (no checkpoint
         random fill), then bench_engine_gpu's offline throughput (num_requests random prompts,
         temperature 1.0, ignore_eos) and batch-1 decode against the bandwidth floor: the bytes of
         the weights one decoded token reads (attention, router, the top-k experts, norms, LM head)
-        over the copy bandwidth.
+        over the copy bandwidth. --engine-parts picks latency, profile (one batch-1 decode step's
+        kernels, under torch.profiler) and throughput; --use OP=IMPL forces an op's implementation
+        (fused_experts=triton: the grouped GEMMs at every token count).
 Prints a table and writes bench_moe.json to --out ($OUT on the device machine).
 """
 from __future__ import annotations
@@ -54,7 +57,7 @@ MODELS = {
 }
 KERNEL_TOKENS = (1, 2, 4, 8, 16, 256, 4096)
 # Token counts at which the experts GEMVs of csrc/moe/experts_gemv.cu are timed next to the grouped
-# GEMMs: where they win is where ops.fused_experts should route to them (not yet routed).
+# GEMMs: where they win is where ops.fused_experts routes to them (ops/compiled.py).
 GEMV_TOKENS = (1, 2, 4, 8, 16)
 # Extra tile configs for --sweep, by token count (small: weight streaming; large: tensor cores).
 _SMALL = [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4),
@@ -215,9 +218,34 @@ def random_weights():
         model_runner.load_weights = original
 
 
+def profile_batch1(llm, cfg: dict, steps: int = 20) -> dict:
+    """GPU time of a batch-1 decode step (512-token prompt) by kernel, under torch.profiler."""
+    import bench_decode_steps as steps_bench
+
+    engine = llm.engine
+    steps_bench.decode_only_steps(engine, 1, 512, "greedy", "profile", steps)
+    profile = steps_bench.profile_kernels(engine, steps, on_gpu=True)
+    engine.abort_request(["profile-0"])
+    while engine.has_unfinished_requests():
+        engine.step()
+    layers = cfg["num_hidden_layers"]
+    profile["per_layer_us"] = {name: 1e3 * ms / layers for name, ms, _ in profile["top_kernels"]}
+    return profile
+
+
+def print_profile(name: str, profile: dict) -> None:
+    print(f"{name} batch-1 decode step: {profile['kernel_ms_per_step']:.3f} ms of kernels; top kernels "
+          f"(ms per step, us per layer):")
+    for kernel, ms, cls in profile["top_kernels"]:
+        print(f"  {ms:8.3f} ms {profile['per_layer_us'][kernel]:7.1f} us  [{cls}] {kernel}")
+
+
 def run_engine(name: str, args, ceilings: dict) -> dict:
     from qinfer import ops
 
+    for override in filter(None, args.use.split(",")):   # e.g. fused_experts=triton: an A/B in one call
+        op, impl = override.split("=")
+        ops.use_implementation(op, impl)
     cfg = MODELS[name]
     model_dir = make_config_dir(name, Path("/tmp/qinfer-moe") / name)
     start = time.perf_counter()
@@ -230,9 +258,13 @@ def run_engine(name: str, args, ceilings: dict) -> dict:
                                           vocab=cfg["vocab_size"])
     result["latency"]["floor_bytes"] = decode_floor_bytes(cfg)
     print(name, json.dumps(result), flush=True)
-    flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
-    result["throughput"] = dense.run_throughput(llm, args, ceilings, cfg, flops=flops, vocab=cfg["vocab_size"])
-    print(name, json.dumps(result["throughput"]), flush=True)
+    if "profile" in args.engine_parts:
+        result["profile"] = profile_batch1(llm, cfg)
+        print_profile(name, result["profile"])
+    if "throughput" in args.engine_parts:
+        flops = workload_flops(cfg, args.num_requests, args.input_len, args.output_len)
+        result["throughput"] = dense.run_throughput(llm, args, ceilings, cfg, flops=flops, vocab=cfg["vocab_size"])
+        print(name, json.dumps(result["throughput"]), flush=True)
     del llm
     gc.collect()
     torch.cuda.empty_cache()
@@ -246,6 +278,9 @@ def parse_args():
     p.add_argument("--parts", default="kernel,engine")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--sweep", action="store_true", help="time extra tile configs in the kernel part")
+    p.add_argument("--engine-parts", default="latency,throughput",
+                   help="of the engine part: latency (always), profile (a batch-1 step by kernel), throughput")
+    p.add_argument("--use", default="", help="OP=IMPL[,...]: force op implementations in the engine (A/B)")
     p.add_argument("--num-requests", type=int, default=1000)
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=256)
@@ -257,6 +292,7 @@ def parse_args():
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
+    p.set_defaults(engine_defaults=False)   # bench_engine_gpu.make_llm's switch: these runs set every knob
     return p.parse_args()
 
 
@@ -277,11 +313,12 @@ def report(r: dict) -> None:
             print(f"| {k['model']} | {k['tokens']} | {cfg} | {k['us']:.1f} | {k['tflops']:.0f} | "
                   f"{k['pct_matmul']:.0f}% | {k['experts_touched']:.1f} | {k['weight_gb_s']:.0f} | {k['pct_copy']:.0f}% |")
     for name, e in r.get("engine", {}).items():
-        t, lat = e["throughput"], e["latency"]
-        print(f"{name}: {t['num_requests']} req {t['output_tok_s']:.0f} output tok/s, {t['total_tok_s']:.0f} total "
-              f"({t['elapsed_s']:.1f} s, {t['pct_of_roofline']:.0f}% of compute roofline); b=1 decode "
-              f"{lat['decode_ms_per_token']:.2f} ms/token, floor {lat['floor_ms']:.2f} ms "
-              f"({lat['ratio_to_floor']:.2f}x); engine start {e['engine_start_s']:.0f} s")
+        lat, t = e["latency"], e.get("throughput")
+        through = (f"{t['num_requests']} req {t['output_tok_s']:.0f} output tok/s, {t['total_tok_s']:.0f} total "
+                   f"({t['elapsed_s']:.1f} s, {t['pct_of_roofline']:.0f}% of compute roofline); " if t else "")
+        print(f"{name}: {through}b=1 decode {lat['decode_ms_per_token']:.2f} ms/token, floor {lat['floor_ms']:.2f} ms "
+              f"({lat['ratio_to_floor']:.2f}x); engine start {e['engine_start_s']:.0f} s; fused_experts "
+              f"{e['ops'].get('fused_experts')}")
 
 
 def main() -> None:

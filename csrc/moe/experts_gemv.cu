@@ -11,11 +11,10 @@
 //   moe_down_gemv: out[t, h] = sum_j w[t, j] * (inter[t * k + j] . down_e_j[h]), one warp per
 //       (t, h) streaming all k down rows at once (k * I / 8 vectors, kUnroll in flight per lane),
 //       summed in float32 and rounded once, as the torch reference does.
-// Each slot reads its expert's weights whether or not another token chose it too, so past a few
-// tokens the grouped GEMM, which reads each chosen expert once, wins: while T * k <= E / 4 the
-// re-reads cost at most ~1/8 more bytes. Not yet routed: ops.fused_experts stays on the grouped
-// GEMMs until bench/bench_moe.py (config "gemv") has timed both on the H200 and
-// tests/gpu/test_moe_gpu.py has run these (written in a session without device time).
+// Each slot reads its expert's weights whether or not another token chose it too, and the grouped
+// GEMM, which reads each chosen expert once, streams near copy bandwidth once its tiles fill:
+// ops.fused_experts ("cuda", qinfer/ops/compiled.py) routes here while T * k <= E / 8, where these
+// win on the H200 (bench/bench_moe.py's kernel part, config "gemv"; bench/NOTES.md).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

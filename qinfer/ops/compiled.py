@@ -24,6 +24,22 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
+def experts_gemv_applies(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+                         topk_ids: torch.Tensor) -> bool:
+    """A few tokens (decode): csrc/moe/experts_gemv.cu reads each slot's expert rows directly, in
+    two launches, where the grouped GEMMs pad every expert's rows to a 16-row tile and take four.
+    It wins only while T * k <= E / 8: on the H200 (bench_moe.py's kernel part, config "gemv")
+    Qwen3-30B-A3B's 128 experts / top-8 take 25 vs 37 us at one token, 46 vs 58 at two, tie at four;
+    Mixtral's 8 / top-2, whose grouped GEMM streams at 92% of copy bandwidth already, 187 vs 180
+    at one token (and a slot re-reads an expert another token also chose)."""
+    num_slots = topk_ids.numel()
+    return (num_slots * 8 <= w13.shape[0] and topk_ids.dtype == torch.int32 and topk_ids.is_contiguous()
+            and topk_weights.dtype == torch.float32 and topk_weights.is_contiguous()
+            and hidden.dtype in (torch.bfloat16, torch.float16) and w13.dtype == w2.dtype == hidden.dtype
+            and hidden.shape[1] % 8 == 0 and w2.shape[2] % 8 == 0
+            and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in (hidden, w13, w2)))
+
+
 def library_path() -> Path | None:
     found = sorted(_PACKAGE.glob("_C*.so"))
     return found[0] if found else None
@@ -83,6 +99,16 @@ def _register() -> None:
     if hasattr(ops, "topk_softmax"):  # the MoE routing ops of csrc/moe (absent from older builds)
         register("topk_softmax", "cuda", _CUDA)(ops.topk_softmax)
         register("moe_align_block_size", "cuda", _CUDA)(ops.moe_align_block_size)
+
+    if hasattr(ops, "moe_gate_up_gemv"):
+        from qinfer.ops.fused_moe_triton import fused_experts_triton
+
+        @register("fused_experts", "cuda", _CUDA)
+        def fused_experts(hidden, w13, w2, topk_weights, topk_ids):
+            if experts_gemv_applies(hidden, w13, w2, topk_weights, topk_ids):
+                inter = ops.moe_gate_up_gemv(hidden, w13, topk_ids)
+                return ops.moe_down_gemv(inter, w2, topk_weights, topk_ids)
+            return fused_experts_triton(hidden, w13, w2, topk_weights, topk_ids)
 
     if not hasattr(ops, "rotary_and_cache"):  # a _C.so built before the op existed: Triton serves it
         return

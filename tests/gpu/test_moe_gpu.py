@@ -1,6 +1,6 @@
 """Mixture-of-experts ops on a GPU against their torch twins: the compiled routing ops of csrc/moe
 (top-k softmax, alignment by expert), the Triton fused experts kernel and the compiled experts
-GEMVs for a few tokens (csrc/moe/experts_gemv.cu; not yet routed by ops.fused_experts), bf16.
+GEMVs that ops.fused_experts runs for a few tokens (csrc/moe/experts_gemv.cu), bf16.
 
 Run on the device machine after `python -m qinfer.ops.build`:
     python -m pytest -m gpu tests/gpu/test_moe_gpu.py
@@ -12,6 +12,7 @@ import torch
 
 from qinfer import ops
 from qinfer.ops import moe_reference as ref
+from qinfer.ops.compiled import experts_gemv_applies
 from qinfer.testing.moe_batch import check_alignment, random_experts, random_routing
 from qinfer.testing.paged_batch import rel_err
 
@@ -152,4 +153,15 @@ def test_moe_layer_replays_in_a_cuda_graph_with_new_routings(num_tokens):
 
 def test_dispatch_uses_the_fast_implementations(compiled):
     impls = ops.implementations("cuda")
-    assert (impls["topk_softmax"], impls["moe_align_block_size"], impls["fused_experts"]) == ("cuda", "cuda", "triton")
+    assert (impls["topk_softmax"], impls["moe_align_block_size"], impls["fused_experts"]) == ("cuda", "cuda", "cuda")
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 64])
+def test_fused_experts_routes_by_token_count(compiled, num_tokens):
+    """ops.fused_experts at Qwen3-MoE's 128 experts / top-8: the GEMVs to 2 tokens, the grouped
+    GEMMs from 3; either way the reference's result."""
+    x, w13, w2 = random_experts(num_tokens, 256, 384, 128, torch.bfloat16, seed=num_tokens, device="cuda")
+    weights, ids = random_routing(num_tokens, 8, 128, 128, seed=num_tokens, device="cuda")
+    assert experts_gemv_applies(x, w13, w2, weights, ids) == (num_tokens <= 2)
+    out = ops.fused_experts(x, w13, w2, weights, ids)
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 2e-2
