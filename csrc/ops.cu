@@ -320,23 +320,130 @@ void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor
   launch_rotary<false>(positions, query, key, head_size, cos_sin_cache, is_neox, KvCacheArgs{});
 }
 
+// The cache operands' checks, and their pointers and strides for the kernels.
+KvCacheArgs check_cache_args(const at::Tensor& key, const at::Tensor& value, at::Tensor& k_cache,
+                             at::Tensor& v_cache, const at::Tensor& slot_mapping, const char* op) {
+  check_rows(value, op);
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), op, ": caches contiguous");
+  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type() && value.scalar_type() == v_cache.scalar_type()
+              && key.scalar_type() == value.scalar_type(), op, ": dtype mismatch");
+  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, op, ": slot_mapping int64");
+  TORCH_CHECK(k_cache.size(2) * k_cache.size(3) == key.size(1), op, ": cache heads");
+  return KvCacheArgs{value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+                     slot_mapping.data_ptr<int64_t>(), value.stride(0), k_cache.stride(0),
+                     k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+                     static_cast<int>(k_cache.size(1))};
+}
+
 // rotary_embedding, then the rotated key and the value [T, Hk * D] into the caches at
 // slot_mapping (reshape_and_cache's meaning), in one launch.
 void rotary_and_cache(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
                       const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
                       const at::Tensor& slot_mapping, int64_t head_size, const at::Tensor& cos_sin_cache,
                       bool is_neox) {
-  check_rows(value, "rotary_and_cache");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "rotary_and_cache: caches contiguous");
-  TORCH_CHECK(key.scalar_type() == k_cache.scalar_type() && value.scalar_type() == v_cache.scalar_type()
-              && key.scalar_type() == value.scalar_type(), "rotary_and_cache: dtype mismatch");
-  TORCH_CHECK(slot_mapping.scalar_type() == at::kLong, "rotary_and_cache: slot_mapping int64");
-  TORCH_CHECK(k_cache.size(2) * k_cache.size(3) == key.size(1), "rotary_and_cache: cache heads");
-  const KvCacheArgs kv{value.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
-                       slot_mapping.data_ptr<int64_t>(), value.stride(0), k_cache.stride(0),
-                       k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-                       static_cast<int>(k_cache.size(1))};
+  const KvCacheArgs kv = check_cache_args(key, value, k_cache, v_cache, slot_mapping, "rotary_and_cache");
   launch_rotary<true>(positions, query, key, head_size, cos_sin_cache, is_neox, kv);
+}
+
+// qk_norm_rotary_and_cache (Qwen3): each q and k head RMS-normed (weights [D]), then rotated, the
+// key heads and the value row cached as rotary_and_cache does, in one launch where the norms alone
+// took two (and, past one token, two copies out of the fused projection). One warp per head (the
+// token's Hq + Hk heads over the block's warps); lane l holds pairs l, l + 32, ... (PAIRS of them:
+// D / 64), so the head's sum of squares is one warp reduction. Rounded as rms_norm then
+// rotary_embedding round: normed to 16 bits, times the weight to 16 bits, then rotated.
+template <typename T, typename C, int PAIRS>
+__global__ void qk_norm_rotary_kernel(const int64_t* __restrict__ positions, T* __restrict__ q,
+                                      T* __restrict__ k, const C* __restrict__ cache, int64_t stride_q,
+                                      int64_t stride_k, int64_t stride_c, int num_q, int num_k, bool neox,
+                                      const T* __restrict__ q_w, const T* __restrict__ k_w, float eps,
+                                      KvCacheArgs kv) {
+  pdl_wait();  // q and k are the previous kernel's (pdl.cuh)
+  pdl_launch_dependents();
+  constexpr int kHalf = PAIRS * 32, kHead = 2 * kHalf;
+  const int64_t tok = blockIdx.x;
+  const C* row = cache + positions[tok] * stride_c;
+  const int64_t slot = kv.slots[tok];
+  T* k_row = nullptr;
+  T* v_row = nullptr;
+  if (slot >= 0) {
+    const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
+    k_row = static_cast<T*>(kv.k_cache) + blk * kv.stride_kb + off * kv.stride_kt;
+    v_row = static_cast<T*>(kv.v_cache) + blk * kv.stride_vb + off * kv.stride_vt;
+  }
+  const int lane = threadIdx.x % 32;
+  for (int h = threadIdx.x / 32; h < num_q + num_k; h += blockDim.x / 32) {
+    const bool is_q = h < num_q;
+    T* base = is_q ? q + tok * stride_q + h * kHead : k + tok * stride_k + (h - num_q) * kHead;
+    const T* w = is_q ? q_w : k_w;
+    float x1[PAIRS], x2[PAIRS];
+    float sq = 0.f;
+#pragma unroll
+    for (int p = 0; p < PAIRS; ++p) {
+      const int i = lane + 32 * p, a = neox ? i : 2 * i, b = neox ? i + kHalf : 2 * i + 1;
+      x1[p] = to_f(base[a]);
+      x2[p] = to_f(base[b]);
+      sq += x1[p] * x1[p] + x2[p] * x2[p];
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sq += __shfl_xor_sync(0xffffffff, sq, offset);
+    const float inv = rsqrtf(sq / kHead + eps);
+#pragma unroll
+    for (int p = 0; p < PAIRS; ++p) {
+      const int i = lane + 32 * p, a = neox ? i : 2 * i, b = neox ? i + kHalf : 2 * i + 1;
+      const float n1 = to_f(from_f<T>(to_f(from_f<T>(x1[p] * inv)) * to_f(w[a])));
+      const float n2 = to_f(from_f<T>(to_f(from_f<T>(x2[p] * inv)) * to_f(w[b])));
+      const float c = to_f(row[i]), s = to_f(row[kHalf + i]);
+      const T y1 = from_f<T>(n1 * c - n2 * s), y2 = from_f<T>(n2 * c + n1 * s);
+      base[a] = y1;
+      base[b] = y2;
+      if (!is_q && k_row != nullptr) {
+        k_row[(h - num_q) * kHead + a] = y1;
+        k_row[(h - num_q) * kHead + b] = y2;
+      }
+    }
+  }
+  if (v_row != nullptr) {
+    const T* v = static_cast<const T*>(kv.value) + tok * kv.stride_v;
+    for (int i = threadIdx.x; i < num_k * kHead; i += blockDim.x) v_row[i] = v[i];
+  }
+}
+
+// head_size 64, 128 or 256 (PAIRS 1, 2, 4); q_weight and k_weight [head_size] of query's dtype.
+void qk_norm_rotary_and_cache(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                              const at::Tensor& value, at::Tensor& k_cache, at::Tensor& v_cache,
+                              const at::Tensor& slot_mapping, int64_t head_size, const at::Tensor& cos_sin_cache,
+                              bool is_neox, const at::Tensor& q_weight, const at::Tensor& k_weight, double eps) {
+  const char* op = "qk_norm_rotary_and_cache";
+  check_rows(query, op);
+  check_rows(key, op);
+  const KvCacheArgs kv = check_cache_args(key, value, k_cache, v_cache, slot_mapping, op);
+  TORCH_CHECK(head_size == 64 || head_size == 128 || head_size == 256, op, ": head_size 64, 128 or 256");
+  TORCH_CHECK(positions.scalar_type() == at::kLong, op, ": positions int64");
+  TORCH_CHECK(cos_sin_cache.stride(1) == 1 && cos_sin_cache.size(1) == head_size, op, ": cache rows [D] contiguous");
+  for (const at::Tensor* w : {&q_weight, &k_weight})
+    TORCH_CHECK(w->is_cuda() && w->is_contiguous() && w->numel() == head_size && w->scalar_type() == query.scalar_type(),
+                op, ": norm weights [head_size], contiguous, of query's dtype");
+  if (query.size(0) == 0) return;
+  const at::cuda::OptionalCUDAGuard guard(query.device());
+  const int num_q = query.size(1) / head_size, num_k = key.size(1) / head_size;
+  const int threads = 32 * std::min(16, num_q + num_k);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  QINFER_DISPATCH(query.scalar_type(), "qk_norm_rotary_and_cache", [&] {
+    using QT = T;
+    QINFER_DISPATCH(cos_sin_cache.scalar_type(), "rotary_cache", [&] {
+      auto launch = [&](auto kernel) {
+        launch_dependent(kernel, query.size(0), threads, stream, positions.data_ptr<int64_t>(),
+                         reinterpret_cast<QT*>(query.data_ptr()), reinterpret_cast<QT*>(key.data_ptr()),
+                         reinterpret_cast<const T*>(cos_sin_cache.data_ptr()), query.stride(0), key.stride(0),
+                         cos_sin_cache.stride(0), num_q, num_k, is_neox,
+                         reinterpret_cast<const QT*>(q_weight.data_ptr()),
+                         reinterpret_cast<const QT*>(k_weight.data_ptr()), static_cast<float>(eps), kv);
+      };
+      if (head_size == 64) launch(qk_norm_rotary_kernel<QT, T, 1>);
+      else if (head_size == 128) launch(qk_norm_rotary_kernel<QT, T, 2>);
+      else launch(qk_norm_rotary_kernel<QT, T, 4>);
+    });
+  });
 }
 
 // Copy token t's [Hk * D] key and value rows into cache slot slots[t] (skip negative slots).
@@ -409,6 +516,9 @@ TORCH_LIBRARY(qinfer, m) {
   m.def("rotary_and_cache(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor value, "
         "Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping, int head_size, "
         "Tensor cos_sin_cache, bool is_neox) -> ()");
+  m.def("qk_norm_rotary_and_cache(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor value, "
+        "Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slot_mapping, int head_size, "
+        "Tensor cos_sin_cache, bool is_neox, Tensor q_weight, Tensor k_weight, float eps) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
@@ -418,4 +528,5 @@ TORCH_LIBRARY_IMPL(qinfer, CUDA, m) {
   m.impl("rotary_embedding", &qinfer::rotary_embedding);
   m.impl("reshape_and_cache", &qinfer::reshape_and_cache);
   m.impl("rotary_and_cache", &qinfer::rotary_and_cache);
+  m.impl("qk_norm_rotary_and_cache", &qinfer::qk_norm_rotary_and_cache);
 }

@@ -9,7 +9,7 @@
 //       (slot, r), the gate and up rows streamed together (gemv.cuh's warp_dots), both rounded to
 //       16 bits before the silu as gemv_silu_and_mul does;
 //   moe_down_gemv: out[t, h] = sum_j w[t, j] * (inter[t * k + j] . down_e_j[h]), one warp per
-//       (t, h) streaming all k down rows at once (k * I / 8 vectors, kUnroll in flight per lane),
+//       (t, h) streaming all k down rows at once (k * I / 8 vectors, kDownUnroll in flight per lane),
 //       summed in float32 and rounded once, as the torch reference does.
 // Each slot reads its expert's weights whether or not another token chose it too, and the grouped
 // GEMM, which reads each chosen expert once, streams near copy bandwidth once its tiles fill:
@@ -33,6 +33,10 @@ using namespace gemv_impl;
 
 constexpr int kRowsPerBlock = kGemvThreads / kWarpSize;
 constexpr int kMaxTopK = 64;
+// The down GEMV's 16-byte loads in flight per lane: at one token its grid is H / 8 blocks (256 for
+// Qwen3-30B-A3B, under two per SM), so each warp keeps twice gemv.cuh's kUnroll in flight, and its
+// launch bounds ask for two blocks per SM (<= 128 registers) so that one wave holds the grid.
+constexpr int kDownUnroll = 8;
 
 // grid (ceil(I / kRowsPerBlock), T * k): block row r of slot blockIdx.y.
 template <typename T>
@@ -61,7 +65,7 @@ moe_gate_up_kernel(T* __restrict__ inter_out, const T* __restrict__ x, const T* 
 
 // grid (ceil(H / kRowsPerBlock), T): output h = block row of token blockIdx.y.
 template <typename T>
-__global__ void __launch_bounds__(kGemvThreads, 1)
+__global__ void __launch_bounds__(kGemvThreads, 2)
 moe_down_kernel(T* __restrict__ out, const T* __restrict__ inter_in, const T* __restrict__ w2,
                 const float* __restrict__ topk_weights, const int* __restrict__ topk_ids, int top_k,
                 int hidden, int inter) {
@@ -84,12 +88,12 @@ moe_down_kernel(T* __restrict__ out, const T* __restrict__ inter_in, const T* __
   // The k rows laid end to end: vector i is choice i / row_vecs, column i % row_vecs; inter's k
   // rows of this token are already end to end.
   const int total = top_k * row_vecs;
-  float sums[kUnroll] = {};
-  for (int base = lane; base < total; base += kUnroll * kWarpSize) {
-    uint4 wv[kUnroll], xv[kUnroll];
-    float scale[kUnroll];
+  float sums[kDownUnroll] = {};
+  for (int base = lane; base < total; base += kDownUnroll * kWarpSize) {
+    uint4 wv[kDownUnroll], xv[kDownUnroll];
+    float scale[kDownUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kDownUnroll; ++u) {
       const int i = base + u * kWarpSize;
       scale[u] = 0.f;
       wv[u] = xv[u] = make_uint4(0, 0, 0, 0);
@@ -101,11 +105,11 @@ moe_down_kernel(T* __restrict__ out, const T* __restrict__ inter_in, const T* __
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) sums[u] = fmaf(scale[u], dot8<T>(wv[u], xv[u], 0.f), sums[u]);
+    for (int u = 0; u < kDownUnroll; ++u) sums[u] = fmaf(scale[u], dot8<T>(wv[u], xv[u], 0.f), sums[u]);
   }
   float sum = 0.f;
 #pragma unroll
-  for (int u = 0; u < kUnroll; ++u) sum += sums[u];
+  for (int u = 0; u < kDownUnroll; ++u) sum += sums[u];
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
   if (lane == 0) out[static_cast<int64_t>(tok) * hidden + row] = to_t<T>(sum);

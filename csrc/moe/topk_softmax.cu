@@ -20,9 +20,15 @@ constexpr int kWarpSize = 32;
 constexpr int kRowsPerBlock = 4;  // one warp each
 constexpr int kMaxTopK = 64;
 
-// (value, index) of the larger of two candidates; equal values: the lower index.
+// (value, index) of the larger of two candidates; equal values: the lower index. NaN ranks above
+// every number, as in torch.topk: a row of NaN logits (an overflow upstream, an uninitialised input)
+// still yields k distinct expert ids in range, never the out-of-range start index, which the
+// experts' kernels would follow out of their weights.
 __device__ __forceinline__ void keep_better(float& value, int& index, float other_value, int other_index) {
-  if (other_value > value || (other_value == value && other_index < index)) {
+  const bool other_nan = isnan(other_value), nan = isnan(value);
+  const bool better = other_nan != nan ? other_nan
+                                       : (other_nan || other_value == value ? other_index < index : other_value > value);
+  if (better) {
     value = other_value;
     index = other_index;
   }

@@ -88,8 +88,12 @@ class RotaryEmbedding(nn.Module):
         """positions [T]; query [T, Hq*D], key [T, Hk*D] rotated in place and returned."""
         return ops.rotary_embedding(positions, query, key, self.head_size, self.cos_sin_cache, self.is_neox)
 
-    def forward_and_cache(self, positions, query, key, value, k_cache, v_cache, slot_mapping):
+    def forward_and_cache(self, positions, query, key, value, k_cache, v_cache, slot_mapping, qk_norm=None):
         """forward, and the rotated key and value [T, Hk*D] written to the paged caches at
-        slot_mapping [T] (negative: not written), in one op."""
+        slot_mapping [T] (negative: not written), in one op -> (query, key). qk_norm (q_weight [D],
+        k_weight [D], eps): every head RMS-normed first, in the same op (Qwen3)."""
+        if qk_norm is not None:
+            return ops.qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping,
+                                                self.head_size, self.cos_sin_cache, self.is_neox, *qk_norm)
         return ops.rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping,
                                     self.head_size, self.cos_sin_cache, self.is_neox)

@@ -21,11 +21,10 @@ class Qwen3Attention(LlamaAttention):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        # Per head: [T, H*D] -> [T*H, D] rows (a copy: q and k are strided views of the fused
-        # projection), normed, and back; v stays a view.
-        q = self.q_norm(q.reshape(-1, self.head_size)).view(q.shape)
-        k = self.k_norm(k.reshape(-1, self.head_size)).view(k.shape)
-        return self.o_proj(self.attn(q, k, v, positions))
+        # The per-head norms run in the attention layer's rotary op (ops.qk_norm_rotary_and_cache:
+        # one launch with the rotary and the cache write where compiled).
+        qk_norm = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        return self.o_proj(self.attn(q, k, v, positions, qk_norm=qk_norm))
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):

@@ -25,6 +25,11 @@ Op signatures (every implementation keeps them):
                    slot_mapping [T], head_size, cos_sin_cache, is_neox) -> (query, key)
       rotary_embedding then reshape_and_cache of the rotated key and the value, in one pass
       (one launch instead of two; the attention layer runs it, the backend then skips its write)
+  qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                           cos_sin_cache, is_neox, q_weight [D], k_weight [D], eps) -> (query, key)
+      rms_norm of every query and key head, then rotary_and_cache (Qwen3); callers use the returned
+      tensors. Compiled: one launch, in place on the strided views; elsewhere "composite"
+      (composite.py): the norms and rotary_and_cache, each dispatched
 
 Sampling:
   argmax(x [S, V]) -> [S] int64: x.argmax(dim=-1) (first index of the maximum, a NaN counting as the
@@ -48,6 +53,7 @@ Mixture of experts (torch twins in moe_reference.py; the Triton kernel in fused_
 from __future__ import annotations
 
 from qinfer.ops.registry import dispatch, implementations, register, use_implementation  # noqa: F401
+from qinfer.ops import composite as _composite  # noqa: F401  (fused ops as their parts)
 from qinfer.ops import moe_reference as _moe_reference  # noqa: F401  (registers the torch twins)
 from qinfer.ops import reference as _reference  # noqa: F401
 
@@ -102,6 +108,12 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
                      cos_sin_cache, is_neox=True):
     return dispatch("rotary_and_cache", query)(positions, query, key, value, k_cache, v_cache,
                                                slot_mapping, head_size, cos_sin_cache, is_neox)
+
+
+def qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                             cos_sin_cache, is_neox, q_weight, k_weight, eps):
+    return dispatch("qk_norm_rotary_and_cache", query)(positions, query, key, value, k_cache, v_cache, slot_mapping,
+                                                       head_size, cos_sin_cache, is_neox, q_weight, k_weight, eps)
 
 
 def topk_softmax(gating, top_k, renormalize):

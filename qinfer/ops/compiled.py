@@ -119,3 +119,17 @@ def _register() -> None:
         ops.rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
                              cos_sin_cache, is_neox)
         return query, key
+
+    if not hasattr(ops, "qk_norm_rotary_and_cache"):
+        return
+    from qinfer.ops.composite import qk_norm_rotary_and_cache as unfused_qk_norm_rotary_and_cache
+
+    @register("qk_norm_rotary_and_cache", "cuda", _CUDA)
+    def qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                                 cos_sin_cache, is_neox, q_weight, k_weight, eps):
+        if head_size not in (64, 128, 256) or q_weight.dtype != query.dtype or k_weight.dtype != query.dtype:
+            return unfused_qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping,
+                                                    head_size, cos_sin_cache, is_neox, q_weight, k_weight, eps)
+        ops.qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                                     cos_sin_cache, is_neox, q_weight, k_weight, eps)
+        return query, key

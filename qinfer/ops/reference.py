@@ -81,6 +81,16 @@ def rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mappin
     return query, key
 
 
+@register("qk_norm_rotary_and_cache", "torch", _DEVICES)
+def qk_norm_rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                             cos_sin_cache, is_neox, q_weight, k_weight, eps):
+    """rms_norm of every query and key head (weights [D]), then rotary_and_cache (Qwen3's attention)."""
+    query = rms_norm(query.reshape(-1, head_size), q_weight, eps).view(query.shape)
+    key = rms_norm(key.reshape(-1, head_size), k_weight, eps).view(key.shape)
+    return rotary_and_cache(positions, query, key, value, k_cache, v_cache, slot_mapping, head_size,
+                            cos_sin_cache, is_neox)
+
+
 @register("argmax", "torch", _DEVICES)
 def argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(dim=-1)

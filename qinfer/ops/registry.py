@@ -7,7 +7,9 @@ from typing import Callable
 # op name -> list of (priority, impl name, device types, fn); higher priority wins.
 _IMPLS: dict[str, list[tuple[int, str, tuple[str, ...], Callable]]] = {}
 # "cpu": the compiled CPU kernels of csrc/cpu (ops/cpu_compiled.py), registered for CPU tensors only.
-_PRIORITY = {"cuda": 30, "cpu": 25, "triton": 20, "torch": 10}
+# "composite": a fused op run as the ops it fuses, each dispatched (ops/composite.py), where no
+# kernel of its own serves the device; above the torch reference, which stays pure torch (the oracle).
+_PRIORITY = {"cuda": 30, "cpu": 25, "triton": 20, "composite": 15, "torch": 10}
 # (op, device type) -> the chosen (impl name, fn); cleared whenever an implementation registers.
 _CACHE: dict[tuple[str, str], tuple[str, Callable]] = {}
 # op -> impl name that use_implementation() forces (A/B timing of one op in a running engine).
@@ -15,7 +17,7 @@ _OVERRIDES: dict[str, str] = {}
 
 
 def register(op: str, impl: str, device_types: tuple[str, ...] = ("cpu", "cuda")):
-    """Decorator: register fn as implementation `impl` ("cuda" | "cpu" | "triton" | "torch") of `op`."""
+    """Decorator: register fn as implementation `impl` ("cuda" | "cpu" | "triton" | "composite" | "torch") of `op`."""
     def wrap(fn: Callable) -> Callable:
         _IMPLS.setdefault(op, []).append((_PRIORITY[impl], impl, device_types, fn))
         _IMPLS[op].sort(key=lambda entry: -entry[0])

@@ -13,7 +13,8 @@ from qinfer.testing.tiny_model import make_tiny_model
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 SHAPES = {
-    "qwen3": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=True),
+    # head_dim 64: a width the compiled per-head norm + rotary kernel takes (64, 128, 256)
+    "qwen3": dict(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
     "mistral": dict(hidden_size=64, num_heads=4, num_kv_heads=1, sliding_window=8),
     "phi3": dict(hidden_size=64, num_heads=4, num_kv_heads=2, rope_scaling="longrope",
                  original_max_position_embeddings=2, sliding_window=6),

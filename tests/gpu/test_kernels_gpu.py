@@ -338,6 +338,35 @@ def test_rotary_and_cache(impl, dtype, block_size):
     assert torch.equal(vc, rvc) and torch.equal(x[:, 5120:], qkv[:, 5120:])   # V copied, untouched
 
 
+@pytest.mark.parametrize("impl", ["composite", "cuda"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_size, is_neox", [(128, True), (64, True), (256, True), (128, False), (80, True)])
+def test_qk_norm_rotary_and_cache(impl, dtype, head_size, is_neox):
+    """Qwen3's per-head norms with the rotary and the cache write, against the torch reference (the
+    norms, then rotary_and_cache), on strided q/k/v views of a fused projection with a slot -1;
+    head_size 80 has no compiled kernel (the cuda entry hands it to the composite)."""
+    from qinfer.layers.rotary import RotaryEmbedding
+    from qinfer.ops import reference
+    num_q, num_kv, tokens = 16, 4, 33
+    cache = RotaryEmbedding(head_size, 4096, {"rope_type": "default", "rope_theta": 1e6}).cos_sin_cache.cuda()
+    positions = torch.randint(0, 4096, (tokens,), device="cuda")
+    qkv = torch.randn(tokens, (num_q + 2 * num_kv) * head_size, device="cuda", dtype=dtype) * 3
+    weights = [torch.rand(head_size, device="cuda", dtype=dtype) + 0.5 for _ in range(2)]
+    slots = torch.randperm(64 * 16, device="cuda")[:tokens]
+    slots[5] = -1
+    caches = [torch.randn(64, 16, num_kv, head_size, device="cuda", dtype=dtype) for _ in range(2)]
+    results = []
+    for fn in (reference.qk_norm_rotary_and_cache, _get(impl)["qk_norm_rotary_and_cache"]):
+        x, kc, vc = qkv.clone(), caches[0].clone(), caches[1].clone()
+        q, k, v = x.split([num_q * head_size, num_kv * head_size, num_kv * head_size], dim=-1)
+        q, k = fn(positions, q, k, v, kc, vc, slots, head_size, cache, is_neox, *weights, 1e-6)
+        results.append((q, k, kc, vc))
+    (rq, rk, rkc, rvc), (q, k, kc, vc) = results
+    assert rel_err(q, rq) < TOL[dtype] and rel_err(k, rk) < TOL[dtype] and rel_err(kc, rkc) < TOL[dtype]
+    assert torch.equal(vc, rvc)
+    assert torch.equal(kc.flatten(0, 1)[slots[6]], k[6].view(num_kv, head_size))   # the cache holds the key it returns
+
+
 # ---- the batch-1 GEMV (csrc/gemv.cu) against a float32 product ---------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -51,6 +51,25 @@ def test_topk_softmax(compiled, num_tokens, num_experts, top_k, renormalize, dty
     torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("num_experts,top_k", [(8, 2), (128, 8)])
+def test_topk_softmax_keeps_ids_in_range_on_nan_and_inf_rows(compiled, num_experts, top_k):
+    """A NaN or inf logit (an overflow upstream, an uninitialised capture input) makes the row's
+    softmax NaN; the ids must still be k distinct experts (the experts' kernels index weights by
+    them), and the NaN weights carry the fault on, as the reference's do."""
+    gating = torch.randn(5, num_experts, device="cuda")
+    gating[0, 3] = float("nan")
+    gating[1, 1] = float("inf")
+    gating[2] = float("nan")
+    gating[3, 0] = float("-inf")                               # an ordinary row: -inf is probability 0
+    weights, ids = compiled.topk_softmax(gating, top_k, True)
+    assert bool(((ids >= 0) & (ids < num_experts)).all())
+    assert all(len(set(row)) == top_k for row in ids.tolist())
+    assert bool(weights[:3].isnan().all())
+    expected_weights, expected_ids = ref.topk_softmax(gating[3:], top_k, True)
+    assert torch.equal(ids[3:], expected_ids)
+    torch.testing.assert_close(weights[3:], expected_weights, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("block_size", [16, 64, 128])
 @pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used",
                          [(1, 1, 8, 8), (1, 2, 8, 8), (1, 8, 128, 128), (256, 8, 128, 40),

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from qinfer import ops
 from qinfer.ops import reference as ref
 
 torch.manual_seed(0)
@@ -64,6 +65,34 @@ def test_reshape_and_cache_writes_slots_and_skips_negative():
     torch.testing.assert_close(k_cache[2, 1], key[0])
     torch.testing.assert_close(v_cache[0, 2], value[2])
     assert int((k_cache != 0).any(-1).any(-1).sum()) == 2  # only the two valid slots written
+
+
+def test_qk_norm_rotary_and_cache_norms_each_head_then_rotates_and_caches():
+    """Qwen3's q_norm / k_norm (HF: float32 RMS, cast, times the weight) per head, then the rotary and
+    the cache write; the composite (each part dispatched: the CPU kernels here) gives the same."""
+    head_size, positions, eps = 8, torch.tensor([0, 5, 31]), 1e-6
+    angles = torch.outer(torch.arange(32).float(), torch.rand(head_size // 2))
+    cache = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    qkv = torch.randn(3, 5 * head_size) * 4                  # q: 3 heads, k and v: 1 head each
+    q_weight, k_weight = torch.rand(head_size) + 0.5, torch.rand(head_size) + 0.5
+
+    def hf_norm(x, weight):
+        x32 = x.float()
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    eq = hf_norm(qkv[:, :24].reshape(-1, head_size), q_weight).reshape(3, 24)
+    ek = hf_norm(qkv[:, 24:32].reshape(-1, head_size), k_weight).reshape(3, 8)
+    eq, ek = ref.rotary_embedding(positions, eq, ek, head_size, cache)
+    for fn in (ref.qk_norm_rotary_and_cache, ops.qk_norm_rotary_and_cache):
+        q, k, v = qkv.clone().split([3 * head_size, head_size, head_size], dim=-1)
+        k_cache, v_cache = torch.zeros(2, 4, 1, head_size), torch.zeros(2, 4, 1, head_size)
+        q, k = fn(positions, q, k, v, k_cache, v_cache, torch.tensor([6, -1, 0]), head_size, cache, True,
+                  q_weight, k_weight, eps)
+        torch.testing.assert_close(q, eq)
+        torch.testing.assert_close(k, ek)
+        torch.testing.assert_close(k_cache[1, 2, 0], ek[0])
+        torch.testing.assert_close(v_cache[0, 0, 0], v[2])
+        assert int((k_cache != 0).any(-1).sum()) == 2        # slot -1 not written
 
 
 def test_rotary_and_cache_is_rotary_then_cache_write():

@@ -26,14 +26,17 @@ class Attention(nn.Module):
         self.v_cache: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, qk_norm: tuple | None = None) -> torch.Tensor:
         """q [T, Hq*D], k/v [T, Hk*D] (rows may be strided views of a fused qkv), positions [T]
-        (needed with rotary_emb) -> [T, Hq*D]."""
+        (needed with rotary_emb) -> [T, Hq*D]. qk_norm (q_weight [D], k_weight [D], eps): RMS-norm
+        every q and k head before the rotary, in its op (needs rotary_emb)."""
         context = get_forward_context()
         meta = context.attn_metadata
         if self.rotary_emb is not None:
-            self.rotary_emb.forward_and_cache(positions, q, k, v, self.k_cache, self.v_cache,
-                                              meta.slot_mapping)
+            q, k = self.rotary_emb.forward_and_cache(positions, q, k, v, self.k_cache, self.v_cache,
+                                                     meta.slot_mapping, qk_norm)
+        elif qk_norm is not None:
+            raise ValueError("qk_norm is applied with the rotary embedding; this layer has none")
         out = context.attn_backend.forward(
             q.view(-1, self.num_heads, self.head_size),
             k.view(-1, self.num_kv_heads, self.head_size),
