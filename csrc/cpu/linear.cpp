@@ -8,9 +8,10 @@
 // each thread streams its share of W from DRAM once; the further row blocks of a big batch re-read
 // a tile from L2 (K x 64 bytes). At 16 rows on SmolLM2-135M's shapes it reads the weights 1.3-1.8x
 // faster than oneDNN's packed linear (50-60% of the read bandwidth there). Past that the work is
-// compute-bound and the register block decides: AVX-512's 16 rows x 1 vector issue a broadcast
-// load per FMA, and oneDNN wins from ~48 rows; AVX2's 6 x 2 (the BLIS shape) keeps the FMAs busy
-// and ties or beats oneDNN up to 128 rows. cpu_linear.py sends each machine its share (bench/NOTES.md).
+// compute-bound and the register block decides: AVX2's 6 x 2 (the BLIS shape) keeps the FMAs busy;
+// AVX-512's 16 rows x 1 vector issue a broadcast load per FMA, so from 17 rows AVX-512 passes over
+// two tiles at once (12 rows x 2 vectors). Which of these and oneDNN is faster past 16 rows varies
+// by machine: cpu_linear.py measures it per weight shape when it packs (bench/NOTES.md).
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -30,6 +31,11 @@ constexpr int64_t kTileVecs = kTile / kVecFloats;
 // Accumulators kRowBlock x kTileVecs and kTileVecs weight vectors fit the register file: 32 zmm
 // with AVX-512, 16 ymm with AVX2, 16 xmm / 32 NEON registers otherwise.
 constexpr int kRowBlock = kVecFloats == 16 ? 16 : (kVecFloats == 8 ? 6 : 3);
+// AVX-512 past kRowBlock rows: a pass over two adjacent tiles at once, kPairRowBlock rows x 2
+// vectors (24 accumulators + 2 weight vectors), so each broadcast of x feeds two FMAs: the 16 x 1
+// pass issues a load per FMA and is load-bound once the rows make the work compute-bound. AVX2's
+// 6 x 2 block already has two vectors per broadcast (kPairRowBlock 0: no pair pass).
+constexpr int kPairRowBlock = kVecFloats == 16 ? 12 : 0;
 constexpr int64_t kPrefetchRows = 64;   // 4 KB ahead in the packed weights (a tile row is 64 bytes)
 
 // What a pass prefetches while it runs: the first pass over a tile streams that tile from DRAM
@@ -39,41 +45,49 @@ constexpr int64_t kPrefetchRows = 64;   // 4 KB ahead in the packed weights (a t
 // interleaved A/B, best of 6), lost 4-8% on 3 (bench/NOTES.md).
 enum class Prefetch { kOwnAhead, kNextTile, kNone };
 
-// out rows 0..R-1 (row stride ldo), columns [0, cols) of one tile, from xt [K][R] and the tile [K][16].
-template <int R>
+// out rows 0..R-1 (row stride ldo), columns [0, cols) of TILES adjacent tiles (cols counts all of
+// them), from xt [K][R] and the tiles [TILES][K][16].
+template <int R, int TILES>
 inline void tile_pass(const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo, int64_t cols,
                       const float* bias, Prefetch prefetch, const float* next_tile) {
-  FloatVec acc[R][kTileVecs] = {};
+  constexpr int kVecs = TILES * kTileVecs;
+  FloatVec acc[R][kVecs] = {};
   for (int64_t k = 0; k < k_len; ++k) {
     // The hardware prefetcher alone left the stream waiting on DRAM behind the FMAs (16 rows:
     // 10 GB/s against 20 at one row); a line kPrefetchRows K steps ahead keeps it in flight (past
     // the last tile it names no data: a prefetch never faults).
-    if (prefetch == Prefetch::kOwnAhead) __builtin_prefetch(tile + (k + kPrefetchRows) * kTile);
-    else if (prefetch == Prefetch::kNextTile) __builtin_prefetch(next_tile + k * kTile, 0, 2);
-    FloatVec w[kTileVecs];
+#pragma GCC unroll 2
+    for (int j = 0; j < TILES; ++j) {
+      const float* own = tile + j * k_len * kTile;
+      if (prefetch == Prefetch::kOwnAhead) __builtin_prefetch(own + (k + kPrefetchRows) * kTile);
+      else if (prefetch == Prefetch::kNextTile) __builtin_prefetch(next_tile + j * k_len * kTile + k * kTile, 0, 2);
+    }
+    FloatVec w[kVecs];
 #pragma GCC unroll 4
-    for (int64_t v = 0; v < kTileVecs; ++v) w[v] = load_vec(tile + k * kTile + v * kVecFloats);
+    for (int v = 0; v < kVecs; ++v)
+      w[v] = load_vec(tile + (v / kTileVecs) * k_len * kTile + k * kTile + (v % kTileVecs) * kVecFloats);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float xv = xt[k * R + r];
 #pragma GCC unroll 4
-      for (int64_t v = 0; v < kTileVecs; ++v) acc[r][v] += xv * w[v];
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += xv * w[v];
     }
   }
   for (int r = 0; r < R; ++r) {
-    float row[kTile];
+    float row[TILES * kTile];
     __builtin_memcpy(row, acc[r], sizeof row);
     for (int64_t c = 0; c < cols; ++c) out[r * ldo + c] = row[c] + (bias ? bias[c] : 0.f);
   }
 }
 
-template <int R>
+template <int R, int TILES>
 void tile_pass_rows(int rows, const float* xt, const float* tile, int64_t k_len, float* out, int64_t ldo,
                     int64_t cols, const float* bias, Prefetch prefetch, const float* next_tile) {
   if constexpr (R > 1) {
-    if (rows < R) return tile_pass_rows<R - 1>(rows, xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
+    if (rows < R)
+      return tile_pass_rows<R - 1, TILES>(rows, xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
   }
-  tile_pass<R>(xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
+  tile_pass<R, TILES>(xt, tile, k_len, out, ldo, cols, bias, prefetch, next_tile);
 }
 
 at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std::optional<at::Tensor>& bias,
@@ -88,9 +102,12 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std
   const int64_t m = x.size(0), k = x.size(1), tiles = packed.size(0), sx = x.stride(0);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0) return out;
-  // x as row blocks of near-equal size, at most kRowBlock rows (17 rows: 9 + 8, not 16 + 1: a
+  // Pairs of tiles where the rows make the work compute-bound (AVX-512 past 16 rows).
+  const bool pairs = kPairRowBlock > 0 && m > kRowBlock;
+  const int64_t row_block = pairs ? kPairRowBlock : kRowBlock;
+  // x as row blocks of near-equal size, at most row_block rows (17 rows: 9 + 8, not 16 + 1: a
   // pass's cost is mostly its weight reads), each transposed to [K][rows].
-  const int64_t blocks = (m + kRowBlock - 1) / kRowBlock;
+  const int64_t blocks = (m + row_block - 1) / row_block;
   auto block_start = [&](int64_t b) { return b * m / blocks; };
   std::vector<float> xt(static_cast<size_t>(m * k));
   const float* xp = x.data_ptr<float>();
@@ -103,31 +120,36 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std
   const float* wp = packed.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t c0 = t * kTile, cols = std::min(kTile, n - c0);
-      const bool has_next = t + 1 < end;
+  // Work units: single tiles, or pairs of adjacent tiles (the last unit of an odd count single).
+  const int64_t per_unit = pairs ? 2 : 1, units = (tiles + per_unit - 1) / per_unit;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t t = u * per_unit, width = std::min(per_unit, tiles - t);
+      const int64_t c0 = t * kTile, cols = std::min(width * kTile, n - c0);
+      const bool has_next = u + 1 < end;
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t r0 = block_start(b), rows = block_start(b + 1) - r0;
         const Prefetch prefetch = b == 0 ? Prefetch::kOwnAhead
                                          : (b == 1 && has_next ? Prefetch::kNextTile : Prefetch::kNone);
-        tile_pass_rows<kRowBlock>(static_cast<int>(rows), xt.data() + r0 * k, wp + t * k * kTile, k,
-                                  op + r0 * n + c0, n, cols, bp ? bp + c0 : nullptr, prefetch,
-                                  wp + (t + 1) * k * kTile);
+        const float* tile = wp + t * k * kTile;
+        float* dst = op + r0 * n + c0;
+        const float* bias_cols = bp ? bp + c0 : nullptr;
+        if (width == 2)
+          tile_pass_rows<std::max(kPairRowBlock, 1), 2>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n,
+                                                        cols, bias_cols, prefetch, tile + 2 * k * kTile);
+        else
+          tile_pass_rows<kRowBlock, 1>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n, cols,
+                                       bias_cols, prefetch, tile + per_unit * k * kTile);
       }
     }
   });
   return out;
 }
 
-// The rows one pass keeps in registers: cpu_linear.py sizes the inputs it sends here by it.
-int64_t linear_tiled_row_block() { return kRowBlock; }
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qinfer_cpu, m) {
   m.def("linear_tiled(Tensor x, Tensor packed, Tensor? bias, int n) -> Tensor");
-  m.def("linear_tiled_row_block() -> int", &linear_tiled_row_block);
 }
 
 TORCH_LIBRARY_IMPL(qinfer_cpu, CPU, m) { m.impl("linear_tiled", &linear_tiled); }

@@ -247,14 +247,23 @@ def test_tiled_linear_takes_strided_rows_and_leading_dimensions():
 
 
 def test_inputs_past_the_tiles_share_go_to_onednn(monkeypatch):
-    """The row limit follows the kernel's register block (32 rows for AVX-512's, 128 for AVX2's)."""
+    """The row limit is measured once per weight shape (16 rows at least, then each candidate the
+    tiles time no slower than oneDNN on); inputs past it go to oneDNN."""
     from qinfer.ops import cpu_linear, onednn_linear
 
-    packed = cpu_linear.PackedWeight(torch.randn(48, 32), batch_hint=16)
-    limit = packed.tiled_max_rows
-    assert limit == (32 if torch.ops.qinfer_cpu.linear_tiled_row_block() == 16 else 128)
-    if packed.onednn is None:
+    if not onednn_linear.packs(torch.float32):
         pytest.skip("this torch has no oneDNN")
+    real_tiles_win, timed = cpu_linear._tiles_win, []
+    monkeypatch.setattr(cpu_linear, "_MAX_ROWS", {})
+    monkeypatch.setattr(cpu_linear, "_tiles_win", lambda tiled, onednn: timed.append(tiled) or False)
+    packed = cpu_linear.PackedWeight(torch.randn(48, 32), batch_hint=16)
+    assert packed.tiled_max_rows == cpu_linear.WEIGHT_BOUND_ROWS and len(timed) == 1   # lost at the first candidate
+    cpu_linear.PackedWeight(torch.randn(48, 32), batch_hint=16)
+    assert len(timed) == 1                                                            # measured once per shape
+    monkeypatch.setattr(cpu_linear, "_tiles_win", real_tiles_win)
+    monkeypatch.setattr(cpu_linear, "_best_us", lambda fn, calls=1: 0.0)              # ties: the tiles keep them
+    assert cpu_linear.PackedWeight(torch.randn(40, 32), batch_hint=16).tiled_max_rows == cpu_linear.CANDIDATE_ROWS[-1]
+    limit = packed.tiled_max_rows
     sent, packed_linear = [], onednn_linear.packed_linear
     monkeypatch.setattr(onednn_linear, "packed_linear", lambda x, *rest: sent.append(len(x)) or packed_linear(x, *rest))
     for rows in (1, limit, limit + 1):
