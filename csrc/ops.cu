@@ -251,6 +251,24 @@ struct KvCacheArgs {
   const int64_t* slots;
   int64_t stride_v, stride_kb, stride_kt, stride_vb, stride_vt;
   int block_size;
+
+  // Token tok's [Hk * D] rows of the K and V caches; both null for a negative slot.
+  template <typename T>
+  __device__ __forceinline__ void rows(int64_t tok, T*& k_row, T*& v_row) const {
+    const int64_t slot = slots[tok];
+    k_row = v_row = nullptr;
+    if (slot < 0) return;
+    const int64_t blk = slot / block_size, off = slot % block_size;
+    k_row = static_cast<T*>(k_cache) + blk * stride_kb + off * stride_kt;
+    v_row = static_cast<T*>(v_cache) + blk * stride_vb + off * stride_vt;
+  }
+
+  // The block's threads copy token tok's value row [width] into v_row.
+  template <typename T>
+  __device__ __forceinline__ void copy_value(int64_t tok, T* v_row, int width) const {
+    const T* v = static_cast<const T*>(value) + tok * stride_v;
+    for (int i = threadIdx.x; i < width; i += blockDim.x) v_row[i] = v[i];
+  }
 };
 
 template <typename T, typename C, bool CACHE>
@@ -263,14 +281,9 @@ __global__ void rotary_kernel(const int64_t* __restrict__ positions, T* __restri
   const int64_t tok = blockIdx.x;
   const C* row = cache + positions[tok] * stride_c;
   const int half = head / 2;
-  const int64_t slot = CACHE ? kv.slots[tok] : -1;
   T* k_row = nullptr;  // the token's [num_k * head] row of the K cache
   T* v_row = nullptr;
-  if (CACHE && slot >= 0) {
-    const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
-    k_row = static_cast<T*>(kv.k_cache) + blk * kv.stride_kb + off * kv.stride_kt;
-    v_row = static_cast<T*>(kv.v_cache) + blk * kv.stride_vb + off * kv.stride_vt;
-  }
+  if (CACHE) kv.rows(tok, k_row, v_row);
   for (int j = threadIdx.x; j < (num_q + num_k) * half; j += blockDim.x) {
     const int h = j / half, i = j % half;
     T* base = h < num_q ? q + tok * stride_q + h * head : k + tok * stride_k + (h - num_q) * head;
@@ -285,10 +298,7 @@ __global__ void rotary_kernel(const int64_t* __restrict__ positions, T* __restri
       k_row[(h - num_q) * head + b] = y2;
     }
   }
-  if (CACHE && v_row != nullptr) {
-    const T* v = static_cast<const T*>(kv.value) + tok * kv.stride_v;
-    for (int i = threadIdx.x; i < num_k * head; i += blockDim.x) v_row[i] = v[i];
-  }
+  if (CACHE && v_row != nullptr) kv.copy_value(tok, v_row, num_k * head);
 }
 
 template <bool CACHE>
@@ -362,14 +372,9 @@ __global__ void qk_norm_rotary_kernel(const int64_t* __restrict__ positions, T* 
   constexpr int kHalf = PAIRS * 32, kHead = 2 * kHalf;
   const int64_t tok = blockIdx.x;
   const C* row = cache + positions[tok] * stride_c;
-  const int64_t slot = kv.slots[tok];
-  T* k_row = nullptr;
-  T* v_row = nullptr;
-  if (slot >= 0) {
-    const int64_t blk = slot / kv.block_size, off = slot % kv.block_size;
-    k_row = static_cast<T*>(kv.k_cache) + blk * kv.stride_kb + off * kv.stride_kt;
-    v_row = static_cast<T*>(kv.v_cache) + blk * kv.stride_vb + off * kv.stride_vt;
-  }
+  T* k_row;
+  T* v_row;
+  kv.rows(tok, k_row, v_row);
   const int lane = threadIdx.x % 32;
   for (int h = threadIdx.x / 32; h < num_q + num_k; h += blockDim.x / 32) {
     const bool is_q = h < num_q;
@@ -402,10 +407,7 @@ __global__ void qk_norm_rotary_kernel(const int64_t* __restrict__ positions, T* 
       }
     }
   }
-  if (v_row != nullptr) {
-    const T* v = static_cast<const T*>(kv.value) + tok * kv.stride_v;
-    for (int i = threadIdx.x; i < num_k * kHead; i += blockDim.x) v_row[i] = v[i];
-  }
+  if (v_row != nullptr) kv.copy_value(tok, v_row, num_k * kHead);
 }
 
 // head_size 64, 128 or 256 (PAIRS 1, 2, 4); q_weight and k_weight [head_size] of query's dtype.

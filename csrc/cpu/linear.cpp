@@ -134,12 +134,15 @@ at::Tensor linear_tiled(const at::Tensor& x, const at::Tensor& packed, const std
         const float* tile = wp + t * k * kTile;
         float* dst = op + r0 * n + c0;
         const float* bias_cols = bp ? bp + c0 : nullptr;
-        if (width == 2)
-          tile_pass_rows<std::max(kPairRowBlock, 1), 2>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n,
-                                                        cols, bias_cols, prefetch, tile + 2 * k * kTile);
-        else
-          tile_pass_rows<kRowBlock, 1>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n, cols,
-                                       bias_cols, prefetch, tile + per_unit * k * kTile);
+        if constexpr (kPairRowBlock > 0) {   // no pair pass is built where there is none
+          if (width == 2) {
+            tile_pass_rows<kPairRowBlock, 2>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n, cols,
+                                             bias_cols, prefetch, tile + 2 * k * kTile);
+            continue;
+          }
+        }
+        tile_pass_rows<kRowBlock, 1>(static_cast<int>(rows), xt.data() + r0 * k, tile, k, dst, n, cols,
+                                     bias_cols, prefetch, tile + per_unit * k * kTile);
       }
     }
   });
