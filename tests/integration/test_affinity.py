@@ -60,7 +60,9 @@ def test_each_prefix_runs_on_its_owner_and_a_joining_worker_takes_its_lanes(clie
 def test_an_idle_worker_steals_from_a_busy_owner(client, start_workers, tiny_llama_dir):
     start_workers(tiny_llama_dir, 2, args=ARGS)
     workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
-    results = _run(client, _key_owned_by(_busiest_owner(workers), workers), 16, {"temperature": 0, "max_tokens": 24})
+    # 200 tokens each: the owner stays busy for seconds, past the other worker's 0.5 s idle block
+    # (24 tokens: a fast CPU finished all 16 before the other looked beyond its own lanes)
+    results = _run(client, _key_owned_by(_busiest_owner(workers), workers), 16, {"temperature": 0, "max_tokens": 200})
     assert all(r.status is JobStatus.SUCCEEDED for r in results)
     assert {r.worker for r in results} == set(workers)       # the owner's 2 slots full: the other helps
 
