@@ -10,7 +10,8 @@ kernel  ops.fused_experts alone (Triton grouped GEMMs, compiled alignment) on ea
         against the measured bf16 matmul rate, and GB/s of the expert weights the tokens touch
         against the measured copy bandwidth. Calls are replayed from a CUDA graph, each on another
         routing (so a 1-token call reads its experts from memory, not L2). --sweep times other tile
-        configs too (the default is qinfer.ops.fused_moe_triton.gemm_config).
+        configs too (the default is qinfer.ops.fused_moe_triton.gemm_config); at 4,096 tokens each
+        Triton config's pieces (alignment, gate/up GEMM, down GEMM, k-sum) are also timed alone.
 engine  random bf16 weights of the real shapes, filled on the GPU (no checkpoint is written:
         Mixtral-8x7B's 93 GB would not fit the disk; the runner's load_weights is replaced by a
         random fill), then bench_engine_gpu's offline throughput (num_requests random prompts,
@@ -59,14 +60,15 @@ KERNEL_TOKENS = (1, 2, 4, 8, 16, 256, 4096)
 # Token counts at which the experts GEMVs of csrc/moe/experts_gemv.cu are timed next to the grouped
 # GEMMs: where they win is where ops.fused_experts routes to them (ops/compiled.py).
 GEMV_TOKENS = (1, 2, 4, 8, 16)
-# Extra tile configs for --sweep, by token count (small: weight streaming; large: tensor cores).
-_SMALL = [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4),
-          dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=1, num_warps=4, num_stages=3),
-          dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=3)]
-_LARGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-          dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-          dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)]
-SWEEP = {1: _SMALL, 4096: _LARGE}
+# Extra tile configs for --sweep at 4,096 tokens (the earlier sweeps at 1 token and of plain tile
+# shapes: bench/NOTES.md). TAIL_M: an expert's last block of at most TAIL_M slots runs a TAIL_M-row
+# tile (the padding's rows skip the tensor cores); "down": the down GEMM's own tiles.
+_BIG = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, TAIL_M=64)
+SWEEP = {4096: [dict(_BIG, num_stages=4, TAIL_M=0), dict(_BIG, num_stages=4), _BIG,
+                dict(_BIG, down=dict(BLOCK_N=256)), dict(_BIG, down=dict(BLOCK_K=128)),
+                dict(_BIG, down=dict(num_stages=2)), dict(_BIG, down=dict(BLOCK_N=64, num_warps=4)),
+                dict(_BIG, BLOCK_K=32, num_stages=5), dict(_BIG, GROUP_M=16),
+                dict(_BIG, num_stages=4, down=dict(num_stages=3))]}
 
 
 def expert_shape(cfg: dict) -> tuple[int, int, int, int]:
@@ -144,6 +146,40 @@ def time_fused_experts(x, w13, w2, routings, config) -> float:
     return ms / len(routings)
 
 
+def time_parts(x, w13, w2, routings, config) -> dict:
+    """us per call of each piece of the Triton path (alignment, gate/up GEMM, down GEMM, the k-sum),
+    each replayed alone from a CUDA graph over the routings."""
+    from qinfer.ops import fused_moe_triton as moe
+    from qinfer.ops.registry import dispatch
+
+    top_k, num_experts = routings[0][1].shape[1], w13.shape[0]
+    gate_up, down = moe.gemm_configs(config)
+    num_slots = x.shape[0] * top_k
+    align = dispatch("moe_align_block_size", routings[0][1])
+    aligned = [align(ids, num_experts, gate_up["BLOCK_M"]) for _, ids in routings]
+    inter = torch.empty(num_slots, w2.shape[2], dtype=x.dtype, device=x.device)
+    out = torch.empty(num_slots, x.shape[1], dtype=x.dtype, device=x.device)
+    pieces = {
+        "align": lambda i: align(routings[i][1], num_experts, gate_up["BLOCK_M"]),
+        "gate_up": lambda i: moe._moe_gemm(x, w13, inter, None, aligned[i], num_slots, top_k, True, gate_up),
+        "down": lambda i: moe._moe_gemm(inter, w2, out, routings[i][0].flatten(), aligned[i], num_slots, 1,
+                                        False, down),
+        "sum": lambda i: out.view(x.shape[0], top_k, -1).sum(dim=1),
+    }
+    times = {}
+    for name, piece in pieces.items():
+        for i in range(len(routings)):
+            piece(i)                                           # compile, outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(len(routings)):
+                piece(i)
+        times[name] = 1e3 * triton.testing.do_bench(graph.replay, warmup=25, rep=200,
+                                                    return_mode="median") / len(routings)
+    return times
+
+
 def kernel_row(name, cfg, num_tokens, config, ms, routings, ceilings) -> dict:
     num_experts, top_k, h, inter = expert_shape(cfg)
     flops = 6 * num_tokens * top_k * h * inter
@@ -177,6 +213,8 @@ def run_kernel(name: str, args, ceilings: dict) -> list[dict]:
                 continue
             row = kernel_row(name, cfg, num_tokens, config, ms, routings, ceilings)
             row["default_config"] = default
+            if num_tokens == KERNEL_TOKENS[-1] and config != "gemv":
+                row["parts_us"] = time_parts(x, w13, w2, routings, config or default)
             rows.append(row)
             print(json.dumps(row), flush=True)
     del w13, w2
@@ -312,6 +350,10 @@ def report(r: dict) -> None:
             cfg = k["config"] if isinstance(k["config"], str) else "/".join(str(v) for v in k["config"].values())
             print(f"| {k['model']} | {k['tokens']} | {cfg} | {k['us']:.1f} | {k['tflops']:.0f} | "
                   f"{k['pct_matmul']:.0f}% | {k['experts_touched']:.1f} | {k['weight_gb_s']:.0f} | {k['pct_copy']:.0f}% |")
+        for k in r["kernel"]:
+            if "parts_us" in k:
+                print(f"{k['model']} T={k['tokens']} {k['config']}: us per piece "
+                      + ", ".join(f"{n} {us:.1f}" for n, us in k["parts_us"].items()))
     for name, e in r.get("engine", {}).items():
         lat, t = e["latency"], e.get("throughput")
         through = (f"{t['num_requests']} req {t['output_tok_s']:.0f} output tok/s, {t['total_tok_s']:.0f} total "

@@ -112,6 +112,22 @@ def test_every_tile_config(triton_moe, rows_per_expert):
     assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
 
 
+# Tail tiles (an expert's last block of at most TAIL_M slots runs TAIL_M rows) beside full blocks,
+# and the down GEMM's own tiles: 1,000 tokens x top-2 over 8 experts are ~250 slots an expert.
+TAIL_CONFIGS = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, TAIL_M=64,
+                     down=dict(BLOCK_N=256)),
+                dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3, TAIL_M=32,
+                     down=dict(BLOCK_K=128, num_stages=2))]
+
+
+@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=["tail64", "tail32"])
+def test_tail_tiles_and_down_tiles(triton_moe, config):
+    x, w13, w2 = random_experts(1000, 320, 200, 8, torch.bfloat16, seed=5, device="cuda")
+    weights, ids = random_routing(1000, 2, 8, 8, seed=6, device="cuda")
+    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=config)
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
+
+
 # (tokens, top_k, experts, experts used, hidden, intermediate): Qwen3-30B-A3B's shape at one token,
 # Mixtral's top-2 of 8, top-1, two tokens on the same experts, widths off the unroll (200 * 8 / 8).
 GEMV_CASES = [(1, 8, 128, 128, 2048, 768), (1, 2, 8, 8, 1024, 3584), (3, 1, 8, 8, 256, 384),

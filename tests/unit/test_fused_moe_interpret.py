@@ -14,6 +14,8 @@ from tests.triton_interpreter import in_parent_only, needs_interpret, rerun_unde
 pytest.importorskip("triton")
 
 TINY = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1)
+# Blocks of at most 16 slots run the 16-row tail tile; the down GEMM with its own column tiles.
+TAIL = dict(TINY, BLOCK_M=32, TAIL_M=16, down=dict(BLOCK_N=32, BLOCK_K=16))
 
 
 @in_parent_only
@@ -27,11 +29,12 @@ CASES = [(1, 2, 4, 4, 32, 16), (7, 2, 8, 3, 40, 24), (20, 4, 6, 6, 32, 48), (9, 
 
 
 @needs_interpret
+@pytest.mark.parametrize("config", [TINY, TAIL], ids=["tiny", "tail"])
 @pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used,hidden,inter", CASES)
-def test_fused_experts_matches_reference(num_tokens, top_k, num_experts, num_used, hidden, inter):
+def test_fused_experts_matches_reference(num_tokens, top_k, num_experts, num_used, hidden, inter, config):
     from qinfer.ops.fused_moe_triton import fused_experts_triton
 
     x, w13, w2 = random_experts(num_tokens, hidden, inter, num_experts, torch.float32, seed=num_tokens)
     weights, ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens + 1)
-    out = fused_experts_triton(x, w13, w2, weights, ids, config=TINY)
+    out = fused_experts_triton(x, w13, w2, weights, ids, config=config)
     assert rel_err(out, fused_experts(x, w13, w2, weights, ids)) < 1e-5
