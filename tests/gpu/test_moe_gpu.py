@@ -73,7 +73,8 @@ def test_topk_softmax_keeps_ids_in_range_on_nan_and_inf_rows(compiled, num_exper
 @pytest.mark.parametrize("block_size", [16, 64, 128])
 @pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used",
                          [(1, 1, 8, 8), (1, 2, 8, 8), (1, 8, 128, 128), (256, 8, 128, 40),
-                          (8192, 2, 8, 8), (8192, 8, 128, 128), (513, 2, 8, 3)])
+                          (8192, 2, 8, 8), (8192, 8, 128, 128), (513, 2, 8, 3), (1024, 8, 128, 128),
+                          (3001, 8, 64, 50)])
 def test_moe_align_block_size(compiled, num_tokens, top_k, num_experts, num_used, block_size):
     _, topk_ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens, device="cuda")
     out = compiled.moe_align_block_size(topk_ids, num_experts, block_size)
