@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     metrics_port: int = 0                  # Prometheus /metrics port; 0 = off
     idle_block_s: float = 0.5              # XREADGROUP BLOCK while the engine is idle
+    affinity_steal_after_s: float = 0.1    # a job in another worker's lane waits this long for its owner
 
     # --- webhook callbacks (docs/callbacks.md) ---
     webhook_secret: Optional[str] = None   # whsec_<base64>; several, comma-separated, while rotating

@@ -81,6 +81,7 @@ class Consumer:
         # pulls read them in pull_order: this worker's own lanes first (set_own_lanes).
         self.streams = keys.queues(model, settings.max_priority)
         self.pull_streams = self.wait_streams = self.streams
+        self._own_flags = "1" * len(self.streams)     # every stream is this worker's until it owns lanes
         self._pull = register_script(r, scripts.PULL)
         self._start = register_script(r, scripts.START)
         self._renew = register_script(r, scripts.RENEW)
@@ -105,21 +106,29 @@ class Consumer:
 
     def set_own_lanes(self, lanes: set[int]) -> None:
         """Pull these lanes first at each priority, and block only on them while idle (prefix
-        affinity, queue/lanes.py): an idle owner wakes for its lane's job; other workers take
-        it at their next pull when the owner has not (a busy owner never holds a job back)."""
+        affinity, queue/lanes.py): an idle owner wakes for its lane's job; another worker takes
+        it only once it has waited `affinity_steal_after_s` (a busy owner holds no job back
+        longer, and a free owner between two blocking reads still gets its own)."""
         max_priority = self.settings.max_priority
         self.pull_streams = pull_order(self.keys, self.model, max_priority, lanes)
-        self.wait_streams = pull_order(self.keys, self.model, max_priority, lanes, only_own=True) or self.streams
+        self.wait_streams = pull_order(self.keys, self.model, max_priority, lanes, only_own=True)
+        own = set(self.wait_streams)
+        self._own_flags = "".join("1" if s in own else "0" for s in self.pull_streams)
 
     def pull(self, n: int) -> list[Delivery]:
         """At most n new entries, highest priority first, own lanes first; then mark their jobs running."""
         if n <= 0:
             return []
-        rows = self._pull(self.pull_streams, [CONSUMER_GROUP, self.name, n])
+        steal_after_ms = int(self.settings.affinity_steal_after_s * 1000)
+        rows = self._pull(self.pull_streams, [CONSUMER_GROUP, self.name, n, steal_after_ms, self._own_flags])
         return self.start([self._delivery(key, eid, flat) for key, eid, flat in rows])
 
     def wait_for_entries(self, block_s: float) -> list[Delivery]:
-        """Idle engine: block until any stream has an entry (one per stream at most)."""
+        """Idle engine: block until one of this worker's streams has an entry (one per stream at
+        most); a worker that owns no lane waits out the steal delay and pulls the others'."""
+        if not self.wait_streams:
+            time.sleep(min(block_s, self.settings.affinity_steal_after_s))
+            return self.pull(1)
         try:
             reply = self.redis.xreadgroup(CONSUMER_GROUP, self.name, {s: ">" for s in self.wait_streams},
                                           count=1, block=max(1, int(block_s * 1000)))

@@ -70,19 +70,47 @@ end
 return st
 """
 
-# KEYS: queue streams, highest priority first. ARGV: group, consumer, n
-# Pull at most n entries, draining higher priorities before lower ones.
+# KEYS: queue streams in pull order. ARGV: group, consumer, n, steal_after_ms, own flags (one
+# '1'/'0' per key). Pull at most n entries in key order; from a stream not marked own, only
+# entries that have waited steal_after_ms (prefix affinity: their owner had first pick).
 PULL = """
 local out = {}
 local left = tonumber(ARGV[3])
-for _, key in ipairs(KEYS) do
+local t = redis.call('TIME')
+local cutoff_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
+-- How many of the next `left` undelivered entries of `key` were added by cutoff_ms (ids
+-- start with the server's clock in ms and grow, so they are the leading ones).
+local function aged(key)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
+  if not ok then return 0 end
+  for _, g in ipairs(groups) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == ARGV[1] then
+      local n = 0
+      for _, e in ipairs(redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', left)) do
+        if tonumber(string.match(e[1], '^%d+')) > cutoff_ms then break end
+        n = n + 1
+      end
+      return n
+    end
+  end
+  return 0
+end
+for i, key in ipairs(KEYS) do
   if left <= 0 then break end
-  local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left,
-                      'STREAMS', key, '>')
-  if ok and r then
-    for _, e in ipairs(r[1][2]) do
-      out[#out + 1] = {key, e[1], e[2]}
-      left = left - 1
+  local count = left
+  if string.sub(ARGV[5], i, i) ~= '1' then count = aged(key) end
+  if count > 0 then
+    local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count,
+                        'STREAMS', key, '>')
+    if ok and r then
+      for _, e in ipairs(r[1][2]) do
+        out[#out + 1] = {key, e[1], e[2]}
+        left = left - 1
+      end
     end
   end
 end

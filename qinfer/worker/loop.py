@@ -28,6 +28,7 @@ from qinfer import metrics
 from qinfer.config import Settings
 from qinfer.errors import RedisUnavailableError
 from qinfer.queue.consumer import Consumer, Delivery
+from qinfer.queue.keys import NUM_LANES
 from qinfer.queue.lanes import own_lanes
 from qinfer.queue.outage import REDIS_DOWN, REDIS_OUTAGE_EXIT_CODE, Outage
 from qinfer.queue.records import delta_fields, error_json, output_json, safe_text
@@ -67,6 +68,7 @@ class Worker:
         self.sweep = UnservedSweep(consumer.redis, consumer.keys, settings, model_name)
         self._next_lease_tick = self._next_reclaim = self._next_affinity_tick = self._last_beat = 0.0
         self._beat_counts: Optional[dict] = None
+        self._own_lanes = set(range(NUM_LANES))         # what the consumer starts with (prefix affinity)
         self._last_batch_size = 0                        # jobs in the engine at the last step
         self._pubsub = consumer.redis.pubsub(ignore_subscribe_messages=True)
         self._labels = {"model_name": model_name}
@@ -189,7 +191,11 @@ class Worker:
         self._next_affinity_tick = now + _AFFINITY_INTERVAL_S
         peers = live_worker_names(self.consumer.redis, self.consumer.keys, self.model_name,
                                   self.settings.heartbeat_ttl_s)
-        self.consumer.set_own_lanes(own_lanes(self.consumer.name, peers, self.model_name))
+        lanes = own_lanes(self.consumer.name, peers, self.model_name)
+        if lanes != self._own_lanes:
+            self._own_lanes = lanes
+            self.consumer.set_own_lanes(lanes)
+            self._beat_counts = None         # the next beat tells `qinfer workers` (and tests) at once
 
     def _heartbeat_tick(self) -> None:
         counts = {"running": len(self.in_flight), "waiting": len(self.backlog)}
@@ -198,7 +204,8 @@ class Worker:
             return
         self._beat_counts, self._last_beat = counts, time.monotonic()
         stats = self.engine.stats            # prefix-cache totals ride along (bench/bench_affinity.py reads them)
-        self.heartbeat.beat(**counts, prefix_cache_queries=stats.prefix_cache_queries,
+        self.heartbeat.beat(**counts, lanes=",".join(map(str, sorted(self._own_lanes))),
+                            prefix_cache_queries=stats.prefix_cache_queries,
                             prefix_cache_hits=stats.prefix_cache_hits)
 
     def _live(self) -> list[InFlight]:

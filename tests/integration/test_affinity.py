@@ -20,6 +20,17 @@ def _names(client) -> list[str]:
     return sorted(w["name"] for w in list_workers(client.redis, client.keys) if w["model"] == MODEL)
 
 
+def _two_workers_settled(client) -> list[str]:
+    """The two workers' names once each heartbeat reports the lanes rendezvous hashing gives it
+    (a worker re-reads its peers every second: until then a joiner's lanes have two owners)."""
+    def settled():
+        rows = {w["name"]: w.get("lanes") for w in list_workers(client.redis, client.keys) if w["model"] == MODEL}
+        workers = sorted(rows)
+        return len(workers) == 2 and all(
+            rows[w] == ",".join(map(str, sorted(own_lanes(w, workers, MODEL)))) for w in workers) and workers
+    return wait_until(settled)
+
+
 def _key_owned_by(owner: str, workers: list[str]) -> str:
     lanes = own_lanes(owner, workers, MODEL)
     if not lanes:   # rendezvous hashing of 8 lanes leaves one of two workers none, 1 pair of names in 128
@@ -47,10 +58,10 @@ def test_each_prefix_runs_on_its_owner_and_a_joining_worker_takes_its_lanes(clie
     [alone] = _names(client)
     assert {r.worker for r in _run(client, "tenant-0", 3)} == {alone}       # one worker owns every lane
     start_workers(tiny_llama_dir, 1, args=ARGS)
-    workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
+    workers = _two_workers_settled(client)
     joiner = next(w for w in workers if w != alone)
     key_of = {w: _key_owned_by(w, workers) for w in workers}
-    wait_until(lambda: {r.worker for r in _run(client, key_of[joiner], 2)} == {joiner}, timeout=30)
+    assert {r.worker for r in _run(client, key_of[joiner], 2)} == {joiner}
     for worker, key in key_of.items():          # one job at a time: idle owners wake for their lanes
         for _ in range(3):
             assert _run(client, key, 1)[0].worker == worker
@@ -59,7 +70,7 @@ def test_each_prefix_runs_on_its_owner_and_a_joining_worker_takes_its_lanes(clie
 
 def test_an_idle_worker_steals_from_a_busy_owner(client, start_workers, tiny_llama_dir):
     start_workers(tiny_llama_dir, 2, args=ARGS)
-    workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
+    workers = _two_workers_settled(client)
     # 200 tokens each: the owner stays busy for seconds, past the other worker's 0.5 s idle block
     # (24 tokens: a fast CPU finished all 16 before the other looked beyond its own lanes)
     results = _run(client, _key_owned_by(_busiest_owner(workers), workers), 16, {"temperature": 0, "max_tokens": 200})
@@ -69,7 +80,7 @@ def test_an_idle_worker_steals_from_a_busy_owner(client, start_workers, tiny_lla
 
 def test_killing_a_lane_owner_loses_nothing(client, start_workers, tiny_llama_dir):
     fleet = start_workers(tiny_llama_dir, 2, args=ARGS)
-    workers = wait_until(lambda: len(_names(client)) == 2 and _names(client))
+    workers = _two_workers_settled(client)
     owner = _busiest_owner(workers)
     ids = client.submit_many([{"model": MODEL, "prompt": f"p{i}", "affinity_key": _key_owned_by(owner, workers),
                                "sampling": {"temperature": 0, "max_tokens": 24}} for i in range(12)])

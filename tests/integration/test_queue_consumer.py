@@ -6,7 +6,8 @@ import redis
 
 from qinfer.client import Client
 from qinfer.queue.consumer import Consumer
-from qinfer.queue.keys import Keys
+from qinfer.queue.keys import NUM_LANES, Keys
+from qinfer.queue.lanes import lane_of
 from qinfer.queue.writer import Final, ResultWriter
 from qinfer.schema import JobStatus
 from tests.fixtures_redis import queued_entries
@@ -31,6 +32,25 @@ def test_pull_takes_highest_priority_first_and_at_most_n(r, test_settings):
     assert [d.job_id for d in got] == high + low[:1]
     assert all(d.attempts == 1 and d.status == "queued" for d in got)
     assert client.get(high[0]).status is JobStatus.RUNNING
+
+
+def test_a_job_in_another_workers_lane_waits_the_steal_delay_for_its_owner(r, test_settings):
+    settings = test_settings.model_copy(update={"affinity_steal_after_s": 0.4})
+    client = Client(settings=settings)
+    lane = lane_of("tenant")
+    owner, other, laneless = (_consumer(r, settings, name) for name in ("owner", "other", "laneless"))
+    owner.set_own_lanes({lane})
+    other.set_own_lanes(set(range(NUM_LANES)) - {lane})
+    laneless.set_own_lanes(set())
+    first, second = (client.submit(model="m", prompt=p, affinity_key="tenant") for p in ("a", "b"))
+    assert other.pull(5) == [] and other.wait_for_entries(0.05) == []    # young: left to its owner
+    assert laneless.wait_for_entries(0.05) == []
+    assert [d.job_id for d in owner.pull(1)] == [first]                  # the owner takes it at once
+    time.sleep(0.45)
+    assert [d.job_id for d in other.pull(5)] == [second]                 # aged: any worker helps
+    third = client.submit(model="m", prompt="c", affinity_key="tenant")
+    time.sleep(0.45)
+    assert [d.job_id for d in laneless.wait_for_entries(1.0)] == [third]
 
 
 def test_lease_renewal_reclaim_and_lost_lease(r, test_settings):
