@@ -400,6 +400,7 @@ def cmd_workers(args) -> int:
     rows = list_workers(client.redis, client.keys)
     for row in rows:
         row["age_s"] = f"{time.time() - float(row.get('last_seen', 0)):.1f}"
+        row["lanes"] = row.get("lanes") or "-"      # prefix-affinity lanes owned (none: more workers than lanes)
     _print_table(rows, ["name", "model", "host", "pid", "running", "waiting", "lanes", "age_s"])
     return 0
 

@@ -72,15 +72,17 @@ return st
 
 # KEYS: queue streams in pull order. ARGV: group, consumer, n, steal_after_ms, own flags (one
 # '1'/'0' per key). Pull at most n entries in key order; from a stream not marked own, only
-# entries that have waited steal_after_ms (prefix affinity: their owner had first pick).
+# entries that have waited steal_after_ms or have another behind them (prefix affinity: a
+# single job is its lane owner's first).
 PULL = """
 local out = {}
 local left = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local cutoff_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
--- How many of the next `left` undelivered entries of `key` were added by cutoff_ms (ids
--- start with the server's clock in ms and grow, so they are the leading ones).
-local function aged(key)
+-- How many of the next `left` undelivered entries of `key` another lane's worker may take:
+-- those added by cutoff_ms (ids start with the server's clock in ms and grow: the leading
+-- ones), or all but the newest while several wait (a burst spreads over the fleet at once).
+local function stealable(key)
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', key)
   if not ok then return 0 end
   for _, g in ipairs(groups) do
@@ -89,20 +91,22 @@ local function aged(key)
       if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
     end
     if name == ARGV[1] then
+      local waiting = redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', left + 1)
       local n = 0
-      for _, e in ipairs(redis.call('XRANGE', key, '(' .. last, '+', 'COUNT', left)) do
+      for _, e in ipairs(waiting) do
         if tonumber(string.match(e[1], '^%d+')) > cutoff_ms then break end
         n = n + 1
       end
-      return n
+      return math.min(left, math.max(n, #waiting - 1))
     end
   end
   return 0
 end
 for i, key in ipairs(KEYS) do
   if left <= 0 then break end
-  local count = left
-  if string.sub(ARGV[5], i, i) ~= '1' then count = aged(key) end
+  -- finished entries are deleted: an empty stream (most priorities, most of the time) has nothing
+  local count = redis.call('XLEN', key) > 0 and left or 0
+  if count > 0 and string.sub(ARGV[5], i, i) ~= '1' then count = stealable(key) end
   if count > 0 then
     local ok, r = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count,
                         'STREAMS', key, '>')

@@ -15,7 +15,7 @@ import redis
 from qinfer.client import Client
 from qinfer.config import Settings
 from qinfer.fleet import Fleet
-from qinfer.queue.keys import Keys
+from qinfer.queue.keys import NUM_LANES, Keys
 from qinfer.worker.health import list_workers
 from tests.fixtures_redis import TEST_ENV
 
@@ -52,10 +52,12 @@ def test_heartbeats_show_running_jobs_within_a_second(fleet_url):
     out = subprocess.run([sys.executable, "-m", "qinfer.cli", "--redis", fleet_url, "workers"],
                          capture_output=True, text=True, check=True).stdout
     header, *rows = out.splitlines()
-    assert header.split() == ["name", "model", "host", "pid", "running", "waiting", "age_s"]
+    assert header.split() == ["name", "model", "host", "pid", "running", "waiting", "lanes", "age_s"]
     assert len(rows) == 2
     for row in rows:
-        assert row.split()[1] == "tiny" and row.split()[4:6] == ["0", "0"] and float(row.split()[6]) < 2.0
+        assert row.split()[1] == "tiny" and row.split()[4:6] == ["0", "0"] and float(row.split()[7]) < 2.0
+    lanes = [set(map(int, row.split()[6].split(","))) if row.split()[6] != "-" else set() for row in rows]
+    assert lanes[0] | lanes[1] == set(range(NUM_LANES)) and not lanes[0] & lanes[1]   # each lane, one owner
 
 
 def test_every_burst_spreads_over_the_idle_workers(fleet_url):

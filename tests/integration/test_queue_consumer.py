@@ -42,13 +42,19 @@ def test_a_job_in_another_workers_lane_waits_the_steal_delay_for_its_owner(r, te
     owner.set_own_lanes({lane})
     other.set_own_lanes(set(range(NUM_LANES)) - {lane})
     laneless.set_own_lanes(set())
-    first, second = (client.submit(model="m", prompt=p, affinity_key="tenant") for p in ("a", "b"))
-    assert other.pull(5) == [] and other.wait_for_entries(0.05) == []    # young: left to its owner
+
+    def submit(*prompts):
+        return [client.submit(model="m", prompt=p, affinity_key="tenant") for p in prompts]
+
+    [single] = submit("a")
+    assert other.pull(5) == [] and other.wait_for_entries(0.05) == []    # young, alone: left to its owner
     assert laneless.wait_for_entries(0.05) == []
-    assert [d.job_id for d in owner.pull(1)] == [first]                  # the owner takes it at once
+    assert [d.job_id for d in owner.pull(5)] == [single]                 # the owner takes it at once
+    first, second = submit("b", "c")
+    assert [d.job_id for d in other.pull(5)] == [first]                  # a burst: all but the newest
     time.sleep(0.45)
     assert [d.job_id for d in other.pull(5)] == [second]                 # aged: any worker helps
-    third = client.submit(model="m", prompt="c", affinity_key="tenant")
+    [third] = submit("d")
     time.sleep(0.45)
     assert [d.job_id for d in laneless.wait_for_entries(1.0)] == [third]
 
