@@ -58,7 +58,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "redis_capacity.json"))
     args = ap.parse_args(argv)
     with EmbeddedRedis() as server:
-        settings = Settings(redis_url=server.url, max_queued_jobs=10**7, max_queued_tokens=10**12)
+        settings = Settings(redis_url=server.url, max_queued_jobs=10**7, max_queued_tokens=10**12,
+                            require_live_model=False)   # no worker runs: the bench plays its queue side
         client, r = Client(settings=settings), redis.Redis.from_url(server.url)
         consumer = Consumer(r, Keys(), MODEL, "bench", settings)
         consumer.ensure_groups()
