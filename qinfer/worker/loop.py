@@ -42,7 +42,7 @@ from qinfer.worker.jobs import InFlight, JobRejected
 
 log = logging.getLogger(__name__)
 _RECLAIM_INTERVAL_S = 0.2      # how often a worker looks for dead workers' entries
-_AFFINITY_INTERVAL_S = 1.0     # how often a worker re-reads which lanes it owns
+_AFFINITY_INTERVAL_S = 0.25    # how often a worker re-reads which lanes it owns (until then a joiner's lanes have two)
 # `qinfer workers` shows counts at most a second old; a change is sent at once, but a busy
 # worker whose counts change every step sends at most one beat per _MIN_BEAT_GAP_S.
 _HEARTBEAT_INTERVAL_S, _MIN_BEAT_GAP_S = 1.0, 0.2

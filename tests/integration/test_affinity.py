@@ -22,7 +22,7 @@ def _names(client) -> list[str]:
 
 def _two_workers_settled(client) -> list[str]:
     """The two workers' names once each heartbeat reports the lanes rendezvous hashing gives it
-    (a worker re-reads its peers every second: until then a joiner's lanes have two owners)."""
+    (a worker re-reads its peers every 0.25 s, or after an idle blocking read: until then a joiner's lanes have two owners)."""
     def settled():
         rows = {w["name"]: w.get("lanes") for w in list_workers(client.redis, client.keys) if w["model"] == MODEL}
         workers = sorted(rows)
