@@ -107,8 +107,9 @@ class Consumer:
     def set_own_lanes(self, lanes: set[int]) -> None:
         """Pull these lanes first at each priority, and block only on them while idle (prefix
         affinity, queue/lanes.py): an idle owner wakes for its lane's job; another worker takes
-        it only once it has waited `affinity_steal_after_s` (a busy owner holds no job back
-        longer, and a free owner between two blocking reads still gets its own)."""
+        it only once it has waited `affinity_steal_after_s` or has another queued behind it
+        (scripts.PULL): a free owner between two blocking reads still gets its single job, a
+        burst or a busy owner's backlog spreads."""
         max_priority = self.settings.max_priority
         self.pull_streams = pull_order(self.keys, self.model, max_priority, lanes)
         self.wait_streams = pull_order(self.keys, self.model, max_priority, lanes, only_own=True)
