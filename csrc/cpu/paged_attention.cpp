@@ -5,8 +5,12 @@
 //
 // Cache layout (qinfer/layers/attention/backend.py): k_cache, v_cache [num_blocks, block_size,
 // num_kv_heads, head_size]; token t of request r sits in block block_tables[r, t / block_size].
-// One task per request: scores of every query head over the whole context, an exact softmax,
-// then the weighted V sum; each cache row is read once for all heads.
+// One task per request, one pass over its context with an online softmax (the running max and
+// sum rescaled as tokens arrive, as flash attention does): each cache row is read once for all
+// heads, its K and V together. At 64 requests of ~90 tokens this took the kernel from ~1,350 to
+// ~750 us a layer on a 2-core Xeon (6 to 12 GB/s); the two-pass kernel it replaced (all scores, an exact softmax,
+// then the V sum through memory) spent most of its time in the V pass's loads and stores and a
+// libm exp per score (bench/NOTES.md).
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -21,12 +25,16 @@
 
 namespace {
 
-// Vectors of the target's width (vectors.h), so the dot product is vector FMAs and a reduction
-// in registers: the array of 16 lanes it replaced was reduced through the stack, a third of the
-// kernel's time on an AVX-512 CPU (perf, 64 requests).
-template <typename T>
+// dot(q, k) over n elements: vector FMAs and a reduction in registers (vectors.h). NV > 0: n is
+// NV vectors exactly, unrolled.
+template <int NV, typename T>
 inline float dot(const float* q, const T* k, int64_t n) {
   FloatVec acc = {};
+  if constexpr (NV > 0) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc += load_vec(q + v * kVecFloats) * load_vec(k + v * kVecFloats);
+    return sum_lanes(acc);
+  }
   int64_t d = 0;
   for (; d + kVecFloats <= n; d += kVecFloats) acc += load_vec(q + d) * load_vec(k + d);
   float sum = sum_lanes(acc);
@@ -34,40 +42,62 @@ inline float dot(const float* q, const T* k, int64_t n) {
   return sum;
 }
 
-template <typename T>
-inline void axpy(float* acc, float p, const T* v, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) acc[d] += p * static_cast<float>(v[d]);
-}
+// One query head's running softmax over its context so far: the max score m, the sum l of
+// e^(score - m), and acc = sum of e^(score - m) * V (head floats).
+struct Running {
+  float m, l;
+  float* acc;
+};
 
-// f(t, block, row) for the context's tokens lo .. lo + n - 1 (t counts from 0), a block at a
-// time: one table read and no division per token. Before a block's rows, the next block's rows
-// (row_bytes each, from row_ptr(block, row)) are prefetched: the blocks of a request lie apart
-// in memory, and each layer's cache comes from DRAM (30 layers' caches outgrow the CPU's caches).
-template <typename RowPtr, typename F>
-inline void for_each_row(int64_t lo, int64_t n, int64_t block_size, const int32_t* table, int64_t row_bytes,
-                         RowPtr&& row_ptr, F&& f) {
-  int64_t t = 0;
-  while (t < n) {
-    const int64_t pos = lo + t, block = table[pos / block_size], first = pos % block_size;
-    const int64_t rows = std::min(block_size - first, n - t);
-    if (t + rows < n) {
-      const int64_t next = table[(pos + rows) / block_size];
-      for (int64_t i = 0; i < std::min(block_size, n - t - rows); ++i) {
-        const char* row = reinterpret_cast<const char*>(row_ptr(next, i));
-        for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(row + b);
-      }
-    }
-    for (int64_t i = 0; i < rows; ++i) f(t + i, block, first + i);
-    t += rows;
+// Folds up to kVecFloats consecutive tokens of one block into one query head's running softmax
+// (the online softmax): their scores in one vector, one vector exp, the earlier sum rescaled
+// once. The V rows go into acc held in registers when the head is NV whole vectors (NV > 0).
+template <int NV, typename T>
+inline void attend_tokens(const float* q, const T* k, int64_t k_stride, const T* v, int64_t v_stride, int count,
+                          int64_t head, Running& run) {
+  alignas(64) float s[kVecFloats];
+  float chunk_max = -INFINITY;
+  for (int t = 0; t < count; ++t) {
+    s[t] = dot<NV>(q, k + t * k_stride, head);
+    chunk_max = std::max(chunk_max, s[t]);
+  }
+  const float m = std::max(run.m, chunk_max);
+  const float rescale = std::exp(run.m - m);   // 0 at the first tokens (run.m -inf, acc and l 0)
+  FloatVec p = exp_vec(load_vec(s) - m);
+  for (int t = count; t < kVecFloats; ++t) p[t] = 0.f;
+  run.m = m;
+  run.l = run.l * rescale + sum_lanes(p);
+  __builtin_memcpy(s, &p, sizeof s);
+  if constexpr (NV > 0) {
+    FloatVec a[NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) a[i] = load_vec(run.acc + i * kVecFloats) * rescale;
+    for (int t = 0; t < count; ++t)
+#pragma GCC unroll 8
+      for (int i = 0; i < NV; ++i) a[i] += s[t] * load_vec(v + t * v_stride + i * kVecFloats);
+    __builtin_memcpy(run.acc, a, sizeof a);
+  } else {
+    for (int64_t d = 0; d < head; ++d) run.acc[d] *= rescale;
+    for (int t = 0; t < count; ++t)
+      for (int64_t d = 0; d < head; ++d) run.acc[d] += s[t] * static_cast<float>(v[t * v_stride + d]);
   }
 }
 
-// Bytes of a request's first K and V rows prefetched before its scores (see decode).
-constexpr int64_t kPrefetchBytes = 256 << 10;
-
-// One task per request: each cache row (all KV heads of a token, contiguous) is read once, in
-// order through each block, for every query head.
+// Prefetches a block's first `rows` K and V rows (row_bytes each, at token strides sk and sv).
 template <typename T>
+inline void prefetch_block(const T* k, int64_t sk, const T* v, int64_t sv, int64_t rows, int64_t row_bytes) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t b = 0; b < row_bytes; b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(k + i * sk) + b);
+      __builtin_prefetch(reinterpret_cast<const char*>(v + i * sv) + b);
+    }
+}
+
+// One task per request, one pass over its context, a block at a time: each block's K and V rows
+// are read together (the next block prefetched: a request's blocks lie apart in memory, and
+// each layer's cache comes from DRAM), kVecFloats tokens at a time for every query head.
+// NV: head_size / kVecFloats where the head is whole vectors, else 0 (the general loops).
+template <typename T, int NV>
 void decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
             const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int64_t window) {
   const int64_t num_reqs = query.size(0), num_heads = query.size(1), head = query.size(2);
@@ -84,65 +114,64 @@ void decode(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache,
   const int64_t sv0 = v_cache.stride(0), sv1 = v_cache.stride(1), sv2 = v_cache.stride(2);
   const int64_t st0 = block_tables.stride(0);
   const int64_t row_bytes = num_kv_heads * head * static_cast<int64_t>(sizeof(T));
-  int64_t max_len = 1;
-  for (int64_t r = 0; r < num_reqs; ++r) max_len = std::max<int64_t>(max_len, lens[r]);
-  if (window > 0) max_len = std::min(max_len, window);
   const float fscale = static_cast<float>(scale);
-  auto k_row = [&](int64_t block, int64_t row) { return k_base + block * sk0 + row * sk1; };
-  auto v_row = [&](int64_t block, int64_t row) { return v_base + block * sv0 + row * sv1; };
 
   at::parallel_for(0, num_reqs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(num_heads * head), acc(num_heads * head), scores(num_heads * max_len), inv(num_heads);
+    std::vector<float> qf(num_heads * head), acc(num_heads * head);
+    std::vector<Running> runs(num_heads);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t len = lens[r];
       const int64_t lo = window > 0 ? std::max<int64_t>(len - window, 0) : 0;
-      const int64_t n = len - lo;
       const int32_t* table = tables + r * st0;
-      // Its first blocks of K and of V, before the scores: for_each_row looks only one block
-      // ahead, so a request started on blocks no prefetch had reached (10-15% off the kernel at
-      // 64 requests of 100 tokens). A long context is not fetched whole: it would not stay in the
-      // core's cache until its V rows are read.
-      const int64_t ahead = std::min(n, kPrefetchBytes / (2 * row_bytes));
-      for (int64_t b = lo / block_size; ahead > 0 && b <= (lo + ahead - 1) / block_size; ++b) {
-        const char* kb = reinterpret_cast<const char*>(k_row(table[b], 0));
-        const char* vb = reinterpret_cast<const char*>(v_row(table[b], 0));
-        for (int64_t off = 0; off < block_size * row_bytes; off += 64) {
-          __builtin_prefetch(kb + off);
-          __builtin_prefetch(vb + off);
-        }
-      }
       for (int64_t qh = 0; qh < num_heads; ++qh) {
         const T* q = q_base + r * sq0 + qh * sq1;
         for (int64_t d = 0; d < head; ++d) qf[qh * head + d] = static_cast<float>(q[d]) * fscale;
-      }
-      for_each_row(lo, n, block_size, table, row_bytes, k_row, [&](int64_t t, int64_t block, int64_t row) {
-        const T* k = k_row(block, row);
-        for (int64_t kvh = 0, qh = 0; kvh < num_kv_heads; ++kvh)   // no division per head and token
-          for (int64_t g = 0; g < group; ++g, ++qh) scores[qh * n + t] = dot(&qf[qh * head], k + kvh * sk2, head);
-      });
-      for (int64_t qh = 0; qh < num_heads; ++qh) {
-        float* s = &scores[qh * n];
-        const float m = n ? *std::max_element(s, s + n) : 0.f;
-        float sum = 0.f;
-        for (int64_t t = 0; t < n; ++t) {
-          s[t] = std::exp(s[t] - m);
-          sum += s[t];
-        }
-        inv[qh] = sum > 0.f ? 1.f / sum : 0.f;   // an empty context gives zeros
+        runs[qh] = {-INFINITY, 0.f, &acc[qh * head]};
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      for_each_row(lo, n, block_size, table, row_bytes, v_row, [&](int64_t t, int64_t block, int64_t row) {
-        const T* v = v_row(block, row);
-        for (int64_t kvh = 0, qh = 0; kvh < num_kv_heads; ++kvh)
-          for (int64_t g = 0; g < group; ++g, ++qh)
-            axpy(&acc[qh * head], scores[qh * n + t] * inv[qh], v + kvh * sv2, head);
-      });
+      for (int64_t pos = lo; pos < len;) {
+        const int64_t block = table[pos / block_size], first = pos % block_size;
+        const int64_t rows = std::min(block_size - first, len - pos);
+        const T* k = k_base + block * sk0 + first * sk1;
+        const T* v = v_base + block * sv0 + first * sv1;
+        if (pos == lo) prefetch_block(k, sk1, v, sv1, rows, row_bytes);
+        if (pos + rows < len) {   // the next block, while this one is folded in
+          const int64_t next = table[(pos + rows) / block_size];
+          prefetch_block(k_base + next * sk0, sk1, v_base + next * sv0, sv1, std::min(block_size, len - pos - rows),
+                         row_bytes);
+        }
+        for (int64_t t = 0; t < rows; t += kVecFloats) {
+          const int count = static_cast<int>(std::min<int64_t>(kVecFloats, rows - t));
+          for (int64_t kvh = 0, qh = 0; kvh < num_kv_heads; ++kvh)   // no division per head
+            for (int64_t g = 0; g < group; ++g, ++qh)
+              attend_tokens<NV>(&qf[qh * head], k + t * sk1 + kvh * sk2, sk1, v + t * sv1 + kvh * sv2, sv1, count,
+                                head, runs[qh]);
+        }
+        pos += rows;
+      }
       for (int64_t qh = 0; qh < num_heads; ++qh) {
+        const float inv = runs[qh].l > 0.f ? 1.f / runs[qh].l : 0.f;   // an empty context gives zeros
         T* o = out_base + r * so0 + qh * so1;
-        for (int64_t d = 0; d < head; ++d) o[d] = static_cast<T>(acc[qh * head + d]);
+        for (int64_t d = 0; d < head; ++d) o[d] = static_cast<T>(acc[qh * head + d] * inv);
       }
     }
   });
+}
+
+// decode<T, NV> for the head size: NV = head / kVecFloats (1-8 whole vectors), else 0.
+template <typename T>
+void decode_head_size(at::Tensor& out, const at::Tensor& query, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                      const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int64_t window) {
+  const int64_t head = query.size(2);
+  const int64_t nv = head % kVecFloats == 0 ? head / kVecFloats : 0;
+  switch (nv) {
+#define QINFER_DECODE_CASE(N) \
+  case N: return decode<T, N>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, window);
+    QINFER_DECODE_CASE(1) QINFER_DECODE_CASE(2) QINFER_DECODE_CASE(3) QINFER_DECODE_CASE(4)
+    QINFER_DECODE_CASE(5) QINFER_DECODE_CASE(6) QINFER_DECODE_CASE(7) QINFER_DECODE_CASE(8)
+#undef QINFER_DECODE_CASE
+    default: return decode<T, 0>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, window);
+  }
 }
 
 void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::Tensor& k_cache,
@@ -160,9 +189,9 @@ void paged_decode_attention(at::Tensor out, const at::Tensor& query, const at::T
   TORCH_CHECK(query.scalar_type() == k_cache.scalar_type() && out.scalar_type() == query.scalar_type(),
               "query, caches and out: one dtype");
   if (query.scalar_type() == at::kFloat) {
-    decode<float>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+    decode_head_size<float>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
   } else if (query.scalar_type() == at::kBFloat16) {
-    decode<c10::BFloat16>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
+    decode_head_size<c10::BFloat16>(out, query, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window);
   } else {
     TORCH_CHECK(false, "paged_decode_attention: float32 or bfloat16, not ", query.scalar_type());
   }

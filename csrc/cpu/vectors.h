@@ -19,6 +19,7 @@ constexpr int64_t kVecFloats = QINFER_VEC_FLOATS;
 typedef float FloatVec __attribute__((vector_size(QINFER_VEC_FLOATS * 4)));
 typedef uint16_t HalfVec __attribute__((vector_size(QINFER_VEC_FLOATS * 2)));
 typedef uint32_t WordVec __attribute__((vector_size(QINFER_VEC_FLOATS * 4)));
+typedef int32_t IntVec __attribute__((vector_size(QINFER_VEC_FLOATS * 4)));
 typedef float Floats4 __attribute__((vector_size(16)));
 
 inline FloatVec load_vec(const float* p) {
@@ -63,4 +64,24 @@ inline float sum_of_squares(const T* x, int64_t n) {
   float sum = sum_lanes(acc);
   for (; i < n; ++i) sum += static_cast<float>(x[i]) * static_cast<float>(x[i]);
   return sum;
+}
+
+// e^x in every lane (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for e^r,
+// 2^n through the exponent bits; within 2 ulp of expf). Lanes below -87.3 give ~1e-38, not 0:
+// callers zero the lanes they do not use.
+inline FloatVec exp_vec(FloatVec x) {
+  x = x < -87.3365f ? -87.3365f : x;
+  x = x > 88.3762f ? 88.3762f : x;
+  const FloatVec n = (x * 1.44269504f + 12582912.f) - 12582912.f;   // round to nearest: 1.5 * 2^23
+  const FloatVec r = x - n * 0.693359375f + n * 2.12194440e-4f;     // ln 2 in two parts
+  FloatVec y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.f;
+  const IntVec bits = (__builtin_convertvector(n, IntVec) + 127) << 23;
+  FloatVec scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
 }
