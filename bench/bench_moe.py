@@ -10,8 +10,9 @@ kernel  ops.fused_experts alone (Triton grouped GEMMs, compiled alignment) on ea
         against the measured bf16 matmul rate, and GB/s of the expert weights the tokens touch
         against the measured copy bandwidth. Calls are replayed from a CUDA graph, each on another
         routing (so a 1-token call reads its experts from memory, not L2). --sweep times other tile
-        configs too (the default is qinfer.ops.fused_moe_triton.gemm_config); at 4,096 tokens each
-        Triton config's pieces (alignment, gate/up GEMM, down GEMM, k-sum) are also timed alone.
+        configs too (sweep_configs; the default is qinfer.ops.fused_moe_triton.gemm_config); at 4,096
+        tokens each Triton config's pieces (alignment, gate/up GEMM, down GEMM, k-sum) are also timed
+        alone.
 engine  random bf16 weights of the real shapes, filled on the GPU (no checkpoint is written:
         Mixtral-8x7B's 93 GB would not fit the disk; the runner's load_weights is replaced by a
         random fill), then bench_engine_gpu's offline throughput (num_requests random prompts,
@@ -60,15 +61,17 @@ KERNEL_TOKENS = (1, 2, 4, 8, 16, 256, 4096)
 # Token counts at which the experts GEMVs of csrc/moe/experts_gemv.cu are timed next to the grouped
 # GEMMs: where they win is where ops.fused_experts routes to them (ops/compiled.py).
 GEMV_TOKENS = (1, 2, 4, 8, 16)
-# Extra tile configs for --sweep at 4,096 tokens (the earlier sweeps at 1 token and of plain tile
-# shapes: bench/NOTES.md). TAIL_M: an expert's last block of at most TAIL_M slots runs a TAIL_M-row
-# tile (the padding's rows skip the tensor cores); "down": the down GEMM's own tiles.
-_BIG = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, TAIL_M=64)
-SWEEP = {4096: [dict(_BIG, num_stages=4, TAIL_M=0), dict(_BIG, num_stages=4), _BIG,
-                dict(_BIG, down=dict(BLOCK_N=256)), dict(_BIG, down=dict(BLOCK_K=128)),
-                dict(_BIG, down=dict(num_stages=2)), dict(_BIG, down=dict(BLOCK_N=64, num_warps=4)),
-                dict(_BIG, BLOCK_K=32, num_stages=5), dict(_BIG, GROUP_M=16),
-                dict(_BIG, num_stages=4, down=dict(num_stages=3))]}
+
+
+def sweep_configs(num_tokens: int, default: dict) -> list[dict]:
+    """--sweep's extra tile configs: at every size the default with every tile loaded by pointers
+    (TMA off), and at 4,096 tokens the TMA tiles' pipeline depths (session 11 swept the plain tile
+    shapes and the tail tiles: bench/NOTES.md)."""
+    configs = [dict(default, TMA=False)]
+    if num_tokens == 4096:
+        down = default.get("down", {})
+        configs += [dict(default, num_stages=3), dict(default, down=dict(down, num_stages=3))]
+    return configs
 
 
 def expert_shape(cfg: dict) -> tuple[int, int, int, int]:
@@ -154,17 +157,15 @@ def time_parts(x, w13, w2, routings, config) -> dict:
 
     top_k, num_experts = routings[0][1].shape[1], w13.shape[0]
     gate_up, down = moe.gemm_configs(config)
-    num_slots = x.shape[0] * top_k
     align = dispatch("moe_align_block_size", routings[0][1])
     aligned = [align(ids, num_experts, gate_up["BLOCK_M"]) for _, ids in routings]
-    inter = torch.empty(num_slots, w2.shape[2], dtype=x.dtype, device=x.device)
-    out = torch.empty(num_slots, x.shape[1], dtype=x.dtype, device=x.device)
+    inters = [moe.moe_gate_up(x, w13, a, top_k, gate_up) for a in aligned]
+    y = moe.moe_down(inters[0], w2, routings[0][0], aligned[0], down)
     pieces = {
         "align": lambda i: align(routings[i][1], num_experts, gate_up["BLOCK_M"]),
-        "gate_up": lambda i: moe._moe_gemm(x, w13, inter, None, aligned[i], num_slots, top_k, True, gate_up),
-        "down": lambda i: moe._moe_gemm(inter, w2, out, routings[i][0].flatten(), aligned[i], num_slots, 1,
-                                        False, down),
-        "sum": lambda i: out.view(x.shape[0], top_k, -1).sum(dim=1),
+        "gate_up": lambda i: moe.moe_gate_up(x, w13, aligned[i], top_k, gate_up),
+        "down": lambda i: moe.moe_down(inters[i], w2, routings[i][0], aligned[i], down),
+        "sum": lambda i: moe.moe_sum(y, top_k),
     }
     times = {}
     for name, piece in pieces.items():
@@ -203,7 +204,7 @@ def run_kernel(name: str, args, ceilings: dict) -> list[dict]:
         x = torch.randn(num_tokens, h, device="cuda", dtype=torch.bfloat16)
         routings = random_routings(num_tokens, num_experts, top_k, 8 if num_tokens <= 256 else 2)
         default = gemm_config(num_tokens * top_k / num_experts)
-        configs = ([None] + (SWEEP.get(num_tokens, []) if args.sweep else [])
+        configs = ([None] + (sweep_configs(num_tokens, default) if args.sweep else [])
                    + (["gemv"] if num_tokens in GEMV_TOKENS and hasattr(torch.ops.qinfer, "moe_gate_up_gemv") else []))
         for config in configs:
             try:

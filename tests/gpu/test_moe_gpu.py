@@ -89,44 +89,81 @@ def reference_bf16(x, w13, w2, weights, ids):
 
 
 # (tokens, top_k, experts, experts used, hidden, intermediate): one token; top-1/2/8; empty experts;
-# many tokens (every tile config of gemm_config is reached through the rows per expert).
+# many tokens (every tile config of gemm_config is reached through the rows per expert); rows TMA
+# cannot address (hidden 260, intermediate 100: not 16-byte multiples), which fall back to pointers.
 FUSED_CASES = [(1, 2, 8, 8, 512, 768), (1, 8, 64, 64, 256, 384), (7, 1, 8, 2, 256, 384),
                (64, 2, 8, 8, 512, 512), (300, 8, 32, 20, 256, 384), (2000, 2, 8, 8, 512, 768),
-               (4096, 1, 4, 4, 256, 256)]
+               (4096, 1, 4, 4, 256, 256), (4096, 8, 128, 100, 256, 256), (50, 2, 8, 8, 260, 100)]
 
 
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
 @pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used,hidden,inter", FUSED_CASES)
-def test_fused_experts_triton(triton_moe, num_tokens, top_k, num_experts, num_used, hidden, inter):
+def test_fused_experts_triton(triton_moe, num_tokens, top_k, num_experts, num_used, hidden, inter, tma):
     x, w13, w2 = random_experts(num_tokens, hidden, inter, num_experts, torch.bfloat16, seed=num_tokens,
                                 device="cuda")
     weights, ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens + 1, device="cuda")
-    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids)
+    config = dict(triton_moe.gemm_config(num_tokens * top_k / num_experts), TMA=tma)
+    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=config)
     assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
 
 
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
 @pytest.mark.parametrize("rows_per_expert", [1, 32, 128, 1024])
-def test_every_tile_config(triton_moe, rows_per_expert):
+def test_every_tile_config(triton_moe, rows_per_expert, tma):
     """Each config of gemm_config on one input (K not a multiple of BLOCK_K: hidden 320, inter 200)."""
     x, w13, w2 = random_experts(150, 320, 200, 8, torch.bfloat16, seed=3, device="cuda")
     weights, ids = random_routing(150, 2, 8, 6, seed=4, device="cuda")
-    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=triton_moe.gemm_config(rows_per_expert))
+    config = dict(triton_moe.gemm_config(rows_per_expert), TMA=tma)
+    out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=config)
     assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
 
 
 # Tail tiles (an expert's last block of at most TAIL_M slots runs TAIL_M rows) beside full blocks,
 # and the down GEMM's own tiles: 1,000 tokens x top-2 over 8 experts are ~250 slots an expert.
 TAIL_CONFIGS = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, TAIL_M=64,
-                     down=dict(BLOCK_N=256)),
+                     TMA=True, down=dict(BLOCK_N=256)),
+                dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3, TAIL_M=32,
+                     TMA=True, down=dict(BLOCK_K=128, num_stages=2)),
                 dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3, TAIL_M=32,
                      down=dict(BLOCK_K=128, num_stages=2))]
 
 
-@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=["tail64", "tail32"])
+@pytest.mark.parametrize("config", TAIL_CONFIGS, ids=["tail64", "tail32", "tail32-pointers"])
 def test_tail_tiles_and_down_tiles(triton_moe, config):
     x, w13, w2 = random_experts(1000, 320, 200, 8, torch.bfloat16, seed=5, device="cuda")
     weights, ids = random_routing(1000, 2, 8, 8, seed=6, device="cuda")
     out = triton_moe.fused_experts_triton(x, w13, w2, weights, ids, config=config)
     assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
+
+
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
+def test_padding_rows_of_the_intermediate_stay_out_of_the_output(triton_moe, tma):
+    """The gate/up GEMM leaves the padding rows of the sorted intermediate unwritten; NaN there (what
+    an unwritten buffer may hold) must not reach the down GEMM's stored rows."""
+    # ~125 slots an expert: one 128-row block, or a second one run as a 64-row tail tile
+    x, w13, w2 = random_experts(500, 256, 384, 16, torch.bfloat16, seed=7, device="cuda")
+    weights, ids = random_routing(500, 4, 16, 16, seed=8, device="cuda")
+    config = dict(triton_moe.gemm_config(1024), TMA=tma)
+    gate_up, down = triton_moe.gemm_configs(config)
+    aligned = ops.moe_align_block_size(ids, 16, gate_up["BLOCK_M"])
+    inter = triton_moe.moe_gate_up(x, w13, aligned, 4, gate_up)
+    inter[aligned[0] >= ids.numel()] = float("nan")
+    out = triton_moe.moe_sum(triton_moe.moe_down(inter, w2, weights, aligned, down), 4)
+    assert not out.isnan().any()
+    assert rel_err(out.float(), reference_bf16(x, w13, w2, weights, ids)) < 1e-2
+
+
+@pytest.mark.parametrize("num_tokens,top_k,hidden", [(1, 2, 4096), (1, 8, 2048), (3, 2, 200), (777, 8, 2048),
+                                                     (4096, 8, 2048), (4096, 2, 4096), (100, 4, 3000)])
+def test_moe_sum(triton_moe, num_tokens, top_k, hidden):
+    """The k-sum against torch's float32 sum of the same rows: within the one bf16 rounding (and the
+    float32 order of the adds), and the same bits on a second run."""
+    gen = torch.Generator(device="cuda").manual_seed(num_tokens + top_k)
+    y = torch.randn(num_tokens * top_k, hidden, device="cuda", generator=gen).to(torch.bfloat16)
+    out = triton_moe.moe_sum(y, top_k)
+    expected = y.float().view(num_tokens, top_k, hidden).sum(dim=1)
+    torch.testing.assert_close(out.float(), expected, atol=1e-5, rtol=2 ** -8)
+    assert torch.equal(triton_moe.moe_sum(y, top_k), out)                     # deterministic
 
 
 # (tokens, top_k, experts, experts used, hidden, intermediate): Qwen3-30B-A3B's shape at one token,

@@ -29,12 +29,23 @@ CASES = [(1, 2, 4, 4, 32, 16), (7, 2, 8, 3, 40, 24), (20, 4, 6, 6, 32, 48), (9, 
 
 
 @needs_interpret
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "pointers"])
 @pytest.mark.parametrize("config", [TINY, TAIL], ids=["tiny", "tail"])
 @pytest.mark.parametrize("num_tokens,top_k,num_experts,num_used,hidden,inter", CASES)
-def test_fused_experts_matches_reference(num_tokens, top_k, num_experts, num_used, hidden, inter, config):
+def test_fused_experts_matches_reference(num_tokens, top_k, num_experts, num_used, hidden, inter, config, tma):
     from qinfer.ops.fused_moe_triton import fused_experts_triton
 
     x, w13, w2 = random_experts(num_tokens, hidden, inter, num_experts, torch.float32, seed=num_tokens)
     weights, ids = random_routing(num_tokens, top_k, num_experts, num_used, seed=num_tokens + 1)
-    out = fused_experts_triton(x, w13, w2, weights, ids, config=config)
+    out = fused_experts_triton(x, w13, w2, weights, ids, config=dict(config, TMA=tma))
     assert rel_err(out, fused_experts(x, w13, w2, weights, ids)) < 1e-5
+
+
+@needs_interpret
+@pytest.mark.parametrize("num_tokens,top_k,hidden", [(1, 2, 24), (5, 8, 40), (3, 3, 1500)])
+def test_moe_sum_matches_torch(num_tokens, top_k, hidden):
+    """The k-sum (H past one block of 1,024 columns too) against torch's sum over k."""
+    from qinfer.ops.fused_moe_triton import moe_sum
+
+    y = torch.randn(num_tokens * top_k, hidden, generator=torch.Generator().manual_seed(hidden))
+    torch.testing.assert_close(moe_sum(y, top_k), y.view(num_tokens, top_k, hidden).sum(dim=1))
