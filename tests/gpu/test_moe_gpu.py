@@ -33,8 +33,11 @@ def triton_moe():
     return fused_moe
 
 
-# (tokens, experts, top_k): one token, Mixtral's 8/2, Qwen3-MoE's 128/8, an odd expert count.
-ROUTER_CASES = [(1, 8, 2), (1, 128, 8), (1000, 8, 1), (1000, 8, 2), (777, 128, 8), (33, 60, 4)]
+# (tokens, experts, top_k): one token, Mixtral's 8/2, Qwen3-MoE's 128/8, odd expert counts (each
+# register width of the kernel: <= 32, 64, 128, 256 experts a row and past that; 500 keeps the
+# logits below exact in bf16), top-40 and top-64 (two choices a lane).
+ROUTER_CASES = [(1, 8, 2), (1, 128, 8), (1000, 8, 1), (1000, 8, 2), (777, 128, 8), (33, 60, 4), (9, 200, 40),
+                (5, 300, 8), (3, 500, 64)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
