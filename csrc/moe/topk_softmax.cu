@@ -127,8 +127,7 @@ std::tuple<at::Tensor, at::Tensor> topk_softmax(const at::Tensor& gating, int64_
     else if (num_experts <= 128) launch_topk_softmax<scalar_t, 4>(gating, weights, ids, int(top_k), renormalize);
     else if (num_experts <= 256) launch_topk_softmax<scalar_t, 8>(gating, weights, ids, int(top_k), renormalize);
     else launch_topk_softmax<scalar_t, kMaxExperts / kWarpSize>(gating, weights, ids, int(top_k), renormalize);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });  // launch_dependent checks the launch
   return {weights, ids};
 }
 
